@@ -1,0 +1,59 @@
+"""Prompt text -> token ids, with each media placeholder expanded to its exact token count.
+
+A prompt holds one ``<ImageHere>`` marker per video/image and one ``<AudioHere>`` marker per audio
+track. As in the official ``get_context_emb``, the text between markers is tokenised segment by
+segment (only the first gets BOS), and each marker becomes a run of ``num_video_tokens`` (32) or
+``num_audio_tokens`` (8) placeholder ids that the model later fills with media features.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .config import VideoLlamaConfig
+from .tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, add_media_tokens
+
+_MARKER = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(AUDIO_PLACEHOLDER)})")
+
+
+@dataclass
+class Processor:
+    tokenizer: object
+    config: VideoLlamaConfig
+
+    def __post_init__(self) -> None:
+        image_id, audio_id = add_media_tokens(self.tokenizer)
+        if self.config.image_token_id is None:
+            self.config.image_token_id, self.config.audio_token_id = image_id, audio_id
+        elif (self.config.image_token_id, self.config.audio_token_id) != (image_id, audio_id):
+            raise ValueError(
+                f"tokenizer maps placeholders to ({image_id}, {audio_id}) but the model config expects "
+                f"({self.config.image_token_id}, {self.config.audio_token_id})"
+            )
+
+    @property
+    def image_token_id(self) -> int:
+        return self.config.image_token_id  # type: ignore[return-value]
+
+    @property
+    def audio_token_id(self) -> int:
+        return self.config.audio_token_id  # type: ignore[return-value]
+
+    def count_markers(self, prompt: str) -> tuple[int, int]:
+        return prompt.count(IMAGE_PLACEHOLDER), prompt.count(AUDIO_PLACEHOLDER)
+
+    def tokenize(self, prompt: str, *, add_bos: bool = True) -> list[int]:
+        """Token ids of ``prompt`` with every placeholder marker expanded to its token run."""
+        ids: list[int] = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
+        for piece in _MARKER.split(prompt):
+            if piece == IMAGE_PLACEHOLDER:
+                ids += [self.image_token_id] * self.config.num_video_tokens
+            elif piece == AUDIO_PLACEHOLDER:
+                ids += [self.audio_token_id] * self.config.num_audio_tokens
+            elif piece:
+                ids += self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)

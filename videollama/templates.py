@@ -1,0 +1,122 @@
+"""Conversation templates for inference, byte-compatible with the official Video-LLaMA demo.
+
+A template turns (system, [(user, assistant | None), ...]) into the prompt string. Media sit in the
+first user message as single placeholder markers; the processor expands them to token runs.
+
+- ``vicuna_v0``: ``"###Human: {q}###Assistant: {a}###Human: {q2}###Assistant:"`` (system "",
+  separator "###"); generation stops at "###".
+- ``llama_2``: ``"[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{q} [/INST] {a} </s><s>[INST] {q2} [/INST]"``;
+  generation stops at the tokenizer's EOS.
+
+New templates register by adding a :class:`Template` to ``TEMPLATES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
+
+# Official upload messages (conversation_video.py). 16 spaces separate the AV sentences.
+IMAGE_MESSAGE = f"<Image>{IMAGE_PLACEHOLDER}</Image> "
+VIDEO_MESSAGE = f"<Video>{IMAGE_PLACEHOLDER}</Video> "
+AUDIO_SENTENCE = f"Close your eyes, open your ears and you imagine only based on the sound that: {AUDIO_PLACEHOLDER}. "
+AV_MESSAGE = (
+    AUDIO_SENTENCE
+    + " " * 16
+    + f"Close your ears, open your eyes and you see that <Video>{IMAGE_PLACEHOLDER}</Video>.  "
+    + " " * 16
+    + "Now answer my question based on what you have just seen and heard."
+)
+VISUAL_SYSTEM = (
+    "You are able to understand the visual content that the user provides. "
+    "Follow the instructions carefully and explain your answers in detail."
+)
+LLAMA2_DEFAULT_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that "
+    "the user provides, and assist the user with a variety of tasks using natural language."
+)
+
+
+@dataclass(frozen=True)
+class Template:
+    """How a conversation becomes a prompt, and where the model's answer ends."""
+
+    name: str
+    default_system: str
+    stop_strings: tuple[str, ...]
+    stop_at_eos: bool
+
+    def render(self, system: str, turns: list[tuple[str, str | None]]) -> str:
+        """Prompt for ``turns`` = [(user, assistant), ..., (user, None)] (the last answer pending)."""
+        if self.name == "vicuna_v0":
+            out = system + "###"
+            for user, assistant in turns:
+                out += f"Human: {user}###Assistant:"
+                if assistant is not None:
+                    out += f" {assistant}###"
+            return out
+        if self.name == "llama_2":
+            out = ""
+            for i, (user, assistant) in enumerate(turns):
+                if i == 0:
+                    user = f"<<SYS>>\n{system}\n<</SYS>>\n\n{user}"
+                out += ("" if i == 0 else "<s>") + f"[INST] {user} [/INST]"
+                if assistant is not None:
+                    out += f" {assistant} </s>"
+            return out
+        raise ValueError(f"template {self.name!r} has no renderer")
+
+    def clean_answer(self, text: str) -> str:
+        """Cut the generated text at the first stop string and strip it (official post-processing)."""
+        for stop in self.stop_strings:
+            text = text.split(stop)[0]
+        if self.name == "vicuna_v0":
+            text = text.split("Assistant:")[-1]
+        return text.strip()
+
+
+TEMPLATES: dict[str, Template] = {
+    "vicuna_v0": Template("vicuna_v0", default_system="", stop_strings=("###",), stop_at_eos=True),
+    "llama_2": Template("llama_2", default_system=LLAMA2_DEFAULT_SYSTEM, stop_strings=("</s>",), stop_at_eos=True),
+}
+
+
+def get_template(name: str) -> Template:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise ValueError(f"unknown template {name!r}; choose one of {sorted(TEMPLATES)}") from None
+
+
+def media_message(*, video: bool = False, image: bool = False, audio: bool = False, timestamps: str = "") -> str:
+    """The official first-message preamble for the given media (``timestamps``: the sampling sentence)."""
+    if image and (video or audio):
+        raise ValueError("an image cannot be combined with other media in one message")
+    if image:
+        return IMAGE_MESSAGE
+    if video and audio:
+        return AV_MESSAGE
+    if video:
+        return VIDEO_MESSAGE + timestamps
+    if audio:
+        return AUDIO_SENTENCE
+    return ""
+
+
+def join_question(preamble: str, question: str) -> str:
+    """Official ``ask()``: the question joins the media message with one space (``' '.join``)."""
+    return f"{preamble} {question}" if preamble else question
+
+
+def system_for(template: Template, *, video: bool, image: bool, audio: bool, system: str | None) -> str:
+    """System prompt the official demos use for each kind of media (overridable)."""
+    if system is not None:
+        return system
+    if template.name == "vicuna_v0":
+        return ""
+    if audio and (video or image):
+        return ""
+    if video or image:
+        return VISUAL_SYSTEM
+    return template.default_system
