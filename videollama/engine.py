@@ -9,6 +9,7 @@ Chat, the batch API, the CLI, the web demo and the HTTP server are thin layers o
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -53,6 +54,17 @@ class Engine:
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.max_positions = getattr(model.language_model.config, "max_position_embeddings", None)
+        # transformers renamed ``past_key_values`` to ``cache`` during 5.x; support both.
+        params = inspect.signature(model.language_model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    def _step(self, **kwargs):
+        """One LLM call returning (cache, last-position logits); only the last position's logits are computed."""
+        cache = kwargs.pop("cache", None)
+        if cache is not None:
+            kwargs[self._cache_arg] = cache
+        out = self.model.language_model(use_cache=True, logits_to_keep=1, **kwargs)
+        return getattr(out, self._cache_arg), out.logits[:, -1, :]
 
     def check_length(self, request: Request) -> None:
         need = len(request.input_ids) + request.generation.max_new_tokens
@@ -87,10 +99,7 @@ class Engine:
         generators = [_generator(r.generation.seed) for r in requests]
         generated: list[list[int]] = [[] for _ in requests]
         done = [False] * len(requests)
-        out = model.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
-        )
-        past, logits = out.past_key_values, out.logits[:, -1, :]
+        cache, logits = self._step(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids)
         next_positions = position_ids[:, -1] + 1
         while True:
             step: list[int | None] = []
@@ -113,14 +122,12 @@ class Engine:
             if all(done):
                 return
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(requests), 1))], dim=1)
-            out = model.language_model(
+            cache, logits = self._step(
                 input_ids=next_tokens[:, None].to(device),
                 attention_mask=attention_mask,
                 position_ids=next_positions[:, None],
-                past_key_values=past,
-                use_cache=True,
+                cache=cache,
             )
-            past, logits = out.past_key_values, out.logits[:, -1, :]
             next_positions = next_positions + 1
 
     def generate_all(self, requests: list[Request]) -> list[list[int]]:

@@ -93,6 +93,7 @@ def load_model_folder(cls, directory: str | Path, *, device="cpu", dtype=None, w
                 tensor = f.get_tensor(key)
                 if tuple(tensor.shape) != tuple(expected[key].shape):
                     mismatched.append(f"{key}: file {tuple(tensor.shape)} vs model {tuple(expected[key].shape)}")
+                    loaded.add(key)  # present, reported as a shape mismatch rather than missing
                     continue
                 target_dtype = dtype if (dtype is not None and tensor.is_floating_point()) else expected[key].dtype
                 if not tensor.is_floating_point():

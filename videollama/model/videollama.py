@@ -66,6 +66,9 @@ def vision_model_config(cfg: VisionConfig) -> Blip2VisionConfig:
         layer_norm_eps=cfg.layer_norm_eps,
         attention_dropout=0.0,
         qkv_bias=True,
+        # transformers' default (1e-10) makes a freshly built encoder ignore its input; pretrained
+        # weights replace the init anyway, but random/tiny models (tests, SynthAV) need a real one.
+        initializer_range=0.02,
     )
 
 

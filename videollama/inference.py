@@ -1,0 +1,269 @@
+"""Chat and batch inference over the generation engine.
+
+``Pipeline`` bundles a model, its tokenizer, processor and template. It turns a media file into
+features once (cached by content hash in a bounded LRU), builds the official prompts, and runs the
+token-level :class:`~videollama.engine.Engine`. ``ChatSession`` is a multi-turn conversation about one
+media file; ``Pipeline.answer_batch`` answers many (media, question) pairs with batched decoding.
+
+    >>> pipe = Pipeline.from_pretrained("path/to/model")           # doctest: +SKIP
+    >>> chat = pipe.chat("clip.mp4")                                # doctest: +SKIP
+    >>> print(chat.ask("What is happening?"))                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .engine import Engine, GenerationConfig, Request
+from .media import MediaError, NoAudioError, load_audio, load_image, load_video, probe
+from .model import VideoLlama
+from .processor import Processor
+from .templates import Template, get_template, join_question, media_message, system_for
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class MediaOptions:
+    """How a media file is read. Part of the feature-cache key."""
+
+    num_frames: int = 8
+    use_audio: bool = True
+    resize: str = "squash"  # or "keep_aspect"
+    max_bytes: int | None = None
+    max_duration: float | None = None
+
+
+@dataclass
+class MediaFeatures:
+    """A media file encoded for the LLM: soft tokens plus what the prompt needs to say about it."""
+
+    kind: str  # "video" | "image" | "audio"
+    video: torch.Tensor | None = None  # (1, 32, D)
+    audio: torch.Tensor | None = None  # (1, 8, D)
+    timestamps: str = ""  # the official sampling sentence, for videos
+    notice: str | None = None  # e.g. "no audio track: answering from the frames only"
+
+    @property
+    def preamble(self) -> str:
+        return media_message(
+            video=self.kind == "video", image=self.kind == "image", audio=self.audio is not None,
+            timestamps=self.timestamps,
+        )
+
+
+@dataclass
+class BatchItem:
+    media: str | Path | None
+    question: str
+    options: MediaOptions = field(default_factory=MediaOptions)
+
+
+class Pipeline:
+    def __init__(self, model: VideoLlama, tokenizer, *, template: str | None = None, cache_size: int = 64):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.processor = Processor(tokenizer, model.config)
+        self.template: Template = get_template(template or model.config.template)
+        self.engine = Engine(model, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id or 0)
+        self._cache: OrderedDict[tuple, MediaFeatures] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self.description = ""  # set by the loader, e.g. "tiny random model (untrained)"
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None,
+                        template: str | None = None, with_audio: bool | None = None) -> "Pipeline":
+        from transformers import AutoTokenizer
+
+        model = VideoLlama.from_pretrained(directory, device=device, dtype=dtype, with_audio=with_audio)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        pipe = cls(model, tokenizer, template=template)
+        pipe.description = str(directory)
+        return pipe
+
+    # ------------------------------------------------------------------ media
+    def encode_media(self, path: str | Path, options: MediaOptions = MediaOptions()) -> MediaFeatures:
+        """Read and encode a video, image or audio file (cached by file content + options)."""
+        path = Path(path)
+        key = (_file_digest(path), options)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        features = self._encode_uncached(path, options)
+        with self._lock:
+            self._cache[key] = features
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return features
+
+    @torch.inference_mode()
+    def _encode_uncached(self, path: Path, options: MediaOptions) -> MediaFeatures:
+        device, dtype = self.model.device, self.model.dtype
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            pixels = load_image(path)  # (1, 3, H, W): a one-frame video
+            return MediaFeatures("image", video=self.model.encode_video(pixels[None].to(device, dtype)))
+        info = probe(path, max_bytes=options.max_bytes)
+        if options.max_duration is not None and info.duration > options.max_duration:
+            raise MediaError(f"{path.name}: {info.duration:.1f} s is longer than the limit of {options.max_duration:.0f} s")
+        want_audio = options.use_audio and self.model.config.with_audio
+        if not info.has_video:
+            if not want_audio:
+                raise MediaError(f"{path.name}: no video stream, and audio is switched off or unsupported by this model")
+            audio = load_audio(path, max_bytes=options.max_bytes)[None]  # (1, 8, 1, 128, 204)
+            return MediaFeatures("audio", audio=self.model.encode_audio(audio.to(device, dtype)))
+        clip = load_video(path, options.num_frames, resize=options.resize, max_bytes=options.max_bytes,
+                          max_duration=options.max_duration)
+        features = MediaFeatures("video", video=self.model.encode_video(clip.frames[None].to(device, dtype)),
+                                 timestamps=clip.timestamp_message())
+        if want_audio:
+            try:
+                audio = load_audio(path, max_bytes=options.max_bytes)[None]
+                features.audio = self.model.encode_audio(audio.to(device, dtype))
+            except NoAudioError:
+                features.notice = "no audio track found: answering from the frames only"
+        return features
+
+    # ------------------------------------------------------------------ prompts
+    def prompt_ids(self, media: MediaFeatures | None, turns: list[tuple[str, str | None]],
+                   system: str | None = None) -> list[int]:
+        """Token ids for a conversation; the media preamble goes into the first user message."""
+        if not turns:
+            raise ValueError("a conversation needs at least one user message")
+        first_user, first_answer = turns[0]
+        if media is not None:
+            turns = [(join_question(media.preamble, first_user), first_answer)] + list(turns[1:])
+        kinds = {"video": media is not None and media.kind == "video", "image": media is not None and media.kind == "image",
+                 "audio": media is not None and media.audio is not None}
+        prompt = self.template.render(system_for(self.template, system=system, **kinds), turns)
+        return self.processor.tokenize(prompt)
+
+    def request(self, media: MediaFeatures | None, turns, gen: GenerationConfig, system: str | None = None) -> Request:
+        return Request(
+            input_ids=self.prompt_ids(media, turns, system),
+            video_features=None if media is None else media.video,
+            audio_features=None if media is None else media.audio,
+            generation=gen,
+            stop=self._stop_check(),
+        )
+
+    def _stop_check(self):
+        stops = self.template.stop_strings
+        tokenizer = self.tokenizer
+
+        def stop(generated: list[int]) -> bool:
+            tail = tokenizer.decode(generated[-8:], skip_special_tokens=False)
+            return any(s in tail for s in stops)
+
+        return stop
+
+    def _visible_text(self, ids: list[int]) -> tuple[str, bool]:
+        """Answer text so far, cut at a stop string; (text, stopped). A possible stop-string start is held back."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        for stop in self.template.stop_strings:
+            if stop in text:
+                return text[: text.index(stop)].lstrip(), True
+        held = _longest_stop_prefix(text, self.template.stop_strings)
+        return text[: len(text) - len(held)].lstrip(), False
+
+    def decode_answer(self, ids: list[int]) -> str:
+        return self.template.clean_answer(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    # ------------------------------------------------------------------ chat and batch
+    def chat(self, media: str | Path | None = None, *, options: MediaOptions = MediaOptions(),
+             system: str | None = None) -> "ChatSession":
+        features = self.encode_media(media, options) if media is not None else None
+        return ChatSession(self, features, system=system)
+
+    def stream(self, request: Request) -> Iterator[str]:
+        """Yield text pieces of one request's answer as tokens arrive (stop strings are never shown)."""
+        ids: list[int] = []
+        shown = ""
+        for step in self.engine.generate([request]):
+            if step[0] is None:
+                break
+            ids.append(step[0])
+            visible, stopped = self._visible_text(ids)
+            if visible.startswith(shown) and len(visible) > len(shown):
+                yield visible[len(shown):]
+                shown = visible
+            if stopped:
+                break
+        final = self.decode_answer(ids)
+        if final.startswith(shown) and len(final) > len(shown):
+            yield final[len(shown):]
+
+    def answer_batch(self, items: list[BatchItem], gen: GenerationConfig = GenerationConfig(do_sample=False),
+                     batch_size: int = 8) -> list[str]:
+        """Answer many (media, question) pairs; rows of a batch decode together (left-padded)."""
+        answers: list[str] = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            requests = []
+            for item in chunk:
+                media = self.encode_media(item.media, item.options) if item.media is not None else None
+                requests.append(self.request(media, [(item.question, None)], gen))
+            answers += [self.decode_answer(ids) for ids in self.engine.generate_all(requests)]
+        return answers
+
+
+class ChatSession:
+    """A multi-turn conversation about one media file; the media are encoded once."""
+
+    def __init__(self, pipeline: Pipeline, media: MediaFeatures | None, *, system: str | None = None):
+        self.pipeline = pipeline
+        self.media = media
+        self.system = system
+        self.turns: list[tuple[str, str]] = []
+
+    @property
+    def notice(self) -> str | None:
+        return None if self.media is None else self.media.notice
+
+    def stream(self, question: str, gen: GenerationConfig | None = None) -> Iterator[str]:
+        request = self.pipeline.request(self.media, [*self.turns, (question, None)], gen or GenerationConfig(), self.system)
+        pieces: list[str] = []
+        for piece in self.pipeline.stream(request):
+            pieces.append(piece)
+            yield piece
+        self.turns.append((question, "".join(pieces).strip()))
+
+    def ask(self, question: str, gen: GenerationConfig | None = None) -> str:
+        for _ in self.stream(question, gen):
+            pass
+        return self.turns[-1][1]
+
+    def reset(self) -> None:
+        self.turns.clear()
+
+
+def _longest_stop_prefix(text: str, stops: tuple[str, ...]) -> str:
+    """The longest suffix of ``text`` that could be the start of a stop string (held back while streaming)."""
+    best = ""
+    for stop in stops:
+        for n in range(min(len(stop), len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                best = max(best, stop[:n], key=len)
+                break
+    return best
+
+
+def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    if not path.is_file():
+        raise MediaError(f"{path}: file not found")
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+__all__ = ["Pipeline", "ChatSession", "MediaFeatures", "MediaOptions", "BatchItem", "GenerationConfig"]
