@@ -9,7 +9,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install bench clean-venv
+.PHONY: demo test install system-deps bench clean-venv
+
+# Debian packages the test suite uses: chromium (browser test of the web demo), espeak-ng + sox
+# (speech fixtures). Installed only when missing and when apt-get can run (root).
+SYSTEM_PKGS := chromium espeak-ng sox
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +29,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/videollama demo
 
-test: $(STAMP)
+system-deps:
+	@missing=""; for p in $(SYSTEM_PKGS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system packages:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null; \
+	  else echo "warning: missing system packages:$$missing (tests that need them will fail)"; fi; \
+	fi
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest
 
 bench: $(STAMP)
