@@ -66,6 +66,15 @@ def vision_patch_grid(cfg: ImageBindConfig) -> tuple[int, int, int]:
     return 1, side, side
 
 
+def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _l2_normalize(x: Tensor) -> Tensor:
+    """L2-normalise the last axis in at least float32 (a bf16 norm is off by ~1%)."""
+    return F.normalize(x.to(_at_least_fp32(x.dtype)), dim=-1)
+
+
 class DropPath(nn.Module):
     """Stochastic depth: in training, zero a residual branch per sample with probability ``rate``."""
 
@@ -181,6 +190,7 @@ class _ImageBindEncoder(nn.Module):
         return self.head_norm(x)[:, 0]  # (N, D): the CLS token
 
     def pre_trunk(self, x: Tensor) -> Tensor:
+        """Applied to the tokens before the blocks: nothing for audio, ``ln_pre`` for vision."""
         return x
 
 
@@ -208,6 +218,16 @@ class ImageBindAudioEncoder(_ImageBindEncoder):
         self.register_buffer("log_logit_scale", torch.tensor(math.log(cfg.audio_logit_scale)))
         self._reset_parameters()
 
+    def _apply(self, fn, recurse: bool = True):
+        # Keep the logit-scale buffer in (at least) float32 when the module is cast to bf16/fp16:
+        # log(20) rounds to 3.0 in bf16, i.e. a scale of 20.09 instead of 20.
+        before = self.log_logit_scale
+        super()._apply(fn, recurse)
+        after = self.log_logit_scale
+        if after.dtype.is_floating_point and after.dtype != _at_least_fp32(after.dtype):
+            self.log_logit_scale = before.to(device=after.device, dtype=_at_least_fp32(before.dtype))
+        return self
+
     @property
     def logit_scale(self) -> Tensor:
         return self.log_logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
@@ -227,7 +247,8 @@ class ImageBindAudioEncoder(_ImageBindEncoder):
         mel = mel.reshape(-1, *mel.shape[-3:]).to(self.stem.weight.dtype)  # (N, 1, M, F)
         patches = self.stem(mel).flatten(2).transpose(1, 2)  # (N, D, R, C) -> (N, R*C, D)
         cls = self._trunk_and_head(self.stem_norm(patches))  # (N, D)
-        embedding = F.normalize(self.head(cls), dim=-1) * self.logit_scale.to(cls.dtype)  # (N, E)
+        embedding = self.head(cls)  # (N, E)
+        embedding = (_l2_normalize(embedding) * self.logit_scale.to(_at_least_fp32(embedding.dtype))).to(cls.dtype)
         return cls.reshape(*lead, -1), embedding.reshape(*lead, -1)
 
     def _check_mel(self, mel: Tensor) -> tuple[int, ...]:
@@ -288,4 +309,5 @@ class ImageBindVisionEncoder(_ImageBindEncoder):
             images = images.expand(-1, -1, frames, -1, -1)  # (N, 3, T, H, W)
         patches = self.stem(images.to(self.stem.weight.dtype))  # (N, D, 1, H/14, W/14)
         patches = patches.flatten(2).transpose(1, 2)  # (N, 256, D)
-        return F.normalize(self.head(self._trunk_and_head(patches)), dim=-1)  # (N, E)
+        embedding = self.head(self._trunk_and_head(patches))  # (N, E)
+        return _l2_normalize(embedding).to(embedding.dtype)
