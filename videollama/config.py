@@ -87,6 +87,7 @@ class VideoLlamaConfig:
         default_factory=lambda: QFormerConfig(num_layers=2, encoder_width=768, cross_attention_every=1, num_queries=32)
     )
     max_frames: int = 32  # rows of the frame-position embedding: the hard frame limit
+    use_frame_position: bool = True  # False only for the ablation without temporal position
     imagebind: ImageBindConfig = field(default_factory=ImageBindConfig)
     audio_qformer: QFormerConfig = field(
         default_factory=lambda: QFormerConfig(num_layers=2, encoder_width=1024, cross_attention_every=1, num_queries=8)

@@ -90,6 +90,10 @@ class Pipeline:
         return pipe
 
     # ------------------------------------------------------------------ media
+    @property
+    def image_size(self) -> int:
+        return self.model.config.vision.image_size
+
     def encode_media(self, path: str | Path, options: MediaOptions = MediaOptions()) -> MediaFeatures:
         """Read and encode a video, image or audio file (cached by file content + options)."""
         path = Path(path)
@@ -109,7 +113,7 @@ class Pipeline:
     def _encode_uncached(self, path: Path, options: MediaOptions) -> MediaFeatures:
         device, dtype = self.model.device, self.model.dtype
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            pixels = load_image(path)  # (1, 3, H, W): a one-frame video
+            pixels = load_image(path, image_size=self.image_size)  # (1, 3, H, W): a one-frame video
             return MediaFeatures("image", video=self.model.encode_video(pixels[None].to(device, dtype)))
         info = probe(path, max_bytes=options.max_bytes)
         if options.max_duration is not None and info.duration > options.max_duration:
@@ -120,7 +124,7 @@ class Pipeline:
                 raise MediaError(f"{path.name}: no video stream, and audio is switched off or unsupported by this model")
             audio = load_audio(path, max_bytes=options.max_bytes)[None]  # (1, 8, 1, 128, 204)
             return MediaFeatures("audio", audio=self.model.encode_audio(audio.to(device, dtype)))
-        clip = load_video(path, options.num_frames, resize=options.resize, max_bytes=options.max_bytes,
+        clip = load_video(path, options.num_frames, image_size=self.image_size, resize=options.resize, max_bytes=options.max_bytes,
                           max_duration=options.max_duration)
         features = MediaFeatures("video", video=self.model.encode_video(clip.frames[None].to(device, dtype)),
                                  timestamps=clip.timestamp_message())

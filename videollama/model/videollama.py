@@ -173,8 +173,9 @@ class VideoLlama(nn.Module):
             frame_queries = self.image_qformer(query_embeds=queries, encoder_hidden_states=frame_tokens).last_hidden_state
         # frame_queries: (B*T, Q, 768); add the position of frame t to all of its queries.
         frame_queries = rearrange(frame_queries, "(b t) q d -> b t q d", b=batch)
-        positions = self.frame_position_embedding(torch.arange(num_frames, device=frame_queries.device))  # (T, 768)
-        frame_queries = frame_queries + positions[None, :, None, :].to(frame_queries.dtype)
+        if self.config.use_frame_position:
+            positions = self.frame_position_embedding(torch.arange(num_frames, device=frame_queries.device))  # (T, 768)
+            frame_queries = frame_queries + positions[None, :, None, :].to(frame_queries.dtype)
         memory = rearrange(frame_queries, "b t q d -> b (t q) d")
         video_queries = self.video_query_tokens.expand(batch, -1, -1)
         video = self.video_qformer(query_embeds=video_queries, encoder_hidden_states=memory).last_hidden_state
