@@ -1,0 +1,402 @@
+"""Typed training configuration: YAML files under ``configs/`` -> :class:`TrainConfig`.
+
+A run is described by four sections (``model``, ``data``, ``optim``, ``run``), each a dataclass
+whose fields carry the official defaults. ``load_train_config(path, overrides)`` reads the YAML,
+applies dotted ``key=value`` overrides (values parsed with ``yaml.safe_load``, so ``3e-5``,
+``[a, b]`` and ``null`` work), and converts the result into typed dataclasses. Unknown keys and
+values of the wrong type raise :class:`ConfigError` naming the dotted key and the file.
+
+    cfg = load_train_config("configs/visionbranch_stage1_pretrain.yaml",
+                            ["optim.batch_size=4", "data.datasets.webvid.annotations=/data/webvid/ann"])
+
+Trainable modules are named (``run.trainable``), never integer flags: the official ``train_flag``
+0/1 becomes ``branch: vision|audio`` plus the list of top-level model parts to train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "LoraSection",
+    "ModelSection",
+    "DatasetSpec",
+    "DataSection",
+    "OptimSection",
+    "RunSection",
+    "TrainConfig",
+    "VISION_TRAINABLE",
+    "AUDIO_TRAINABLE",
+    "DATASET_TYPES",
+    "load_train_config",
+    "apply_overrides",
+    "config_from_dict",
+]
+
+# Official trainable sets (``frozen_* : False`` in the official YAMLs), by our module names.
+VISION_TRAINABLE = ("video_qformer", "video_query_tokens", "frame_position_embedding", "video_projection")
+AUDIO_TRAINABLE = ("audio_qformer", "audio_query_tokens", "audio_position_embedding", "audio_projection")
+# Media tokens per sample: video Q-Former queries (vision branch) / audio Q-Former queries (audio).
+VISION_PLACEHOLDERS = 32
+AUDIO_PLACEHOLDERS = 8
+
+DATASET_TYPES = ("webvid", "cc_sbu_align", "llava_instruct", "videochat_instruct", "webdataset")
+CONVERSATION_TYPES = ("llava_instruct", "videochat_instruct")
+
+
+class ConfigError(ValueError):
+    """A training config is invalid; the message names the dotted key (and file when known)."""
+
+
+# ---------------------------------------------------------------------------------------------- sections
+@dataclass
+class LoraSection:
+    """Optional LoRA adapters on the LLM through ``peft`` (beyond the paper; off by default)."""
+
+    enabled: bool = False
+    r: int = 8  # adapter rank
+    alpha: int = 16  # scaling numerator (lora_alpha)
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class ModelSection:
+    """Which model to build and which weights to load into it."""
+
+    preset: str = "videollama2-7b"  # a name in ``videollama.presets`` (ignored when model_dir is set)
+    model_dir: str | None = None  # a ``from_pretrained`` folder to start from
+    llm_path: str | None = None  # Hugging Face LLM folder (weights + tokenizer)
+    tokenizer_path: str | None = None  # defaults to llm_path / model_dir
+    vit_ckpt: str | None = None  # eva_vit_g.pth
+    qformer_ckpt: str | None = None  # blip2_pretrained_flant5xxl.pth (image Q-Former, queries, ln_vision)
+    imagebind_ckpt: str | None = None  # imagebind_huge.pth
+    llama_proj_ckpt: str | None = None  # MiniGPT-4 pretrained_minigpt4.pth (VL stage 1 projection init)
+    ckpt: str | None = None  # first checkpoint loaded over the model (official ``ckpt``)
+    ckpt_2: str | None = None  # second checkpoint (official ``ckpt_2``, AL stage 2)
+    with_audio: bool = False  # build the audio branch (official ``equip_audio_branch``)
+
+
+@dataclass
+class DatasetSpec:
+    """One training dataset. Path fields by ``type``:
+
+    * ``webvid``: ``annotations`` = folder of ``*.csv`` (videoid,name,page_dir); ``media_root`` =
+      videos folder (``media_root/page_dir/videoid.mp4``).
+    * ``cc_sbu_align``: ``annotations`` = the storage folder holding ``filter_cap.json``;
+      ``media_root`` defaults to ``annotations/image`` (``{image_id}.jpg``).
+    * ``llava_instruct``: ``annotations`` = ``llava_instruct_150k.json``; ``media_root`` = COCO
+      ``train2014/`` (files ``COCO_train2014_{image}``).
+    * ``videochat_instruct``: ``annotations`` = ``videochat_instruct_11k.json``; ``media_root`` =
+      videos folder (``media_root/{video}``).
+    * ``webdataset``: ``shards`` = tar files (globs and ``{000..099}`` brace ranges allowed),
+      members ``<key>.mp4|jpg`` + ``<key>.txt|json``.
+    """
+
+    type: str = ""  # one of DATASET_TYPES; defaults to the dataset's name in the YAML mapping
+    annotations: str = ""
+    media_root: str = ""
+    shards: list[str] = field(default_factory=list)
+    sample_ratio: float = 1.0  # mixing weight; stage 2 sets none -> uniform
+    num_frames: int = 8
+    sampling: Literal["uniform", "headtail"] = "uniform"
+    num_placeholders: int | None = None  # media tokens; None -> 32 (vision) / 8 (audio)
+    template: Literal["vicuna_v0", "llama_2"] | None = None  # conversation template; None -> data.template
+    data_type: str = "video"  # official ``data_type``; 'cn' in it drops the timestamp message
+    max_bad_fraction: float = 0.5  # stop with an error when more records than this fail
+
+    @property
+    def is_conversation(self) -> bool:
+        return self.type in CONVERSATION_TYPES
+
+
+@dataclass
+class DataSection:
+    """Datasets and how their text is built."""
+
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    template: Literal["vicuna_v0", "llama_2"] = "llama_2"  # conversation template (instruct data)
+    end_sym: str = "\n"  # appended to captions: "\n" (stage 1), "###" (vicuna) or "</s>" (llama-2)
+    prompt_template: str = ""  # caption prompt template, e.g. '###Human: {} ###Assistant: '
+    # Caption prompts, each with one <ImageHere> marker; "alignment_image" = the official 4 lines.
+    prompts: list[str] = field(default_factory=list)
+    image_size: int = 224
+    conversation_max_len: int = 512  # official instruct datasets truncate at 512 tokens
+    mask_pad_by_length: bool = True  # attention mask from lengths (False: official ids != pad)
+
+
+@dataclass
+class OptimSection:
+    """AdamW + linear-warmup cosine schedule (official ``optims.py``) and numerics."""
+
+    init_lr: float = 1e-4
+    min_lr: float = 8e-5
+    warmup_lr: float = 1e-6
+    warmup_steps: int = 2500
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_epoch: int = 5
+    iters_per_epoch: int = 2500
+    batch_size: int = 32  # per process (official batch_size_train, run on 8 GPUs)
+    accum_grad_iters: int = 1
+    max_txt_len: int = 32  # caption-side token limit (caption mode)
+    amp: bool = True  # autocast where supported
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype
+    grad_checkpointing: bool = False
+    grad_clip: float | None = None  # the official runner does not clip
+    lora: LoraSection = field(default_factory=LoraSection)
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_epoch * self.iters_per_epoch
+
+
+@dataclass
+class RunSection:
+    """Output, seeding, checkpointing, logging and distribution."""
+
+    output_dir: str = "output/run"
+    seed: int = 42
+    keep_last_k: int = 2  # checkpoints kept on disk
+    save_every: int = 0  # steps between checkpoints; 0 -> at the end of every epoch
+    log_every: int = 10  # steps between TensorBoard/metrics writes
+    num_workers: int = 4  # DataLoader workers per process
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # strategy under torchrun
+    branch: Literal["vision", "audio"] = "vision"
+    trainable: list[str] | None = None  # top-level model parts; None -> the branch's official set
+    resume: bool = False  # continue from output_dir's latest checkpoint
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    # Derived values -----------------------------------------------------------------------
+    @property
+    def media_placeholder(self) -> str:
+        """Placeholder token of the branch being trained."""
+        from videollama.tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
+
+        return IMAGE_PLACEHOLDER if self.run.branch == "vision" else AUDIO_PLACEHOLDER
+
+    def num_placeholders(self, dataset: str) -> int:
+        spec = self.data.datasets[dataset]
+        if spec.num_placeholders is not None:
+            return spec.num_placeholders
+        return VISION_PLACEHOLDERS if self.run.branch == "vision" else AUDIO_PLACEHOLDERS
+
+    def template(self, dataset: str) -> str:
+        return self.data.datasets[dataset].template or self.data.template
+
+    @property
+    def trainable(self) -> list[str]:
+        return list(self.run.trainable)  # filled in by _validate
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    # Validation ----------------------------------------------------------------------------
+    def _validate(self) -> None:
+        for name, spec in self.data.datasets.items():
+            where = f"data.datasets.{name}"
+            if not spec.type:
+                spec.type = name
+            if spec.type not in DATASET_TYPES:
+                raise ConfigError(f"{where}.type: unknown dataset type {spec.type!r}; choose one of {DATASET_TYPES}")
+            if spec.sample_ratio <= 0:
+                raise ConfigError(f"{where}.sample_ratio must be > 0, got {spec.sample_ratio}")
+            if not 0 < spec.max_bad_fraction <= 1:
+                raise ConfigError(f"{where}.max_bad_fraction must be in (0, 1], got {spec.max_bad_fraction}")
+            if spec.num_frames < 1:
+                raise ConfigError(f"{where}.num_frames must be >= 1, got {spec.num_frames}")
+        if self.data.prompts == ["alignment_image"]:
+            from videollama.train.text import ALIGNMENT_IMAGE_PROMPTS
+
+            self.data.prompts = list(ALIGNMENT_IMAGE_PROMPTS)
+        o = self.optim
+        for key in ("init_lr", "min_lr", "warmup_lr", "weight_decay"):
+            if getattr(o, key) < 0:
+                raise ConfigError(f"optim.{key} must be >= 0, got {getattr(o, key)}")
+        for key in ("max_epoch", "iters_per_epoch", "batch_size", "accum_grad_iters", "max_txt_len"):
+            if getattr(o, key) < 1:
+                raise ConfigError(f"optim.{key} must be >= 1, got {getattr(o, key)}")
+        if len(o.betas) != 2:
+            raise ConfigError(f"optim.betas must have two values, got {o.betas}")
+        if self.run.trainable is None:
+            self.run.trainable = list(VISION_TRAINABLE if self.run.branch == "vision" else AUDIO_TRAINABLE)
+        if not self.run.trainable and not o.lora.enabled:
+            raise ConfigError("run.trainable is empty and LoRA is off: nothing would be trained")
+        if self.run.branch == "audio" and not self.model.with_audio:
+            raise ConfigError("run.branch is 'audio' but model.with_audio is false")
+        if self.run.keep_last_k < 1:
+            raise ConfigError(f"run.keep_last_k must be >= 1, got {self.run.keep_last_k}")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a training YAML, apply ``key=value`` overrides and return the typed config."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        apply_overrides(raw, overrides)
+        return config_from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply dotted ``a.b.c=value`` overrides in place; list items are addressed by index."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text  # not YAML: keep the raw string
+        parts = key.split(".")
+        node: Any = raw
+        for depth, part in enumerate(parts[:-1]):
+            node = _child(node, part, ".".join(parts[: depth + 1]), create=True)
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_list_index(node, last, key)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override {key!r}: {'.'.join(parts[:-1])} is not a section")
+    return raw
+
+
+def _child(node: Any, part: str, where: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_list_index(node, part, where)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override {where!r}: parent is a value, not a section")
+    if part not in node or node[part] is None:
+        if not create:
+            raise ConfigError(f"unknown key {where!r}")
+        node[part] = {}
+    return node[part]
+
+
+def _list_index(node: list, part: str, where: str) -> int:
+    try:
+        index = int(part)
+    except ValueError:
+        raise ConfigError(f"override {where!r}: {part!r} is not a list index") from None
+    if not -len(node) <= index < len(node):
+        raise ConfigError(f"override {where!r}: index {index} out of range (list has {len(node)} items)")
+    return index
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    """Typed conversion of a plain dict (YAML) into :class:`TrainConfig` (raises ConfigError)."""
+    return _convert(TrainConfig, raw, "")
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """Convert ``value`` to type ``tp`` (dataclasses, Optional, list, dict, Literal, scalars)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    label = where or "config"
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{label}: expected a mapping, got {value!r}")
+        hints = typing.get_type_hints(tp)
+        names = [f.name for f in dataclasses.fields(tp)]
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            key = f"{where}.{unknown[0]}" if where else unknown[0]
+            raise ConfigError(f"unknown key {key!r}; valid keys here: {', '.join(names)}")
+        kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in value.items()}
+        try:
+            return tp(**kwargs)
+        except ConfigError as err:
+            raise ConfigError(str(err)) from None
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(option, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{label}: {value!r} matches none of {options}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{label}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and args and args[0] is str:
+            value = [value]  # a single path is a one-item list
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{label}: expected a list, got {value!r}")
+        return [_convert(args[0], v, f"{where}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{label}: expected a mapping, got {value!r}")
+        return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{label}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{label}: expected an integer, got {value!r}")
+    if tp is float:
+        # PyYAML (YAML 1.1) reads ``1e-4`` as a string: accept numeric strings for floats.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{label}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{label}: expected a string, got {value!r}")
+    if tp is Any:
+        return value
+    raise ConfigError(f"{label}: unsupported field type {tp!r}")

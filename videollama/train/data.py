@@ -1,0 +1,604 @@
+"""Training datasets for the official data formats (map-style, one dict per sample).
+
+Formats (reference section 4):
+
+=====================  ===========================================================================
+``webvid``              every ``*.csv`` in ``annotations`` with columns ``videoid,name,page_dir``;
+                        video ``media_root/page_dir/videoid.mp4``; caption ``blip_caption(name)``;
+                        ``headtail`` frame sampling; caption mode.
+``cc_sbu_align``        ``annotations/filter_cap.json`` = ``{"annotations": [{"image_id", "caption"}]}``,
+                        image ``media_root/{image_id}.jpg`` (default ``annotations/image``); caption
+                        used as is; caption mode (LLaVA-CC595k, MiniGPT-4's 3.5k align set).
+``llava_instruct``      JSON list of ``{"image", "conversations": [{"from", "value"}]}``; image
+                        ``media_root/COCO_train2014_{image}``; ``<image>`` -> ``<Image>`` +
+                        placeholder x N + ``</Image>``; conversation mode.
+``videochat_instruct``  JSON list of ``{"video", "QA": [{"q", "a"}]}``; video ``media_root/{video}``;
+                        the first q is prefixed with ``<Video>`` + placeholder x N + ``</Video> `` +
+                        the timestamp sentence (dropped when ``data_type`` contains "cn").
+``webdataset``          tar shards with ``<key>.mp4|jpg`` + ``<key>.txt|json`` members (json:
+                        ``caption``/``text``/``name``); caption mode with ``blip_caption``.
+=====================  ===========================================================================
+
+N and the placeholder token depend on the branch: 32 x ``<ImageHere>`` for the vision branch,
+8 x ``<AudioHere>`` for the audio branch. The official code wrote ``<ImageHere>`` x 8 for the audio
+branch too (its model had one placeholder id and a ``train_flag``); our model fills ``<AudioHere>``
+with audio-branch features, so the audio branch's training text uses ``<AudioHere>``.
+
+Train transforms: frames are squashed to 224 at decode, then one random resized crop (scale
+0.5-1, ratio 3/4-4/3, bicubic) per video or image, then CLIP normalisation. Images are read at
+224x224 first and cropped after (the official ``blip2_image_train`` crops the full-resolution
+image; the crop box statistics are the same, the cropped pixels are slightly blurrier).
+
+**Bad records never stop a run.** A record that cannot be used (missing file, corrupt media,
+malformed JSON record, missing keys, no media placeholder, placeholders cut by truncation) is
+skipped: the dataset returns the next good record (``index + 1``, wrapping) deterministically,
+counts the failure and keeps the first few reasons (``dataset.skipped``). Each sample also carries
+a ``skip_report`` so the trainer can total skips across DataLoader worker processes. When more
+than ``max_bad_fraction`` of the records tried so far have failed (after a minimum number of
+tries), :class:`DatasetError` stops the run with a message naming the dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import os
+import re
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from videollama.media.errors import MediaError
+
+from .text import (
+    EncodedText,
+    Turn,
+    blip_caption,
+    encode_caption,
+    encode_conversation,
+    media_block,
+)
+
+__all__ = [
+    "DatasetError",
+    "RecordError",
+    "SkipStats",
+    "TextOptions",
+    "TrainDataset",
+    "WebVidDataset",
+    "CCSBUAlignDataset",
+    "LlavaInstructDataset",
+    "VideoChatInstructDataset",
+    "WebDatasetShards",
+    "build_datasets",
+    "text_options",
+    "merge_skip_reports",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_KEPT_REASONS = 5  # first failure reasons kept per dataset
+MIN_TRIES_BEFORE_FRACTION_CHECK = 16  # do not judge a dataset on its first few records
+IMAGE_FRAME_COUNT = 1  # an image is a one-frame video
+CROP_SCALE = (0.5, 1.0)  # alpro_video_train / blip2_image_train RandomResizedCrop scale
+WEBVID_COLUMNS = ("videoid", "name", "page_dir")
+LLAVA_IMAGE_TOKEN = "<image>"
+LLAVA_IMAGE_PREFIX = "COCO_train2014_"
+WDS_VIDEO_EXTS = ("mp4", "avi", "mov", "mkv", "webm")
+WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+WDS_TEXT_KEYS = ("caption", "text", "name")
+_WDS_KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset: key = path up to the first dot
+
+
+class DatasetError(RuntimeError):
+    """A whole dataset is unusable (unreadable annotations, or too many bad records)."""
+
+
+class RecordError(ValueError):
+    """One record cannot be used; the message says why (one line)."""
+
+
+@dataclass
+class SkipStats:
+    """Records tried and skipped, with the first few reasons."""
+
+    attempted: int = 0
+    failed: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def add_failure(self, reason: str) -> None:
+        self.failed += 1
+        if len(self.reasons) < MAX_KEPT_REASONS:
+            self.reasons.append(reason)
+
+    def merge(self, attempted: int, reasons: Sequence[str]) -> None:
+        self.attempted += attempted
+        for reason in reasons:
+            self.add_failure(reason)
+
+    @property
+    def fraction(self) -> float:
+        return self.failed / self.attempted if self.attempted else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"attempted": self.attempted, "failed": self.failed, "fraction": round(self.fraction, 6),
+                "first_reasons": list(self.reasons)}
+
+
+def merge_skip_reports(totals: dict[str, SkipStats], reports: Sequence[dict[str, Any]]) -> dict[str, SkipStats]:
+    """Add a batch's ``skip_reports`` (from :func:`videollama.train.text.collate`) to ``totals``."""
+    for report in reports:
+        totals.setdefault(report["dataset"], SkipStats()).merge(report["attempted"], report["reasons"])
+    return totals
+
+
+@dataclass
+class TextOptions:
+    """How a dataset turns its text into tokens (shared by all datasets of a run)."""
+
+    tokenizer: Any
+    media_token: str  # placeholder string: <ImageHere> (vision branch) or <AudioHere> (audio)
+    num_media_tokens: int  # N placeholders per sample (32 / 8)
+    end_sym: str = "\n"
+    max_txt_len: int = 32
+    prompts: tuple[str, ...] = ()  # templated caption prompts, each with one <ImageHere> marker
+    template: str = "llama_2"  # conversation template
+    conversation_max_len: int = 512
+
+    @property
+    def media_token_id(self) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(self.media_token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise DatasetError(f"the tokenizer has no {self.media_token} token (use videollama.tokenizer.add_media_tokens)")
+        return int(token_id)
+
+
+# ---------------------------------------------------------------------------------------------- base
+class TrainDataset(Dataset):
+    """Base class: record list, skip-and-continue logic, seeded augmentation.
+
+    Subclasses implement ``_load(index, generator) -> dict`` returning ``input_ids``, ``labels``
+    and ``frames`` ``(T, 3, H, W)``, raising on any problem, and ``_describe(index)``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        text: TextOptions,
+        *,
+        image_size: int = 224,
+        max_bad_fraction: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        self.name = name
+        self.text = text
+        self.image_size = image_size
+        self.max_bad_fraction = max_bad_fraction
+        self.seed = seed
+        self.skipped = SkipStats()
+        self.records: Sequence[Any] = []
+        self._media_token_id = text.media_token_id
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from .mixing import _seed_of
+
+        return self.get(int(index), seed=_seed_of(self.seed, index))
+
+    def get(self, index: int, seed: int) -> dict[str, Any]:
+        """Sample ``index`` (or the next readable record), augmented with ``seed``."""
+        if not self.records:
+            raise DatasetError(f"dataset {self.name!r} has no records")
+        reasons: list[str] = []
+        current = index % len(self.records)
+        for _ in range(len(self.records)):
+            self.skipped.attempted += 1
+            try:
+                sample = self._load(current, torch.Generator().manual_seed(seed))
+            except DatasetError:
+                raise
+            except Exception as err:  # one bad record must not stop the run: count, report, move on
+                reason = f"record {current} ({self._describe(current)}): {_one_line(err)}"
+                reasons.append(reason)
+                self.skipped.add_failure(reason)
+                logger.debug("%s: skipping %s", self.name, reason)
+                self._check_health()
+                current = (current + 1) % len(self.records)
+                continue
+            sample.update(
+                dataset=self.name,
+                index=current,
+                skip_report={"dataset": self.name, "attempted": len(reasons) + 1, "reasons": reasons},
+            )
+            return sample
+        raise DatasetError(
+            f"dataset {self.name!r}: none of its {len(self.records)} records could be read; "
+            f"first reasons: {' | '.join(self.skipped.reasons)}"
+        )
+
+    def _check_health(self) -> None:
+        s = self.skipped
+        if s.attempted >= MIN_TRIES_BEFORE_FRACTION_CHECK and s.fraction > self.max_bad_fraction:
+            raise DatasetError(
+                f"dataset {self.name!r}: {s.failed} of {s.attempted} records tried failed "
+                f"(more than {self.max_bad_fraction:.0%}); first reasons: {' | '.join(s.reasons)}"
+            )
+
+    # To implement ------------------------------------------------------------------------------
+    def _load(self, index: int, generator: torch.Generator) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _describe(self, index: int) -> str:
+        return str(self.records[index])[:120]
+
+    # Shared helpers --------------------------------------------------------------------------
+    def _video(self, path: str | os.PathLike, num_frames: int, sampling: str, generator: torch.Generator):
+        """Decode, crop and normalise a video -> (frames (T, 3, S, S), timestamp message)."""
+        from videollama.media import load_video
+        from videollama.media.transforms import normalize, random_resized_crop
+
+        clip = load_video(path, num_frames, image_size=self.image_size, sampling=sampling,
+                          generator=generator, normalize=False)
+        frames = random_resized_crop(clip.frames, size=self.image_size, scale=CROP_SCALE, generator=generator)
+        return normalize(frames), clip.timestamp_message()
+
+    def _image(self, path: str | os.PathLike, generator: torch.Generator) -> torch.Tensor:
+        """Read, crop and normalise an image -> (1, 3, S, S)."""
+        from videollama.media import load_image
+        from videollama.media.transforms import normalize, random_resized_crop
+
+        pixels = load_image(path, image_size=self.image_size, normalize=False)  # (1, 3, S, S) in [0, 1]
+        frames = random_resized_crop(pixels, size=self.image_size, scale=CROP_SCALE, generator=generator)
+        return normalize(frames)
+
+    def _caption_sample(self, caption: str, frames: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
+        if not caption:
+            raise RecordError("empty caption")
+        t = self.text
+        prompt = None
+        if t.prompts:
+            prompt = t.prompts[int(torch.randint(len(t.prompts), (1,), generator=generator))]
+        encoded = encode_caption(t.tokenizer, caption, media_token_id=self._media_token_id,
+                                 num_media_tokens=t.num_media_tokens, end_sym=t.end_sym,
+                                 max_txt_len=t.max_txt_len, prompt=prompt)
+        return self._sample(encoded, frames)
+
+    def _conversation_sample(self, turns: list[Turn], frames: torch.Tensor) -> dict[str, Any]:
+        t = self.text
+        encoded = encode_conversation(t.tokenizer, turns, t.template, t.conversation_max_len)
+        found = int((encoded.input_ids == self._media_token_id).sum())
+        if found != t.num_media_tokens:
+            raise RecordError(
+                f"{found} {t.media_token} tokens after tokenisation, expected {t.num_media_tokens} "
+                "(missing media tag, several media, or cut by the length limit)"
+            )
+        return self._sample(encoded, frames)
+
+    @staticmethod
+    def _sample(encoded: EncodedText, frames: torch.Tensor) -> dict[str, Any]:
+        return {"input_ids": encoded.input_ids, "labels": encoded.labels, "frames": frames}
+
+
+def _one_line(err: BaseException) -> str:
+    """One-line reason; our own errors read well alone, others get their type name."""
+    text = " ".join(str(err).split())
+    if isinstance(err, (RecordError, MediaError)) and text:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _read_json(path: Path, dataset: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as err:
+        raise DatasetError(f"dataset {dataset!r}: cannot read {path} ({err.strerror or err})") from None
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"dataset {dataset!r}: {path} is not valid JSON ({err})") from None
+
+
+def _require(record: Any, key: str, kind: type | tuple[type, ...] = str) -> Any:
+    if not isinstance(record, dict):
+        raise RecordError(f"record is a {type(record).__name__}, not an object")
+    if key not in record:
+        raise RecordError(f"missing key {key!r}")
+    value = record[key]
+    if not isinstance(value, kind):
+        raise RecordError(f"key {key!r} has type {type(value).__name__}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- formats
+class WebVidDataset(TrainDataset):
+    """WebVid-2M/10M CSV annotations + videos (caption mode, official ``headtail`` sampling)."""
+
+    def __init__(self, name: str, text: TextOptions, *, annotations: str, media_root: str,
+                 num_frames: int = 8, sampling: str = "headtail", **kwargs) -> None:
+        super().__init__(name, text, **kwargs)
+        self.media_root = Path(media_root)
+        self.num_frames, self.sampling = num_frames, sampling
+        folder = Path(annotations)
+        if not folder.is_dir():
+            raise DatasetError(f"dataset {name!r}: annotation folder {folder} does not exist")
+        files = sorted(folder.glob("*.csv"))  # the official loader reads only *.csv
+        if not files:
+            raise DatasetError(f"dataset {name!r}: no *.csv files in {folder}")
+        rows: list[tuple[str, str, str]] = []
+        for file in files:
+            try:
+                with open(file, newline="", encoding="utf-8") as f:
+                    reader = csv.DictReader(f)
+                    missing = [c for c in WEBVID_COLUMNS if c not in (reader.fieldnames or [])]
+                    if missing:
+                        raise DatasetError(f"dataset {name!r}: {file} lacks the column(s) {missing}")
+                    # Keep raw cells (None for short rows): problems surface per record, later.
+                    rows.extend((r["videoid"], r["name"], r["page_dir"]) for r in reader)
+            except (OSError, UnicodeDecodeError, csv.Error) as err:
+                raise DatasetError(f"dataset {name!r}: cannot read {file} ({_one_line(err)})") from None
+        self.records = rows
+
+    def _describe(self, index: int) -> str:
+        videoid, _, page_dir = self.records[index]
+        return f"{page_dir}/{videoid}.mp4"
+
+    def _load(self, index: int, generator: torch.Generator) -> dict[str, Any]:
+        videoid, caption, page_dir = self.records[index]
+        if not videoid or page_dir is None or caption is None:
+            raise RecordError("empty videoid/page_dir/name cell")
+        frames, _ = self._video(self.media_root / page_dir / f"{videoid}.mp4", self.num_frames, self.sampling, generator)
+        if frames.shape[0] != self.num_frames:  # the official loader rejects short videos too
+            raise RecordError(f"video has {frames.shape[0]} frames, need {self.num_frames}")
+        return self._caption_sample(blip_caption(caption.strip()), frames, generator)
+
+
+class CCSBUAlignDataset(TrainDataset):
+    """``filter_cap.json`` + ``image/{image_id}.jpg`` (caption mode; captions used verbatim)."""
+
+    def __init__(self, name: str, text: TextOptions, *, annotations: str, media_root: str = "", **kwargs) -> None:
+        super().__init__(name, text, **kwargs)
+        storage = Path(annotations)
+        data = _read_json(storage / "filter_cap.json", name)
+        if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+            raise DatasetError(f"dataset {name!r}: {storage / 'filter_cap.json'} has no 'annotations' list")
+        self.records = data["annotations"]
+        self.media_root = Path(media_root) if media_root else storage / "image"
+
+    def _load(self, index: int, generator: torch.Generator) -> dict[str, Any]:
+        record = self.records[index]
+        image_id = _require(record, "image_id", (str, int))
+        caption = _require(record, "caption")
+        frames = self._image(self.media_root / f"{image_id}.jpg", generator)
+        return self._caption_sample(caption, frames, generator)
+
+
+class LlavaInstructDataset(TrainDataset):
+    """LLaVA-Instruct-150K conversations over COCO images (conversation mode)."""
+
+    def __init__(self, name: str, text: TextOptions, *, annotations: str, media_root: str, **kwargs) -> None:
+        super().__init__(name, text, **kwargs)
+        data = _read_json(Path(annotations), name)
+        if not isinstance(data, list):
+            raise DatasetError(f"dataset {name!r}: {annotations} must hold a JSON list of records")
+        self.records = data
+        self.media_root = Path(media_root)
+
+    def _load(self, index: int, generator: torch.Generator) -> dict[str, Any]:
+        record = self.records[index]
+        image = _require(record, "image")
+        conversations = _require(record, "conversations", list)
+        block = media_block("image", self.text.media_token, self.text.num_media_tokens)
+        turns = []
+        for message in conversations:
+            role, value = _require(message, "from"), _require(message, "value")
+            turns.append(Turn(role, value.replace(LLAVA_IMAGE_TOKEN, block)))
+        frames = self._image(self.media_root / f"{LLAVA_IMAGE_PREFIX}{image}", generator)
+        return self._conversation_sample(turns, frames)
+
+
+class VideoChatInstructDataset(TrainDataset):
+    """VideoChat-instruct-11K: ``{"video", "QA": [{"q", "a"}]}`` (conversation mode, uniform frames)."""
+
+    def __init__(self, name: str, text: TextOptions, *, annotations: str, media_root: str,
+                 num_frames: int = 8, sampling: str = "uniform", data_type: str = "video", **kwargs) -> None:
+        super().__init__(name, text, **kwargs)
+        data = _read_json(Path(annotations), name)
+        if not isinstance(data, list):
+            raise DatasetError(f"dataset {name!r}: {annotations} must hold a JSON list of records")
+        self.records = data
+        self.media_root = Path(media_root)
+        self.num_frames, self.sampling, self.data_type = num_frames, sampling, data_type
+
+    def _describe(self, index: int) -> str:
+        record = self.records[index]
+        return str(record.get("video")) if isinstance(record, dict) else super()._describe(index)
+
+    def _load(self, index: int, generator: torch.Generator) -> dict[str, Any]:
+        record = self.records[index]
+        video = _require(record, "video")
+        qa = _require(record, "QA", list)
+        if not qa:
+            raise RecordError("empty QA list")
+        pairs = [(_require(item, "q"), _require(item, "a")) for item in qa]
+        frames, message = self._video(self.media_root / video, self.num_frames, self.sampling, generator)
+        if "cn" in self.data_type:
+            message = ""
+        block = media_block("video", self.text.media_token, self.text.num_media_tokens)
+        turns = []
+        for i, (question, answer) in enumerate(pairs):
+            if i == 0:
+                question = f"{block} {message}{question}"
+            turns += [Turn("human", question), Turn("gpt", answer)]
+        return self._conversation_sample(turns, frames)
+
+
+class WebDatasetShards(TrainDataset):
+    """WebDataset tar shards read as a map-style dataset (caption mode).
+
+    The shards are indexed once (tar headers only; member data is not read), then records are
+    read by seeking to their members, so order, DDP slicing and resume work as for the other
+    formats. Video members are written to a temporary file for decoding. An unreadable or
+    truncated shard contributes the records indexed before the damage and counts as one failure.
+    """
+
+    def __init__(self, name: str, text: TextOptions, *, shards: Sequence[str], num_frames: int = 8,
+                 sampling: str = "uniform", **kwargs) -> None:
+        super().__init__(name, text, **kwargs)
+        self.num_frames, self.sampling = num_frames, sampling
+        self.shards = _expand_shards(shards)
+        if not self.shards:
+            raise DatasetError(f"dataset {name!r}: no shard matches {list(shards)}")
+        records: list[tuple[int, str, dict[str, tuple[int, int]]]] = []
+        for shard_index, shard in enumerate(self.shards):
+            try:
+                records += _index_shard(shard_index, shard)
+            except _ShardError as err:
+                records += err.partial
+                self.skipped.attempted += 1
+                self.skipped.add_failure(f"shard {shard}: {err}")
+        if not records:
+            raise DatasetError(f"dataset {name!r}: no records in {len(self.shards)} shard(s); "
+                               f"first reasons: {' | '.join(self.skipped.reasons) or 'empty shards'}")
+        self.records = records
+
+    def _describe(self, index: int) -> str:
+        shard, key, _ = self.records[index]
+        return f"{self.shards[shard]}:{key}"
+
+    def _member(self, shard: int, location: tuple[int, int]) -> bytes:
+        offset, size = location
+        with open(self.shards[shard], "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise RecordError(f"member truncated ({len(data)} of {size} bytes)")
+        return data
+
+    def _load(self, index: int, generator: torch.Generator) -> dict[str, Any]:
+        shard, key, members = self.records[index]
+        caption = self._caption(shard, members)
+        video_ext = next((e for e in WDS_VIDEO_EXTS if e in members), None)
+        image_ext = next((e for e in WDS_IMAGE_EXTS if e in members), None)
+        if video_ext is None and image_ext is None:
+            raise RecordError(f"no media member (have {sorted(members)})")
+        ext = video_ext or image_ext
+        data = self._member(shard, members[ext])
+        with tempfile.NamedTemporaryFile(suffix=f".{ext}") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            if video_ext:
+                frames, _ = self._video(tmp.name, self.num_frames, self.sampling, generator)
+            else:
+                frames = self._image(tmp.name, generator)
+        return self._caption_sample(blip_caption(caption), frames, generator)
+
+    def _caption(self, shard: int, members: dict[str, tuple[int, int]]) -> str:
+        if "txt" in members:
+            return self._member(shard, members["txt"]).decode("utf-8").strip()
+        if "json" in members:
+            meta = json.loads(self._member(shard, members["json"]).decode("utf-8"))
+            for key in WDS_TEXT_KEYS:
+                if isinstance(meta, dict) and isinstance(meta.get(key), str):
+                    return meta[key].strip()
+            raise RecordError(f"json member has none of the keys {WDS_TEXT_KEYS}")
+        raise RecordError(f"no txt/json member (have {sorted(members)})")
+
+
+class _ShardError(Exception):
+    def __init__(self, message: str, partial: list) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+def _expand_shards(patterns: Sequence[str]) -> list[str]:
+    """Brace ranges (``{000..009}``) and globs -> sorted existing paths (missing plain paths kept)."""
+    try:
+        from braceexpand import braceexpand
+    except ImportError:  # webdataset's dependency; without it, no brace ranges
+        braceexpand = lambda pattern: [pattern]  # noqa: E731
+    paths: list[str] = []
+    for pattern in patterns:
+        for expanded in braceexpand(pattern):
+            matches = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
+            paths += matches
+    return paths
+
+
+def _index_shard(shard_index: int, path: str) -> list[tuple[int, str, dict[str, tuple[int, int]]]]:
+    """Group a shard's members by key: [(shard, key, {ext: (data offset, size)})]."""
+    grouped: dict[str, dict[str, tuple[int, int]]] = {}
+    order: list[str] = []
+
+    def records() -> list:
+        return [(shard_index, key, grouped[key]) for key in order]
+
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                match = _WDS_KEY_RE.match(member.name)
+                if match is None:
+                    continue
+                key, ext = match.group(1), match.group(2).lower()
+                if key not in grouped:
+                    grouped[key] = {}
+                    order.append(key)
+                grouped[key][ext] = (member.offset_data, member.size)
+    except (OSError, tarfile.TarError, EOFError) as err:
+        raise _ShardError(_one_line(err), records()) from None
+    return records()
+
+
+# ---------------------------------------------------------------------------------------------- building
+def text_options(cfg, tokenizer, dataset: str) -> TextOptions:
+    """TextOptions for ``dataset`` of a :class:`~videollama.train.config.TrainConfig`."""
+    data = cfg.data
+    prompts = tuple(data.prompt_template.format(p) if data.prompt_template else p for p in data.prompts)
+    return TextOptions(
+        tokenizer=tokenizer,
+        media_token=cfg.media_placeholder,
+        num_media_tokens=cfg.num_placeholders(dataset),
+        end_sym=data.end_sym,
+        max_txt_len=cfg.optim.max_txt_len,
+        prompts=prompts,
+        template=cfg.template(dataset),
+        conversation_max_len=data.conversation_max_len,
+    )
+
+
+def build_datasets(cfg, tokenizer) -> list[TrainDataset]:
+    """One dataset per entry of ``cfg.data.datasets`` (in YAML order)."""
+    built: list[TrainDataset] = []
+    for index, (name, spec) in enumerate(cfg.data.datasets.items()):
+        common = dict(image_size=cfg.data.image_size, max_bad_fraction=spec.max_bad_fraction,
+                      seed=cfg.run.seed + index)
+        text = text_options(cfg, tokenizer, name)
+        if spec.type == "webvid":
+            ds = WebVidDataset(name, text, annotations=spec.annotations, media_root=spec.media_root,
+                               num_frames=spec.num_frames, sampling=spec.sampling, **common)
+        elif spec.type == "cc_sbu_align":
+            ds = CCSBUAlignDataset(name, text, annotations=spec.annotations, media_root=spec.media_root, **common)
+        elif spec.type == "llava_instruct":
+            ds = LlavaInstructDataset(name, text, annotations=spec.annotations, media_root=spec.media_root, **common)
+        elif spec.type == "videochat_instruct":
+            ds = VideoChatInstructDataset(name, text, annotations=spec.annotations, media_root=spec.media_root,
+                                          num_frames=spec.num_frames, sampling=spec.sampling,
+                                          data_type=spec.data_type, **common)
+        elif spec.type == "webdataset":
+            ds = WebDatasetShards(name, text, shards=spec.shards, num_frames=spec.num_frames,
+                                  sampling=spec.sampling, **common)
+        else:  # config validation makes this unreachable
+            raise DatasetError(f"dataset {name!r}: unknown type {spec.type!r}")
+        built.append(ds)
+    return built
+
