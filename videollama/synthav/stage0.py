@@ -1,0 +1,519 @@
+"""Stage 0: train the parts users normally download, on the SynthAV world, then freeze them.
+
+The real Video-LLaMA starts from downloaded weights: an LLM with its tokenizer, BLIP-2's EVA ViT +
+Q-Former, and ImageBind's vision and audio encoders. None can be downloaded here, so this module
+trains small stand-ins with the project's own model code on a generated SynthAV folder, in the
+order the real parts were made:
+
+1. **Tokenizer + LLM** (``train_tiny_tokenizer`` + ``LlamaForCausalLM``): a plain language model on
+   the world's text: captions, frame descriptions and the instruction conversations rendered
+   with the ``llama_2`` template, with the system prompts and media preambles used at training and
+   inference time (media placeholders removed). The shuffled instruction conversations often put
+   the description before a question about it, so the LM learns to answer from its context, which
+   is what the soft media tokens later exploit.
+2. **Image encoder + image Q-Former** (``Blip2VisionModel`` + ``Blip2QFormerModel``), BLIP-2-like:
+   BLIP-2's generative pre-training with a frozen LLM. The Q-Former's query outputs go through a
+   temporary linear layer into the frozen stage-0 LLM, which must generate a *frame description*
+   ("a large red circle at column 2 row 5 ..."). We use only this loss (no ITC/ITM): one loss
+   that trains the encoder to keep what the LLM needs (colour, shape, size, position), and it
+   needs no extra text encoder. Positions are in the description because the temporal questions
+   (direction, order) need per-frame positions downstream.
+3. **ImageBind-like pair**: the ImageBind vision encoder is trained image<->text contrastive
+   (CLIP loss, learned temperature) against a small text encoder (token embedding + one transformer
+   layer, mean-pooled) on the captions of what each frame shows; then frozen. The audio encoder is
+   trained audio<->image contrastive against the *frozen* vision encoder (ImageBind's recipe: the
+   image is the binding modality; the audio encoder's fixed logit scale of 20 is the temperature)
+   on (frame, 2-s audio window) pairs where every audible source is an object visible in that
+   frame. Off-screen sounds (bell, drum) have no image, so they are never bound: a known limit
+   of binding through images, measured by the audio questions about them.
+
+Frames (8 uniform frames per clip, ``load_video``) and audio (8 two-second 128x204 fbank windows per
+clip, ``load_audio``) are decoded once and cached in memory for all three trainings.
+
+    python -m videollama.synthav.stage0 --data DATA --out OUT [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..templates import AV_MESSAGE, AUDIO_SENTENCE, IMAGE_MESSAGE, LLAMA2_DEFAULT_SYSTEM, VIDEO_MESSAGE, VISUAL_SYSTEM
+from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, train_tiny_tokenizer
+from .annotate import still_caption
+from .preset import synthav_config
+from .world import Scene, WorldConfig
+
+logger = logging.getLogger(__name__)
+
+FRAMES_PER_CLIP = 8  # uniform frames cached per clip (the official 8)
+AUDIO_WINDOW_S = 2.0  # ImageBind audio clip length
+AUDIO_WINDOWS = 8  # ImageBind clips per video
+MIN_OVERLAP_S = 1.0  # a sounding object must be audible this long in a window to pair it
+POSITION_BINS = 8  # frame descriptions give column/row in 8 bins
+LM_MAX_TOKENS = 256
+CAPTION_MAX_TOKENS = 64
+IGNORE_INDEX = -100
+TEXT_ENCODER_WIDTH = 128
+INIT_TEMPERATURE = 0.07
+TIMESTAMP_EXAMPLE = "The video contains 8 frames sampled at 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5 seconds. "
+TRAIN_SYSTEM = " "  # what the official llama_2 training text uses as the system prompt
+SYSTEMS = (TRAIN_SYSTEM, "", VISUAL_SYSTEM, LLAMA2_DEFAULT_SYSTEM)
+PREAMBLES = (
+    "",
+    IMAGE_MESSAGE,
+    VIDEO_MESSAGE + TIMESTAMP_EXAMPLE,
+    AV_MESSAGE,
+    AUDIO_SENTENCE,
+    "<Video></Video> " + TIMESTAMP_EXAMPLE,  # the training-data form (instruct datasets)
+    "<Image></Image>",
+)
+
+
+@dataclass
+class Stage0Settings:
+    """Sizes and step counts of the stage-0 trainings (defaults: the full chain)."""
+
+    seed: int = 0
+    vocab_size: int = 768
+    frame_clips: int = 800  # webvid clips decoded for the frame and audio caches
+    lm_steps: int = 700
+    lm_batch: int = 24
+    lm_lr: float = 2e-3
+    vision_steps: int = 700
+    vision_batch: int = 48
+    vision_lr: float = 1e-3
+    bind_vision_steps: int = 500
+    bind_batch: int = 96
+    bind_lr: float = 1e-3
+    audio_steps: int = 500
+    audio_batch: int = 64
+    audio_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> "Stage0Settings":
+        return cls(seed=seed, vocab_size=600, frame_clips=24, lm_steps=6, lm_batch=4, vision_steps=4, vision_batch=8,
+                   bind_vision_steps=4, bind_batch=16, audio_steps=4, audio_batch=8)
+
+
+@dataclass
+class Stage0Result:
+    model_dir: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    final_loss: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclass
+class WorldData:
+    """What stage 0 reads from a generated SynthAV folder."""
+
+    root: Path
+    world: WorldConfig
+    scenes: dict[str, Scene]  # media path (relative to root) -> scene
+    webvid: list[tuple[str, str]]  # (video path relative to root, caption)
+    videochat: list[dict[str, Any]]
+    llava: list[dict[str, Any]]
+    corpus: list[str]
+
+    @classmethod
+    def load(cls, root: str | Path) -> "WorldData":
+        root = Path(root)
+        meta_path = root / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{root}: not a SynthAV folder (no meta.json; run `videollama synthav generate`)")
+        meta = json.loads(meta_path.read_text())
+        world = WorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["world"].items()})
+        scenes = {}
+        with open(root / "truth.jsonl", encoding="utf-8") as f:
+            for line in f:
+                rec = json.loads(line)
+                scenes[rec["media"]] = Scene.from_dict(rec["scene"])
+        webvid = []
+        with open(root / meta["paths"]["webvid_csv"], newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                webvid.append((f"{meta['paths']['webvid_videos']}/{row['page_dir']}/{row['videoid']}.mp4", row["name"]))
+        videochat = json.loads((root / meta["paths"]["videochat_json"]).read_text())
+        llava = json.loads((root / meta["paths"]["llava_json"]).read_text())
+        corpus = [line for line in (root / "corpus.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+        return cls(root, world, scenes, webvid, videochat, llava, corpus)
+
+
+def _bin(value: float, size: int) -> int:
+    return int(min(POSITION_BINS - 1, max(0, value / size * POSITION_BINS)))
+
+
+def frame_description(scene: Scene, frame: int, world: WorldConfig) -> str:
+    """What one frame shows, with coarse positions: 'a large red circle at column 2 row 5.'"""
+    parts = []
+    for obj in scene.visible_at(frame):
+        x, y = obj.centres(world.num_frames)[frame]
+        parts.append(f"a {obj.phrase} at column {_bin(x, world.size)} row {_bin(y, world.size)}")
+    if not parts:
+        return "an empty grey background."
+    return (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]) + "."
+
+
+def _strip_media(text: str) -> str:
+    return text.replace(IMAGE_PLACEHOLDER, "").replace(AUDIO_PLACEHOLDER, "").replace("<image>\n", "")
+
+
+def render_chat(system: str, turns: list[tuple[str, str]], preamble: str) -> str:
+    """llama_2 chat text (as the inference template renders it), media placeholders removed."""
+    out = ""
+    for i, (user, answer) in enumerate(turns):
+        if i == 0:
+            user = f"<<SYS>>\n{system}\n<</SYS>>\n\n{_strip_media(preamble) + ' ' if preamble else ''}{user}"
+        out += ("" if i == 0 else "<s>") + f"[INST] {user} [/INST] {answer} </s>"
+    return out
+
+
+def lm_texts(data: WorldData, frame_descriptions: list[str], rng: random.Random) -> list[str]:
+    """The LM's training documents: captions, frame descriptions and rendered conversations."""
+    docs = list(data.corpus) + list(frame_descriptions)
+    for record in data.videochat:
+        turns = [(t["q"], t["a"]) for t in record["QA"]]
+        docs.append(render_chat(rng.choice(SYSTEMS), turns, rng.choice(PREAMBLES)))
+    for record in data.llava:
+        conv = record["conversations"]
+        turns = [(_strip_media(conv[i]["value"]), conv[i + 1]["value"]) for i in range(0, len(conv) - 1, 2)]
+        docs.append(render_chat(rng.choice(SYSTEMS), turns, rng.choice(PREAMBLES)))
+    # Single-question chats: the form every evaluation question takes.
+    for record in data.videochat:
+        q = rng.choice(record["QA"])
+        docs.append(render_chat(rng.choice(SYSTEMS), [(q["q"], q["a"])], rng.choice(PREAMBLES)))
+    return docs
+
+
+def tokenizer_corpus(data: WorldData, frame_descriptions: list[str]) -> str:
+    prompts = [s for s in SYSTEMS if s.strip()] + [_strip_media(p) for p in PREAMBLES if p]
+    prompts += ["[INST] <<SYS>> <</SYS>> [/INST] </s>"] * 5
+    return "\n".join(data.corpus + frame_descriptions[:2000] + prompts * 20)
+
+
+@dataclass
+class MediaCache:
+    """Decoded frames and fbank windows of the first ``n`` webvid clips."""
+
+    frames: Tensor  # (N, 8, 3, S, S) uint8
+    frame_index: list[list[int]]  # per clip, the source frame numbers of the 8 cached frames
+    audio: Tensor | None  # (N, 8, 1, 128, 204) float16, or None when not decoded
+    scenes: list[Scene]
+
+
+def decode_media(data: WorldData, count: int, image_size: int, with_audio: bool = True) -> MediaCache:
+    from ..media.video import load_video
+
+    if with_audio:
+        from ..media import load_audio
+
+    count = min(count, len(data.webvid))
+    frames, index, audio, scenes = [], [], [], []
+    for rel, _ in data.webvid[:count]:
+        path = data.root / rel
+        clip = load_video(path, FRAMES_PER_CLIP, image_size=image_size, normalize=False)  # (8, 3, S, S) in [0, 1]
+        frames.append((clip.frames * 255).round().to(torch.uint8))
+        index.append([int(i) for i in clip.indices])
+        if with_audio:
+            audio.append(load_audio(path).to(torch.float16))  # (8, 1, 128, 204)
+        scenes.append(data.scenes[rel])
+    return MediaCache(torch.stack(frames), index, torch.stack(audio) if with_audio else None, scenes)
+
+
+def _normalize(frames_uint8: Tensor) -> Tensor:
+    from ..media.transforms import normalize
+
+    return normalize(frames_uint8.float() / 255.0)
+
+
+# ------------------------------------------------------------------------------------------------ training utils
+def _optimizer(params, lr: float, weight_decay: float, steps: int, warmup_fraction: float):
+    params = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    warmup = max(1, int(steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _loop(name: str, steps: int, step_fn, params, lr: float, settings: Stage0Settings, log_every: int = 50) -> float:
+    """Run ``steps`` optimisation steps of ``step_fn(step) -> loss``; returns the mean loss of the last 20."""
+    opt, sched = _optimizer(params, lr, settings.weight_decay, steps, settings.warmup_fraction)
+    recent: list[float] = []
+    started = time.perf_counter()
+    for step in range(steps):
+        loss = step_fn(step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"stage 0 {name}: loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        recent = (recent + [loss.item()])[-20:]
+        if step % log_every == 0 or step == steps - 1:
+            logger.info("stage0 %s step %d/%d loss %.4f (%.0f s)", name, step + 1, steps, recent[-1],
+                        time.perf_counter() - started)
+    return float(np.mean(recent)) if recent else float("nan")
+
+
+def _pad(seqs: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+# ------------------------------------------------------------------------------------------------ 1. LLM
+def train_language_model(llm, tokenizer, docs: list[str], settings: Stage0Settings, rng: random.Random) -> float:
+    encoded = [[tokenizer.bos_token_id] + tokenizer(d, add_special_tokens=False)["input_ids"][: LM_MAX_TOKENS - 2]
+               + [tokenizer.eos_token_id] for d in docs]
+    encoded.sort(key=len)  # batches of similar length: little padding
+    batches = [encoded[i: i + settings.lm_batch] for i in range(0, len(encoded), settings.lm_batch)]
+    llm.requires_grad_(True).train()
+
+    def step(_: int) -> Tensor:
+        ids, mask = _pad(rng.choice(batches), tokenizer.pad_token_id or 0)
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        return llm(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    loss = _loop("llm", settings.lm_steps, step, list(llm.parameters()), settings.lm_lr, settings)
+    llm.requires_grad_(False).eval()
+    return loss
+
+
+# ------------------------------------------------------------------------------------------------ 2. vision + Q-Former
+def _caption_batch(tokenizer, captions: list[str]) -> tuple[Tensor, Tensor]:
+    seqs = [[tokenizer.bos_token_id] + tokenizer(c, add_special_tokens=False)["input_ids"][:CAPTION_MAX_TOKENS]
+            + [tokenizer.eos_token_id] for c in captions]
+    return _pad(seqs, tokenizer.pad_token_id or 0)
+
+
+def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig, settings: Stage0Settings,
+                        rng: random.Random) -> float:
+    """BLIP-2-like generative pre-training of vision_model + image Q-Former through the frozen LLM."""
+    llm = model.language_model
+    llm.requires_grad_(False).eval()
+    bridge = nn.Linear(model.config.image_qformer.hidden_size, model.config.llm_hidden_size)
+    parts = [model.vision_model, model.image_qformer]
+    for p in parts:
+        p.requires_grad_(True).train()
+    model.image_query_tokens.requires_grad_(True)
+    params = [p for part in parts for p in part.parameters()] + [model.image_query_tokens] + list(bridge.parameters())
+    n_clips = cache.frames.shape[0]
+    embed = llm.get_input_embeddings()
+
+    def step(_: int) -> Tensor:
+        picks = [(rng.randrange(n_clips), rng.randrange(FRAMES_PER_CLIP)) for _ in range(settings.vision_batch)]
+        images = _normalize(torch.stack([cache.frames[c, f] for c, f in picks]))  # (B, 3, S, S)
+        captions = [frame_description(cache.scenes[c], cache.frame_index[c][f], world) for c, f in picks]
+        tokens = model.vision_model(pixel_values=images).last_hidden_state  # (B, 50, W)
+        queries = model.image_query_tokens.expand(len(picks), -1, -1)
+        query_out = model.image_qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state  # (B, Q, W)
+        prefix = bridge(query_out)  # (B, Q, D_llm)
+        ids, mask = _caption_batch(tokenizer, captions)
+        inputs = torch.cat([prefix, embed(ids)], dim=1)  # (B, Q + L, D_llm)
+        attention = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long), mask], dim=1)
+        labels = torch.cat([torch.full(prefix.shape[:2], IGNORE_INDEX), ids.masked_fill(mask == 0, IGNORE_INDEX)], 1)
+        labels[:, prefix.shape[1]] = IGNORE_INDEX  # BOS is given, not predicted
+        return llm(inputs_embeds=inputs, attention_mask=attention, labels=labels).loss
+
+    loss = _loop("image-encoder", settings.vision_steps, step, params, settings.vision_lr, settings)
+    for p in parts:
+        p.requires_grad_(False).eval()
+    model.image_query_tokens.requires_grad_(False)
+    return loss
+
+
+# ------------------------------------------------------------------------------------------------ 3. ImageBind-like pair
+class TextEncoder(nn.Module):
+    """Small text tower for the image<->text contrastive stage (discarded afterwards)."""
+
+    def __init__(self, vocab_size: int, embed_dim: int, width: int = TEXT_ENCODER_WIDTH):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, width)
+        self.pos = nn.Parameter(torch.randn(1, CAPTION_MAX_TOKENS + 2, width) * 0.02)
+        self.layer = nn.TransformerEncoderLayer(width, nhead=4, dim_feedforward=2 * width, batch_first=True,
+                                                dropout=0.0)
+        self.head = nn.Linear(width, embed_dim)
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        x = self.embed(ids) + self.pos[:, : ids.shape[1]]  # (B, L, W)
+        x = self.layer(x, src_key_padding_mask=mask == 0)
+        pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, W)
+        return F.normalize(self.head(pooled), dim=-1)
+
+
+def _clip_loss(a: Tensor, b: Tensor, scale: Tensor | float) -> Tensor:
+    logits = scale * a @ b.t()  # (B, B)
+    target = torch.arange(a.shape[0])
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def train_imagebind_vision(model, tokenizer, cache: MediaCache, settings: Stage0Settings, rng: random.Random) -> float:
+    encoder = model.imagebind_vision.requires_grad_(True).train()
+    text = TextEncoder(len(tokenizer), model.config.imagebind.embed_dim)
+    log_scale = nn.Parameter(torch.tensor(math.log(1 / INIT_TEMPERATURE)))
+    n_clips = cache.frames.shape[0]
+
+    def step(_: int) -> Tensor:
+        picks = [(rng.randrange(n_clips), rng.randrange(FRAMES_PER_CLIP)) for _ in range(settings.bind_batch)]
+        images = _normalize(torch.stack([cache.frames[c, f] for c, f in picks]))
+        captions = [still_caption(cache.scenes[c], cache.frame_index[c][f]) for c, f in picks]
+        ids, mask = _caption_batch(tokenizer, captions)
+        # Identical captions in a batch are not negatives of each other: mask them out of the targets.
+        img, txt = encoder(images), text(ids, mask)
+        return _clip_loss(img, txt, log_scale.exp().clamp(max=100))
+
+    params = list(encoder.parameters()) + list(text.parameters()) + [log_scale]
+    loss = _loop("imagebind-vision", settings.bind_vision_steps, step, params, settings.bind_lr, settings)
+    encoder.requires_grad_(False).eval()
+    return loss
+
+
+def audio_image_pairs(cache: MediaCache, world: WorldConfig) -> list[tuple[int, int, int]]:
+    """(clip, audio window, cached frame) triples where every audible source is on screen in that frame."""
+    duration = world.seconds
+    step_s = max(duration - AUDIO_WINDOW_S, 0.0) / (AUDIO_WINDOWS - 1)
+    pairs = []
+    for c, scene in enumerate(cache.scenes):
+        times = [i / world.fps for i in cache.frame_index[c]]
+        for k in range(AUDIO_WINDOWS):
+            start, end = k * step_s, k * step_s + AUDIO_WINDOW_S
+            f = int(np.argmin([abs(t - (start + end) / 2) for t in times]))
+            frame = cache.frame_index[c][f]
+
+            def overlap(on: int, off: int) -> float:
+                return max(0.0, min(end, off / world.fps) - max(start, on / world.fps))
+
+            if any(overlap(s.on_frame, s.off_frame) > 0 for s in scene.offscreen):
+                continue
+            audible = [o for o in scene.objects if o.sounding and overlap(o.on_frame, o.off_frame) > 0]
+            if not audible or any(not (o.on_frame <= frame < o.off_frame) for o in audible):
+                continue
+            if max(overlap(o.on_frame, o.off_frame) for o in audible) < MIN_OVERLAP_S:
+                continue
+            pairs.append((c, k, f))
+    return pairs
+
+
+def train_audio_encoder(model, cache: MediaCache, world: WorldConfig, settings: Stage0Settings,
+                        rng: random.Random) -> tuple[float, int]:
+    if cache.audio is None:
+        raise ValueError("stage 0 audio training needs the decoded audio cache")
+    pairs = audio_image_pairs(cache, world)
+    if len(pairs) < 2:
+        raise ValueError(f"only {len(pairs)} (frame, audio) pairs with the sound source on screen; generate more clips")
+    vision = model.imagebind_vision.requires_grad_(False).eval()
+    audio = model.audio_encoder.requires_grad_(True).train()
+    # Image embeddings of every cached frame, once (the vision encoder is frozen).
+    with torch.no_grad():
+        flat = cache.frames.flatten(0, 1)  # (N*8, 3, S, S)
+        image_emb = torch.cat([vision(_normalize(flat[i: i + 256])) for i in range(0, len(flat), 256)])
+    image_emb = image_emb.view(cache.frames.shape[0], FRAMES_PER_CLIP, -1)  # (N, 8, E)
+
+    def step(_: int) -> Tensor:
+        batch = rng.sample(pairs, min(settings.audio_batch, len(pairs)))
+        mel = torch.stack([cache.audio[c, k] for c, k, _ in batch]).float()  # (B, 1, 128, 204)
+        targets = torch.stack([image_emb[c, f] for c, _, f in batch])  # (B, E)
+        _, emb = audio(mel)  # (B, E), norm = logit scale (20)
+        return _clip_loss(emb, targets, 1.0)
+
+    loss = _loop("imagebind-audio", settings.audio_steps, step, list(audio.parameters()), settings.audio_lr, settings)
+    audio.requires_grad_(False).eval()
+    return loss, len(pairs)
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def run_stage0(data_dir: str | Path, out_dir: str | Path, settings: Stage0Settings = Stage0Settings()) -> Stage0Result:
+    """Train every stage-0 part on ``data_dir`` and write a frozen model folder to ``out_dir``."""
+    from ..model import VideoLlama
+    from ..processor import Processor
+
+    torch.manual_seed(settings.seed)
+    rng = random.Random(settings.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = Stage0Result(model_dir=str(out))
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        result.seconds[name] = round(now - clock, 1)
+        clock = now
+
+    data = WorldData.load(data_dir)
+    image_size = synthav_config(8).vision.image_size
+    cache = decode_media(data, settings.frame_clips, image_size)
+    descriptions = sorted({frame_description(s, i, data.world) for s, idx in zip(cache.scenes, cache.frame_index)
+                           for i in idx})
+    result.counts.update(clips=int(cache.frames.shape[0]), frame_descriptions=len(descriptions))
+    lap("decode")
+
+    tokenizer = train_tiny_tokenizer(out / "tokenizer", vocab_size=settings.vocab_size,
+                                     corpus=tokenizer_corpus(data, descriptions))
+    config = synthav_config(vocab_size=tokenizer.vocab_size)  # placeholders lie beyond the LLM vocabulary
+    Processor(tokenizer, config)  # records the placeholder ids in the config
+    model = VideoLlama(config)
+    docs = lm_texts(data, descriptions, rng)
+    result.counts["lm_documents"] = len(docs)
+    lap("tokenizer")
+
+    result.final_loss["llm"] = train_language_model(model.language_model, tokenizer, docs, settings, rng)
+    lap("llm")
+    result.final_loss["image_encoder"] = train_image_encoder(model, tokenizer, cache, data.world, settings, rng)
+    lap("image_encoder")
+    result.final_loss["imagebind_vision"] = train_imagebind_vision(model, tokenizer, cache, settings, rng)
+    lap("imagebind_vision")
+    result.final_loss["imagebind_audio"], result.counts["audio_pairs"] = train_audio_encoder(
+        model, cache, data.world, settings, rng)
+    lap("imagebind_audio")
+
+    model.set_trainable(())  # everything frozen: stage 1 names what it trains
+    model.save_pretrained(out / "model", tokenizer=tokenizer)
+    result.model_dir = str(out / "model")
+    result.seconds["total"] = round(sum(result.seconds.values()), 1)
+    (out / "stage0.json").write_text(json.dumps({**asdict(result), "settings": asdict(settings)}, indent=1) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="a SynthAV folder written by `videollama synthav generate`")
+    parser.add_argument("--out", required=True, help="output folder (model/ + stage0.json)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a few steps of everything (CI)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = Stage0Settings.quick(args.seed) if args.quick else Stage0Settings(seed=args.seed)
+    result = run_stage0(args.data, args.out, settings)
+    print(json.dumps(asdict(result), indent=1))
+
+
+if __name__ == "__main__":
+    main()
