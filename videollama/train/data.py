@@ -24,10 +24,11 @@ N and the placeholder token depend on the branch: 32 x ``<ImageHere>`` for the v
 branch too (its model had one placeholder id and a ``train_flag``); our model fills ``<AudioHere>``
 with audio-branch features, so the audio branch's training text uses ``<AudioHere>``.
 
-Train transforms: frames are squashed to 224 at decode, then one random resized crop (scale
-0.5-1, ratio 3/4-4/3, bicubic) per video or image, then CLIP normalisation. Images are read at
-224x224 first and cropped after (the official ``blip2_image_train`` crops the full-resolution
-image; the crop box statistics are the same, the cropped pixels are slightly blurrier).
+Train transforms: one random resized crop (scale 0.5-1, ratio 3/4-4/3, bicubic) per video or
+image, then CLIP normalisation. Video frames are squashed to 224 at decode and cropped after
+(``alpro_video_train``); images are cropped at full resolution (``blip2_image_train``). Resizing
+is torch's bicubic without antialiasing, where the official image path used PIL's (antialiased)
+bicubic: downscaled image crops are slightly sharper/more aliased than the official ones.
 
 **Bad records never stop a run.** A record that cannot be used (missing file, corrupt media,
 malformed JSON record, missing keys, no media placeholder, placeholders cut by truncation) is
@@ -35,7 +36,12 @@ skipped: the dataset returns the next good record (``index + 1``, wrapping) dete
 counts the failure and keeps the first few reasons (``dataset.skipped``). Each sample also carries
 a ``skip_report`` so the trainer can total skips across DataLoader worker processes. When more
 than ``max_bad_fraction`` of the records tried so far have failed (after a minimum number of
-tries), :class:`DatasetError` stops the run with a message naming the dataset.
+tries), :class:`DatasetError` stops the run with a message naming the dataset. (The official
+loaders retried a *random* index up to 10 times, printed a line and otherwise crashed; the
+``skip_report`` numbers have no official counterpart.)
+
+    datasets = build_datasets(load_train_config("configs/visionbranch_stage1_pretrain.yaml"), tokenizer)
+    sample = datasets[0][0]   # {"input_ids", "labels", "frames", "dataset", "index", "skip_report"}
 """
 
 from __future__ import annotations
@@ -53,7 +59,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from videollama.media.errors import MediaError
@@ -87,7 +95,7 @@ logger = logging.getLogger(__name__)
 
 MAX_KEPT_REASONS = 5  # first failure reasons kept per dataset
 MIN_TRIES_BEFORE_FRACTION_CHECK = 16  # do not judge a dataset on its first few records
-IMAGE_FRAME_COUNT = 1  # an image is a one-frame video
+UINT8_MAX = 255.0
 CROP_SCALE = (0.5, 1.0)  # alpro_video_train / blip2_image_train RandomResizedCrop scale
 WEBVID_COLUMNS = ("videoid", "name", "page_dir")
 LLAVA_IMAGE_TOKEN = "<image>"
@@ -104,6 +112,10 @@ class DatasetError(RuntimeError):
 
 class RecordError(ValueError):
     """One record cannot be used; the message says why (one line)."""
+
+
+# Errors that say the program or environment is broken, not the record: never skipped.
+_NOT_RECORD_ERRORS = (DatasetError, ImportError, NameError, NotImplementedError, MemoryError, RecursionError)
 
 
 @dataclass
@@ -205,7 +217,7 @@ class TrainDataset(Dataset):
             self.skipped.attempted += 1
             try:
                 sample = self._load(current, torch.Generator().manual_seed(seed))
-            except DatasetError:
+            except _NOT_RECORD_ERRORS:
                 raise
             except Exception as err:  # one bad record must not stop the run: count, report, move on
                 reason = f"record {current} ({self._describe(current)}): {_one_line(err)}"
@@ -244,8 +256,8 @@ class TrainDataset(Dataset):
     # Shared helpers --------------------------------------------------------------------------
     def _video(self, path: str | os.PathLike, num_frames: int, sampling: str, generator: torch.Generator):
         """Decode, crop and normalise a video -> (frames (T, 3, S, S), timestamp message)."""
-        from videollama.media import load_video
         from videollama.media.transforms import normalize, random_resized_crop
+        from videollama.media.video import load_video
 
         clip = load_video(path, num_frames, image_size=self.image_size, sampling=sampling,
                           generator=generator, normalize=False)
@@ -253,11 +265,10 @@ class TrainDataset(Dataset):
         return normalize(frames), clip.timestamp_message()
 
     def _image(self, path: str | os.PathLike, generator: torch.Generator) -> torch.Tensor:
-        """Read, crop and normalise an image -> (1, 3, S, S)."""
-        from videollama.media import load_image
+        """Read an image at full resolution, crop, resize and normalise -> (1, 3, S, S)."""
         from videollama.media.transforms import normalize, random_resized_crop
 
-        pixels = load_image(path, image_size=self.image_size, normalize=False)  # (1, 3, S, S) in [0, 1]
+        pixels = _read_image(path)  # (1, 3, H, W) in [0, 1]
         frames = random_resized_crop(pixels, size=self.image_size, scale=CROP_SCALE, generator=generator)
         return normalize(frames)
 
@@ -295,6 +306,24 @@ def _one_line(err: BaseException) -> str:
     if isinstance(err, (RecordError, MediaError)) and text:
         return text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _read_image(path: str | os.PathLike) -> torch.Tensor:
+    """Full-resolution RGB image as (1, 3, H, W) float32 in [0, 1]; problems raise MediaError.
+
+    Training crops the original image like ``blip2_image_train`` (RandomResizedCrop on the PIL
+    image), so it does not use ``load_image``, which squashes to 224 first (the eval transform).
+    """
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()  # (H, W, 3)
+    except FileNotFoundError:
+        raise MediaError(path, "no such file") from None
+    except UnidentifiedImageError:
+        raise MediaError(path, "not an image file Pillow can read") from None
+    except (OSError, Image.DecompressionBombError) as err:
+        raise MediaError(path, f"truncated or corrupt image ({err})") from None
+    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float() / UINT8_MAX  # (1, 3, H, W)
 
 
 def _read_json(path: Path, dataset: str) -> Any:
