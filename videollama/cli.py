@@ -11,6 +11,7 @@ Errors are one line on stderr (``error: ...``) with exit status 2, never a trace
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -78,7 +79,7 @@ def cmd_chat(args) -> int:
     """Chat about a video, image or audio file."""
     gen = generation_config(args)
     pipe, resolved = load_pipeline(args)
-    if not resolved.trained:
+    if not resolved.trained and not getattr(args, "quiet", False):
         print(f"[using the {resolved.description}]", file=sys.stderr)
     session = pipe.chat(args.media, options=media_options(args), system=args.system)
     if session.notice:
@@ -123,6 +124,7 @@ def cmd_demo(args) -> int:
     ns = argparse.Namespace(model=None, device="cpu", dtype=None, template=None, media=str(clip), question=question,
                             system=None, no_audio=False, frames=8, keep_aspect=False, greedy=True, temperature=1.0,
                             top_p=0.9, top_k=0, repetition_penalty=1.0, max_new_tokens=args.max_new_tokens, seed=0)
+    ns.quiet = True
     status = cmd_chat(ns)
     if not resolved.trained:
         print("note  : this is an untrained tiny model, so the answer above is noise. The pipeline "
@@ -236,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         if len(str(err).strip().splitlines()) > 1:
             print("\n".join("  " + line for line in str(err).strip().splitlines()[1:]), file=sys.stderr)
         return 2
+    except Exception as err:  # an internal bug: still one line, the traceback only on request
+        if os.environ.get("VIDEOLLAMA_DEBUG"):
+            raise
+        print(f"error: internal error ({type(err).__name__}: {err}); set VIDEOLLAMA_DEBUG=1 for the traceback",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -117,11 +117,11 @@ class Pipeline:
             return MediaFeatures("image", video=self.model.encode_video(pixels[None].to(device, dtype)))
         info = probe(path, max_bytes=options.max_bytes)
         if options.max_duration is not None and info.duration > options.max_duration:
-            raise MediaError(f"{path.name}: {info.duration:.1f} s is longer than the limit of {options.max_duration:.0f} s")
+            raise MediaError(path, f"{info.duration:.1f} s is longer than the limit of {options.max_duration:.0f} s")
         want_audio = options.use_audio and self.model.config.with_audio
         if not info.has_video:
             if not want_audio:
-                raise MediaError(f"{path.name}: no video stream, and audio is switched off or unsupported by this model")
+                raise MediaError(path, "no video stream, and audio is switched off or not supported by this model")
             audio = load_audio(path, max_bytes=options.max_bytes)[None]  # (1, 8, 1, 128, 204)
             return MediaFeatures("audio", audio=self.model.encode_audio(audio.to(device, dtype)))
         clip = load_video(path, options.num_frames, image_size=self.image_size, resize=options.resize, max_bytes=options.max_bytes,
@@ -262,7 +262,7 @@ def _longest_stop_prefix(text: str, stops: tuple[str, ...]) -> str:
 
 def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
     if not path.is_file():
-        raise MediaError(f"{path}: file not found")
+        raise MediaError(path, "file not found")
     h = hashlib.blake2b(digest_size=16)
     with path.open("rb") as f:
         while block := f.read(chunk):
