@@ -89,17 +89,17 @@ class Stage0Settings:
 
     seed: int = 0
     vocab_size: int = 768
-    frame_clips: int = 800  # webvid clips decoded for the frame and audio caches
+    frame_clips: int = 600  # webvid clips decoded for the frame and audio caches
     lm_steps: int = 700
     lm_batch: int = 24
     lm_lr: float = 2e-3
-    vision_steps: int = 700
-    vision_batch: int = 48
+    vision_steps: int = 400
+    vision_batch: int = 32
     vision_lr: float = 1e-3
-    bind_vision_steps: int = 500
-    bind_batch: int = 96
+    bind_vision_steps: int = 300
+    bind_batch: int = 64
     bind_lr: float = 1e-3
-    audio_steps: int = 500
+    audio_steps: int = 400
     audio_batch: int = 64
     audio_lr: float = 1e-3
     weight_decay: float = 0.01

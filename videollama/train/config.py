@@ -173,6 +173,8 @@ class RunSection:
     branch: Literal["vision", "audio"] = "vision"
     trainable: list[str] | None = None  # top-level model parts; None -> the branch's official set
     resume: bool = False  # continue from output_dir's latest checkpoint
+    export: bool = True  # write output_dir/export (a from_pretrained model folder) at the end
+    stop_after: int | None = None  # stop (with a checkpoint) once this global step is done; resume later
     tensorboard: bool = True
 
 

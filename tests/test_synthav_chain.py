@@ -1,0 +1,129 @@
+"""The SynthAV chain end to end (``--quick``), the audio branch's no-audio training, and the shipped model.
+
+The quick chain generates a tiny world, trains every stage-0 part and both branches' stages 1-2
+for a couple of steps through the real recipe and loaders, exports a model folder and evaluates it;
+the test checks each product exists, loads, and that its answers parse into the metric.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from videollama.synthav import generate
+from videollama.synthav.chain import ChainSettings, load_stage_config, run_chain, stage_overrides
+from videollama.synthav.evaluate import match_choice, score, TestItem
+from videollama.synthav.stage0 import MediaCache, audio_image_pairs, frame_description
+from videollama.synthav.world import OffscreenSound, Scene, SceneObject, WorldConfig
+
+SHIPPED = Path(__file__).resolve().parents[1] / "videollama" / "assets" / "synthav-model"
+EXAMPLES = Path(__file__).resolve().parents[1] / "videollama" / "assets" / "examples"
+
+
+@pytest.fixture(scope="module")
+def quick_chain(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthav_chain")
+    result = run_chain(out, seed=0, settings=ChainSettings.quick(0))
+    return out, result
+
+
+def test_quick_chain_runs_end_to_end(quick_chain):
+    out, result = quick_chain
+    for step in ("generate", "stage0", "vl_stage1", "vl_stage2", "al_stage1", "al_stage2", "ablation/vl_stage2",
+                 "evaluate"):
+        assert step in result.seconds, step
+    from videollama.inference import Pipeline
+
+    pipe = Pipeline.from_pretrained(out / "model")
+    assert pipe.model.config.with_audio and pipe.model.config.use_frame_position
+    ablation = json.loads((out / "ablation" / "vl_stage2" / "export" / "config.json").read_text())
+    assert ablation["videollama"]["use_frame_position"] is False
+    results = json.loads((out / "results" / "results.json").read_text())
+    assert (out / "results" / "results.png").stat().st_size > 1000
+    assert set(results["summary"]) == {"audio+video", "video", "audio", "one_frame", "no_frame_pos"}
+    for setting, families in results["summary"].items():
+        assert 0.0 <= families["all"]["accuracy_mean"] <= 1.0, setting
+        assert 0.0 < families["all"]["chance"] < 1.0
+    # Every stage changed only its own branch: the frozen stage-0 LLM is bit-identical at the end.
+    stage0 = torch.load if False else None  # noqa: F841 (readability: comparison below)
+    from videollama.model import VideoLlama
+
+    first = VideoLlama.from_pretrained(out / "stage0" / "model")
+    last = pipe.model
+    for name in ("language_model", "vision_model", "image_qformer", "audio_encoder", "imagebind_vision"):
+        a, b = getattr(first, name).state_dict(), getattr(last, name).state_dict()
+        assert all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a), f"{name} changed after stage 0"
+    for name in ("video_projection", "audio_projection"):
+        assert not torch.equal(getattr(first, name).weight, getattr(last, name).weight.to(torch.float32)), name
+
+
+def test_audio_branch_trains_on_frames_only(quick_chain, tmp_path):
+    """The AL stages' batches carry visual_audio_values (frames for ImageBind's vision path), never audio."""
+    from transformers import AutoTokenizer
+
+    from videollama.train.recipe import build_batches  # the recipe's own batch construction
+
+    out, _ = quick_chain
+    data = out / "data"
+    model_dir = out / "stage0" / "model"
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    for stage in ("al_stage1", "al_stage2"):
+        cfg = load_stage_config(stage, stage_overrides(stage, data, model_dir, tmp_path / stage, 0,
+                                                       ChainSettings.quick().stages[stage], 0))
+        assert cfg.run.branch == "audio"
+        for batch in build_batches(cfg, tokenizer, steps=2):
+            assert "audio_values" not in batch or batch["audio_values"] is None, stage
+            frames = batch["visual_audio_values"]
+            frames = frames if isinstance(frames, list) else [frames]
+            assert all(f.shape[-3:] == (3, 112, 112) for f in frames), stage
+            assert int((batch["input_ids"] == tokenizer.convert_tokens_to_ids("<AudioHere>")).sum()) > 0
+            assert int((batch["input_ids"] == tokenizer.convert_tokens_to_ids("<ImageHere>")).sum()) == 0
+
+
+def test_choice_matching():
+    assert match_choice("The circle disappears.", ["circle appears", "circle disappears"]) == "circle disappears"
+    assert match_choice("it is red", ["red", "green"]) == "red"
+    assert match_choice("a reddish thing", ["red", "green"]) is None
+    assert match_choice("green, then red", ["red", "green"]) == "green"
+    items = [TestItem("a", Path("x"), "q", "red", "static", "colour", ("red", "green")),
+             TestItem("b", Path("x"), "q", "up", "temporal", "direction", ("up", "down", "left", "right"))]
+    scores = score(items, ["red.", "it moves left"])
+    assert scores["static"]["accuracy"] == 1.0 and scores["static"]["exact"] == 1.0
+    assert scores["temporal"]["accuracy"] == 0.0 and scores["temporal"]["chance"] == 0.25
+    assert scores["all"]["accuracy"] == 0.5
+
+
+def test_audio_image_pairs_need_the_source_on_screen():
+    world = WorldConfig()
+    obj = dict(colour="red", size="large", direction="left", x0=80.0, y0=50.0, speed=1.0)
+    # A circle audible on [0, 2 s) only, and a bell from 3 s: windows touching the bell are refused.
+    circle = SceneObject(shape="circle", on_frame=0, off_frame=16, sounding=True, **obj)
+    scene = Scene((circle,), (OffscreenSound("bell", 24, 32),), num_frames=32)
+    frames = list(range(0, 32, 4))
+    cache = MediaCache(torch.zeros(1, 8, 3, 4, 4, dtype=torch.uint8), [frames], None, [scene])
+    pairs = audio_image_pairs(cache, world)
+    assert pairs, "the first window (circle on screen, no bell) must pair"
+    for _, k, f in pairs:
+        start = k * 2.0 / 7
+        assert start + 2.0 <= 3.0 + 1e-9, "a window overlapping the off-screen bell was paired"
+        assert frames[f] < 16, "paired with a frame where the circle is gone"
+    assert "column" in frame_description(scene, 0, world) and "red circle" in frame_description(scene, 0, world)
+
+
+@pytest.mark.skipif(not (SHIPPED / "config.json").is_file(), reason="no shipped SynthAV model yet")
+def test_shipped_model_answers_the_shipped_clip():
+    from videollama.engine import GenerationConfig
+    from videollama.inference import Pipeline
+
+    manifest = json.loads((EXAMPLES / "examples.json").read_text())
+    weights = sum(p.stat().st_size for p in SHIPPED.iterdir())
+    assert weights <= 30 * 1024 * 1024
+    pipe = Pipeline.from_pretrained(SHIPPED)
+    for example in manifest["examples"]:
+        clip = EXAMPLES / example["file"]
+        assert clip.stat().st_size < 200_000
+        reply = pipe.chat(clip).ask(example["question"], GenerationConfig(do_sample=False, max_new_tokens=24))
+        assert match_choice(reply, example["choices"]) == example["answer"], (example, reply)

@@ -1,0 +1,39 @@
+"""Exceptions raised by the media pipeline.
+
+Every problem with an input file (missing, empty, truncated, not media, no video or audio
+stream, over a size/duration limit, bad sampling arguments for that file) becomes a
+:class:`MediaError` whose message is one line: ``"<path>: <problem>"``. Callers (CLI, server,
+dataset loaders) can therefore catch one type, print ``str(err)`` and move on, and a
+long-running job never dies on one bad file.
+
+``MediaError`` subclasses ``ValueError`` so generic ``except ValueError`` handlers still work.
+``NoAudioError`` lets the chat layer fall back to a video-only answer, as the official demo does
+when its audio loader fails.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["MediaError", "NoAudioError", "NoVideoError"]
+
+
+class MediaError(ValueError):
+    """A media file cannot be used. ``str(err)`` is ``"<path>: <problem>"`` on one line."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = os.fspath(path)
+        # FFmpeg messages sometimes carry newlines; keep the message to one line.
+        self.problem = " ".join(str(problem).split())
+        super().__init__(f"{self.path}: {self.problem}")
+
+    def __reduce__(self):  # keep the two-argument constructor picklable (DataLoader workers)
+        return (type(self), (self.path, self.problem))
+
+
+class NoAudioError(MediaError):
+    """The media has no (usable) audio stream."""
+
+
+class NoVideoError(MediaError):
+    """Video frames were requested but the file has no video stream (e.g. an audio-only file)."""

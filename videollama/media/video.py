@@ -1,0 +1,496 @@
+"""Video probing and frame sampling with PyAV: seek to each wanted frame, never decode everything.
+
+Official behaviour reproduced (``video_llama/processors/video_processor.py``, see
+``docs/media.md``): decord ``VideoReader(height=224, width=224)`` squashes frames to 224x224;
+``n = min(num_frames, vlen)`` frames are picked by ``np.arange(0, vlen, vlen / n).astype(int)``
+("uniform") or half at random from each half of the video ("headtail"); pixels are scaled to
+[0, 1] and CLIP-normalised; the prompt gets "The video contains {n} frames sampled at ... seconds. ".
+
+How frames are fetched: frame index ``i`` of a stream with average rate ``fps`` is the frame
+presented at ``t_i = i / fps`` after the stream start. For each ``t_i`` (ascending) the
+:class:`_FrameSeeker` either keeps decoding forward (when no keyframe lies between the current
+position and ``t_i``) or seeks to the keyframe at or before ``t_i`` (``container.seek``, which
+flushes the decoder) and decodes forward from there. It returns the frame whose pts is nearest to
+``t_i``; for constant-frame-rate streams that is exactly frame ``i``. Non-reference frames that
+lie well before ``t_i`` are skipped by the decoder (``skip_frame="NONREF"``): nothing references
+them, so every decoded frame is bit-identical to a decode-everything pass.
+
+Resizing uses FFmpeg's swscale through ``VideoFrame.reformat(..., interpolation="BICUBIC")``, the
+same scaler family decord's filter graph uses (FFmpeg's ``scale`` filter defaults to bicubic).
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import logging
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Iterator
+
+import av
+import numpy as np
+import torch
+
+from .errors import MediaError, NoVideoError
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "DEFAULT_NUM_FRAMES",
+    "MAX_FRAMES",
+    "RESIZE_MODES",
+    "SAMPLING_MODES",
+    "DecodeStats",
+    "MediaInfo",
+    "VideoClip",
+    "load_video",
+    "open_media",
+    "probe",
+    "sample_indices",
+]
+
+logger = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP / EVA-CLIP pixel statistics (RGB)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_NUM_FRAMES = 8  # official: every config and the demo use 8 frames
+MAX_FRAMES = 32  # rows of the video frame-position embedding table
+DEFAULT_IMAGE_SIZE = 224
+RESIZE_MODES = ("squash", "keep_aspect")
+SAMPLING_MODES = ("uniform", "headtail")
+AV_TIME_BASE = 1_000_000  # FFmpeg's container-level time unit (microseconds)
+UINT8_MAX = 255.0
+
+# Non-reference frames more than this many nominal frame durations before a target are skipped.
+# Frames closer than that are always decoded, so the nearest-pts choice sees every candidate.
+_SKIP_MARGIN_FRAMES = 4
+# With no keyframe index (e.g. MPEG-TS), keep decoding forward when the next target is closer
+# than this instead of seeking (a seek re-decodes from the previous keyframe).
+_NO_INDEX_FORWARD_SECONDS = 1.0
+# First seek back-off when a seek lands after its target (it doubles on each retry).
+_SEEK_BACKOFF_SECONDS = 1.0
+# At end of stream, the last frame stands in for a later target only if it is this close;
+# farther means the file is cut short (e.g. a truncated download whose index survived).
+_END_TOLERANCE_FRAMES = 3
+_END_TOLERANCE_FRACTION = 0.1  # ... or within this fraction of the duration
+# Decoder threading: "AUTO" = frame + slice threads (frame threads do the work for H.264).
+_THREAD_TYPE = "AUTO"
+
+
+@dataclass
+class MediaInfo:
+    """What :func:`probe` learns from the container headers (no frame is decoded)."""
+
+    path: str
+    has_video: bool
+    has_audio: bool
+    duration: float  # seconds (video stream if present, else audio, else container); 0.0 = unknown
+    width: int  # 0 when there is no video
+    height: int
+    fps: float  # average frame rate; 0.0 when there is no video
+    num_frames: int | None  # from the header, else round(duration * fps); None if unknown
+
+
+@dataclass
+class DecodeStats:
+    """How much work sampling took (for tests and benchmarks)."""
+
+    packets: int = 0  # packets handed to the decoder (skipped non-reference ones included)
+    frames: int = 0  # frames the decoder produced
+    seeks: int = 0
+    decode_errors: int = 0  # packets the decoder rejected (logged; sampling went on)
+
+
+@dataclass
+class VideoClip:
+    """Sampled frames of one video and when they were shown."""
+
+    frames: torch.Tensor  # (T, 3, H, W) float32, CLIP-normalised (or in [0, 1] if normalize=False)
+    timestamps: list[float]  # seconds from the stream start: pts of each frame actually decoded
+    indices: list[int]  # frame index of each frame, round(timestamp * fps)
+    fps: float  # average frame rate of the stream
+    duration: float  # seconds
+    stats: DecodeStats = field(default_factory=DecodeStats)
+
+    def timestamp_message(self) -> str:
+        """The official prompt sentence, e.g. "The video contains 8 frames sampled at 0.0, 0.7,
+        ... seconds. " (seconds rounded to 0.1; note the trailing space)."""
+        stamps = ", ".join(str(round(t, 1)) for t in self.timestamps)
+        return f"The video contains {len(self.timestamps)} frames sampled at {stamps} seconds. "
+
+
+# --------------------------------------------------------------------------- opening / probing
+
+
+def open_media(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> av.container.InputContainer:
+    """Open ``path`` with PyAV after basic checks; every failure is a one-line :class:`MediaError`.
+
+    The caller closes the container (use it as a context manager).
+    """
+    if not os.path.exists(path):
+        raise MediaError(path, "no such file")
+    if os.path.isdir(path):
+        raise MediaError(path, "is a directory, not a media file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise MediaError(path, "empty file (0 bytes)")
+    if max_bytes is not None and size > max_bytes:
+        raise MediaError(path, f"file is {size} bytes, over the limit of {max_bytes} bytes")
+    try:
+        container = av.open(os.fspath(path), mode="r", metadata_errors="ignore")
+    except av.FFmpegError as err:
+        raise MediaError(path, f"not a readable media file or truncated ({_ffmpeg_reason(err)})") from err
+    if not container.streams.video and not container.streams.audio:
+        container.close()
+        raise MediaError(path, "not a media file (no video or audio stream)")
+    return container
+
+
+def _ffmpeg_reason(err: av.FFmpegError) -> str:
+    """FFmpeg's own short description of an error, without the file name PyAV appends."""
+    return getattr(err, "strerror", None) or str(err)
+
+
+def _stream_seconds(stream: av.stream.Stream) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    return 0.0
+
+
+def _video_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:  # None or 0 means unknown
+            return Fraction(rate)
+    return None
+
+
+def _info(path: str | os.PathLike[str], container: av.container.InputContainer) -> MediaInfo:
+    container_seconds = container.duration / AV_TIME_BASE if container.duration else 0.0
+    has_audio = bool(container.streams.audio)
+    if not container.streams.video:
+        audio_seconds = _stream_seconds(container.streams.audio[0])
+        return MediaInfo(os.fspath(path), False, has_audio, audio_seconds or container_seconds,
+                         0, 0, 0.0, None)
+    stream = container.streams.video[0]
+    rate = _video_rate(stream)
+    fps = float(rate) if rate else 0.0
+    duration = _stream_seconds(stream) or container_seconds
+    num_frames: int | None = stream.frames or None
+    if num_frames is None and duration > 0 and fps > 0:
+        num_frames = max(1, round(duration * fps))  # header has no count: estimate
+    if duration == 0.0 and num_frames and fps > 0:
+        duration = num_frames / fps
+    ctx = stream.codec_context
+    return MediaInfo(os.fspath(path), True, has_audio, duration, ctx.width, ctx.height, fps, num_frames)
+
+
+def probe(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> MediaInfo:
+    """Read stream information from the headers. Raises :class:`MediaError` for a missing, empty,
+    truncated, non-media or over-``max_bytes`` file."""
+    with open_media(path, max_bytes=max_bytes) as container:
+        return _info(path, container)
+
+
+# --------------------------------------------------------------------------- which frames
+
+
+def sample_indices(num_video_frames: int, n: int, sampling: str = "uniform",
+                   generator: torch.Generator | None = None) -> list[int]:
+    """Frame indices the official sampler picks (``n`` is first capped at ``num_video_frames``).
+
+    * ``uniform``: ``np.arange(0, vlen, vlen / n).astype(int)``, the left edge of each of ``n``
+      equal bins. numpy's float step occasionally yields ``n + 1`` values (e.g. vlen 17, n 7; never
+      for n = 8); the first ``n`` are kept.
+    * ``headtail``: ``n // 2`` sorted random indices from the first half and the rest from the
+      second half (official uses ``n // 2`` for both, i.e. one frame fewer for odd ``n``).
+    """
+    if num_video_frames < 1:
+        raise ValueError(f"num_video_frames must be >= 1, got {num_video_frames}")
+    if n < 1:
+        raise ValueError(f"number of frames must be >= 1, got {n}")
+    vlen = num_video_frames
+    n = min(n, vlen)
+    if sampling == "uniform":
+        return [int(i) for i in np.arange(0, vlen, vlen / n).astype(int)[:n]]
+    if sampling == "headtail":
+        half = vlen // 2
+        n_head = n // 2
+        head = torch.randperm(half, generator=generator)[:n_head].sort().values
+        tail = half + torch.randperm(vlen - half, generator=generator)[: n - n_head].sort().values
+        return [int(i) for i in torch.cat([head, tail])]
+    raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class _FrameSeeker:
+    """Returns, for ascending target pts, the decoded frame whose pts is nearest to each target.
+
+    Keeps the decoder's last two output frames so that consecutive targets between them are
+    answered without decoding; seeks only when a keyframe lies between the current position and
+    the next target (or when there is no current position).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], container: av.container.InputContainer,
+                 stream: av.video.stream.VideoStream, rate: Fraction) -> None:
+        self.path = path
+        self.container = container
+        self.stream = stream
+        self.codec = stream.codec_context
+        self.time_base = stream.time_base
+        self.start_pts = stream.start_time or 0
+        self.frame_pts = float(1 / (rate * self.time_base))  # nominal frame duration in pts units
+        self.keyframes = self._keyframe_pts()
+        self.stats = DecodeStats()
+        self._packets: Iterator[av.Packet] | None = None
+        self._pending: collections.deque[av.VideoFrame] = collections.deque()
+        self._prev: av.VideoFrame | None = None  # output frame before _last (None right after a seek)
+        self._last: av.VideoFrame | None = None
+        self._at_start = False  # True when _last is the first frame after seeking to the stream start
+
+    def _keyframe_pts(self) -> list[int]:
+        """Approximate keyframe pts from the demuxer index (empty if the format has none).
+
+        The mp4 index stores decode timestamps; keyframes of one stream share the same
+        pts - dts offset, taken from the first entry and the stream's start time.
+        """
+        try:
+            entries = [(e.timestamp, e.is_keyframe) for e in self.stream.index_entries]
+        except (AttributeError, av.FFmpegError):  # PyAV < 14 or a demuxer without an index
+            return []
+        keyframes = sorted(ts for ts, key in entries if key)
+        if not keyframes:
+            return []
+        offset = max(0, self.start_pts - entries[0][0])
+        return [ts + offset for ts in keyframes]
+
+    def _keyframe_at_or_before(self, target: int) -> int | None:
+        pos = bisect.bisect_right(self.keyframes, target)
+        return self.keyframes[pos - 1] if pos else None
+
+    def _should_seek(self, target: int) -> bool:
+        if self._last is None:
+            return True
+        last = self._last.pts
+        if last >= target:
+            return self._prev is None and not self._at_start and last > target
+        if self.keyframes:
+            keyframe = self._keyframe_at_or_before(target)
+            return keyframe is not None and keyframe > last
+        return (target - last) * self.time_base > _NO_INDEX_FORWARD_SECONDS
+
+    def _seek(self, target: int) -> None:
+        self._at_start = target <= self.start_pts
+        if self._at_start:  # the very beginning: 0 (or below) lands on the first packet in every format
+            target = min(0, self.start_pts)
+        # backward=True: land on the keyframe at or before target; the decoder is flushed.
+        self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
+        self.stats.seeks += 1
+        if self.stats.seeks == 1:  # some demuxers (Matroska) load their index on the first seek
+            self.keyframes = self._keyframe_pts()
+        self._packets = self.container.demux(self.stream)
+        self._pending.clear()
+        self._prev = self._last = None
+
+    def _next_frame(self, target: int) -> av.VideoFrame | None:
+        """The decoder's next output frame, or None at end of stream."""
+        skip_before = target - _SKIP_MARGIN_FRAMES * self.frame_pts
+        while not self._pending:
+            if self._packets is None:
+                return None
+            try:
+                packet = next(self._packets)
+            except StopIteration:
+                self._packets = None
+                return None
+            except av.FFmpegError as err:
+                raise MediaError(self.path, f"corrupt or truncated video data ({_ffmpeg_reason(err)})") from err
+            far_before = packet.pts is not None and packet.pts < skip_before
+            self.codec.skip_frame = "NONREF" if far_before else "DEFAULT"
+            self.stats.packets += packet.size > 0
+            try:
+                frames = self.codec.decode(packet)
+            except av.FFmpegError as err:
+                self.stats.decode_errors += 1
+                logger.warning("%s: skipped an undecodable video packet (%s)", self.path, _ffmpeg_reason(err))
+                continue
+            self.stats.frames += len(frames)
+            for frame in frames:
+                if frame.pts is None:  # no timestamp from the container: continue the sequence
+                    prev = self._pending[-1] if self._pending else self._last
+                    frame.pts = round(prev.pts + self.frame_pts) if prev is not None else self.start_pts
+            self._pending.extend(frames)
+        return self._pending.popleft()
+
+    def frame_at(self, target: int, duration: float) -> av.VideoFrame:
+        """The frame whose pts is nearest ``target`` (ties go to the earlier frame)."""
+        if self._should_seek(target):
+            self._seek(target)
+        backoff = _SEEK_BACKOFF_SECONDS
+        while True:
+            ended = False
+            while self._last is None or self._last.pts < target:
+                frame = self._next_frame(target)
+                if frame is None:
+                    ended = True
+                    break
+                self._prev, self._last = self._last, frame
+            landed_late = self._last is None or (
+                self._prev is None and self._last.pts > target)  # nothing decoded at/before target
+            if not landed_late or self._at_start:
+                break
+            # The seek landed after the target (formats whose seek is not keyframe-exact, such as
+            # MPEG-TS, or a cut-off file): seek further back, doubling the distance each time.
+            self._seek(target - round(backoff / self.time_base))
+            backoff *= 2
+        if ended:
+            return self._end_of_stream(target, duration)
+        if self._prev is not None and target - self._prev.pts <= self._last.pts - target:
+            return self._prev
+        return self._last
+
+    def _end_of_stream(self, target: int, duration: float) -> av.VideoFrame:
+        seconds = float((target - self.start_pts) * self.time_base)
+        if self._last is None:
+            raise MediaError(self.path, f"truncated or corrupt: no frame could be decoded near {seconds:.2f} s")
+        gap = float((target - self._last.pts) * self.time_base)
+        tolerance = max(_END_TOLERANCE_FRAMES * float(self.frame_pts * self.time_base),
+                        _END_TOLERANCE_FRACTION * duration)
+        if gap > tolerance:
+            last = float((self._last.pts - self.start_pts) * self.time_base)
+            raise MediaError(self.path, f"truncated or corrupt: video ends at {last:.2f} s, "
+                                        f"before the frame wanted at {seconds:.2f} s")
+        return self._last  # the last frame stays on screen until the end
+
+
+def _count_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """Count video packets by demuxing only (no decoding); for streams with no frame count."""
+    count = sum(1 for packet in container.demux(stream) if packet.size > 0)
+    container.seek(stream.start_time or 0, stream=stream, backward=True)
+    return count
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def _to_rgb(frame: av.VideoFrame, image_size: int, resize: str, sar: Fraction) -> np.ndarray:
+    """Resize one decoded frame with swscale (bicubic) to an (h, w, 3) uint8 RGB array."""
+    if resize == "squash":
+        width = height = image_size
+    else:  # keep_aspect: longer displayed side -> image_size (sar: pixel aspect ratio)
+        display_width = frame.width * float(sar)
+        scale = image_size / max(display_width, frame.height)
+        width = max(1, min(image_size, round(display_width * scale)))
+        height = max(1, min(image_size, round(frame.height * scale)))
+    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="BICUBIC")
+    return rgb.to_ndarray()  # (h, w, 3)
+
+
+def _pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction:
+    """Sample (pixel) aspect ratio; 1 when unset (FFmpeg reports unknown as 0 or None)."""
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar:
+            return Fraction(sar)
+    return Fraction(1)
+
+
+def _letterbox(images: list[np.ndarray], image_size: int) -> torch.Tensor:
+    """Centre (h, w, 3) uint8 images on image_size squares filled with CLIP_MEAN -> (T, 3, S, S)
+    float32 in [0, 1]."""
+    out = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    out = out.repeat(len(images), 1, image_size, image_size)  # (T, 3, S, S)
+    for i, image in enumerate(images):
+        height, width, _ = image.shape
+        top, left = (image_size - height) // 2, (image_size - width) // 2
+        pixels = torch.from_numpy(image).permute(2, 0, 1).float() / UINT8_MAX  # (3, h, w)
+        out[i, :, top:top + height, left:left + width] = pixels
+    return out
+
+
+# --------------------------------------------------------------------------- public entry point
+
+
+def load_video(
+    path: str | os.PathLike[str],
+    num_frames: int = DEFAULT_NUM_FRAMES,
+    *,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    resize: str = "squash",
+    sampling: str = "uniform",
+    generator: torch.Generator | None = None,
+    max_frames: int = MAX_FRAMES,
+    max_bytes: int | None = None,
+    max_duration: float | None = None,
+    normalize: bool = True,
+) -> VideoClip:
+    """Sample ``min(num_frames, frames in the video)`` frames as the official loader does.
+
+    Args:
+        path: any file FFmpeg can demux with a video stream.
+        num_frames: frames wanted (official: 8). A one-frame video gives one frame.
+        image_size: output side length; frames are always image_size x image_size.
+        resize: "squash" (official: stretch to a square) or "keep_aspect" (longer side to
+            image_size, the rest letterboxed with the CLIP mean colour, i.e. 0 after normalising).
+        sampling: "uniform" (eval, demo, instruction tuning) or "headtail" (random; pretraining).
+        generator: randomness for "headtail".
+        max_frames: upper bound on num_frames (the model's frame-position table has 32 rows).
+        max_bytes, max_duration: refuse larger/longer files with a MediaError.
+        normalize: CLIP-normalise; False returns float32 pixels in [0, 1].
+
+    Raises:
+        MediaError: unreadable, empty, truncated or over-limit file, or num_frames out of range.
+        NoVideoError: the file has no video stream.
+    """
+    if not 1 <= num_frames <= max_frames:
+        raise MediaError(path, f"num_frames must be between 1 and {max_frames} "
+                               f"(the frame-position table size), got {num_frames}")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"unknown resize {resize!r}; expected one of {RESIZE_MODES}")
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
+    with open_media(path, max_bytes=max_bytes) as container:
+        info = _info(path, container)
+        if not info.has_video:
+            raise NoVideoError(path, "no video stream (audio-only file?)")
+        stream = container.streams.video[0]
+        rate = _video_rate(stream)
+        if rate is None:
+            raise MediaError(path, "video stream has no frame rate")
+        if max_duration is not None and info.duration > max_duration:
+            raise MediaError(path, f"video lasts {info.duration:.1f} s, over the limit of {max_duration:g} s")
+        stream.thread_type = _THREAD_TYPE
+        vlen = info.num_frames or _count_frames(container, stream)
+        if vlen < 1:
+            raise MediaError(path, "video stream has no frames")
+        indices = sample_indices(vlen, num_frames, sampling, generator)
+        seeker = _FrameSeeker(path, container, stream, rate)
+        sar = _pixel_aspect(stream)
+        targets = [seeker.start_pts + round(Fraction(i) / rate / stream.time_base) for i in indices]
+        images, timestamps = [], []
+        try:
+            for target in targets:  # ascending for both sampling modes
+                frame = seeker.frame_at(target, info.duration)
+                images.append(_to_rgb(frame, image_size, resize, sar))
+                timestamps.append(float((frame.pts - seeker.start_pts) * stream.time_base))
+        except av.FFmpegError as err:
+            raise MediaError(path, f"cannot decode video ({_ffmpeg_reason(err)})") from err
+    if resize == "squash":
+        frames = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # (T, S, S, 3) -> (T, 3, S, S)
+        frames = frames.float().div_(UINT8_MAX)  # [0, 1]
+    else:
+        frames = _letterbox(images, image_size)  # (T, 3, S, S) in [0, 1]
+    if normalize:
+        from .transforms import normalize as clip_normalize
+
+        frames = clip_normalize(frames)
+    return VideoClip(
+        frames=frames,
+        timestamps=timestamps,
+        indices=[round(t * float(rate)) for t in timestamps],
+        fps=float(rate),
+        duration=info.duration,
+        stats=seeker.stats,
+    )

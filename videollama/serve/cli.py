@@ -1,0 +1,120 @@
+"""``videollama serve`` (OpenAI-compatible HTTP API) and ``videollama web`` (Gradio demo).
+
+    videollama serve --model DIR --host 127.0.0.1 --port 8000 --media-root ./clips
+    videollama web --model DIR --port 7860
+
+Registered into the main CLI by ``videollama.cli._load_extensions`` through :func:`register`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ..cli import DTYPES, add_model_args
+from .settings import MODEL_MAX_FRAMES, ServeSettings
+
+DEFAULT_CACHE_SIZE = 64
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def register(subparsers, commands: dict[str, Callable]) -> None:
+    d = ServeSettings()
+    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP API (chat completions with video/image/audio)",
+                              description="Serve POST /v1/chat/completions, GET /v1/models and GET /health. "
+                                          "See docs/serving.md.")
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-name", default=None, help="model id reported to clients (default: the model folder name)")
+    m = p.add_argument_group("media sources and limits")
+    m.add_argument("--media-root", type=Path, default=None,
+                   help="allow local media paths, but only files below this folder (default: none allowed)")
+    m.add_argument("--allow-remote-media", action="store_true",
+                   help="fetch http(s) media URLs (public addresses only; size and time limited)")
+    m.add_argument("--max-media-mb", type=float, default=d.max_media_mb, help="largest media file (MB)")
+    m.add_argument("--max-duration-s", type=float, default=d.max_duration_s, help="longest video/audio (seconds)")
+    m.add_argument("--max-frames", type=int, default=d.max_frames,
+                   help=f"most frames a request may sample (1..{MODEL_MAX_FRAMES})")
+    m.add_argument("--default-frames", type=int, default=d.default_frames, help="frames sampled when a request says none")
+    m.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest frame/image width x height")
+    m.add_argument("--remote-timeout", type=float, default=d.remote_timeout_s, help="download time limit per URL (s)")
+    m.add_argument("--cache-size", type=int, default=DEFAULT_CACHE_SIZE,
+                   help="encoded media kept in memory (LRU by content hash)")
+    q = p.add_argument_group("scheduling")
+    q.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting at most; more get 429")
+    q.add_argument("--max-batch", type=int, default=d.max_batch, help="requests decoded together (1 = one at a time)")
+    q.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
+                   help="idle wait for more requests to join a batch (ms)")
+    q.add_argument("--timeout", type=float, default=d.timeout_s, help="per-request time limit (s); then 504")
+    q.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens,
+                   help="new tokens when a request gives no max_tokens")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    commands["serve"] = cmd_serve
+
+    p = subparsers.add_parser("web", help="Gradio web demo: upload a clip and chat about it (works offline)")
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--cache-size", type=int, default=DEFAULT_CACHE_SIZE, help="encoded media kept in memory")
+    commands["web"] = cmd_web
+
+
+def load_pipeline(args: argparse.Namespace):
+    """The pipeline for ``--model`` (default: shipped model, else the tiny random one) with ``--cache-size``."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from ..defaults import resolve_model
+    from ..inference import Pipeline
+    from ..model import VideoLlama
+
+    resolved = resolve_model(args.model)
+    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
+    model = VideoLlama.from_pretrained(resolved.path, device=args.device, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
+    pipe = Pipeline(model, tokenizer, template=args.template, cache_size=args.cache_size)
+    pipe.description = resolved.description
+    if not resolved.trained:
+        print(f"[using the {resolved.description}]", file=sys.stderr)
+    return pipe, resolved
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the OpenAI-compatible API until interrupted."""
+    import uvicorn
+
+    from .api import create_app
+
+    settings = ServeSettings(
+        media_root=args.media_root, allow_remote_media=args.allow_remote_media, max_queue=args.max_queue,
+        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, timeout_s=args.timeout,
+        max_media_mb=args.max_media_mb, max_duration_s=args.max_duration_s, max_frames=args.max_frames,
+        default_frames=args.default_frames, max_pixels=args.max_pixels, remote_timeout_s=args.remote_timeout,
+        default_max_tokens=args.default_max_tokens)
+    pipe, resolved = load_pipeline(args)
+    settings.model_name = args.model_name or ("videollama-tiny" if not resolved.trained else Path(resolved.path).name)
+    if args.host not in LOOPBACK_HOSTS:
+        print(f"[listening on {args.host}: the API has no authentication; put it behind a proxy that has]",
+              file=sys.stderr)
+    print(f"serving {settings.model_name!r} on http://{_url_host(args.host)}:{args.port}/v1 "
+          f"(max batch {settings.max_batch}, queue {settings.max_queue})", file=sys.stderr)
+    uvicorn.run(create_app(pipe, settings), host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=5)
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """Run the Gradio demo until interrupted."""
+    from .web import build_demo, launch_demo
+
+    pipe, _ = load_pipeline(args)
+    print(f"web demo on http://{_url_host(args.host)}:{args.port}/", file=sys.stderr)
+    launch_demo(build_demo(pipe), host=args.host, port=args.port, block=True)
+    return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

