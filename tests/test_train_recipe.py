@@ -50,12 +50,18 @@ def test_vision_stage1_trains_only_its_parts_and_exports(data, model_dir, tmp_pa
 
 
 def test_training_reduces_the_loss(data, model_dir, tmp_path):
-    cfg = stage_config(data, model_dir, tmp_path / "fit", steps=24, batch_size=2)
-    cfg["data"]["datasets"] = {"cc_sbu_align": cfg["data"]["datasets"]["cc_sbu_align"]}
-    cfg["optim"].update(init_lr=3e-3, min_lr=3e-3, warmup_steps=0)
-    train(config_from_dict(cfg))
-    losses = list(_losses(tmp_path / "fit").values())
-    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4
+    """Against the same run at lr 0 (same batches, same order): only the soft prompt can move the frozen
+    random LLM's caption loss, which sits at ~6.12 untrained and settles near ~5.75 after 24 steps."""
+    last = {}
+    for lr in (0.0, 3e-3):
+        cfg = stage_config(data, model_dir, tmp_path / f"fit{lr}", steps=24, batch_size=2)
+        cfg["data"]["datasets"] = {"cc_sbu_align": cfg["data"]["datasets"]["cc_sbu_align"]}
+        cfg["optim"].update(init_lr=lr, min_lr=lr, warmup_steps=0)
+        train(config_from_dict(cfg))
+        losses = list(_losses(tmp_path / f"fit{lr}").values())
+        assert len(losses) == 24
+        last[lr] = sum(losses[-6:]) / 6
+    assert last[3e-3] < last[0.0] - 0.2, last
 
 
 def test_resume_continues_exactly(data, model_dir, tmp_path):
@@ -90,7 +96,7 @@ def test_two_processes_match_one_process(data, model_dir, tmp_path):
     single = tmp_path / "single"
     train(config_from_dict(stage_config(data, model_dir, single, steps=4, batch_size=4, save_every=4)))
     cfg = stage_config(data, model_dir, tmp_path / "ddp", steps=4, batch_size=2, save_every=4)
-    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))  # dataset order = data order
     port = 29500 + os.getpid() % 1000
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",

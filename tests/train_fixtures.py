@@ -93,5 +93,5 @@ def stage_config(data: dict[str, Path], model_dir: Path, out: Path, *, stage: in
                   "iters_per_epoch": steps, "batch_size": batch_size, "max_txt_len": 24, "amp": False,
                   "dtype": "fp32"},
         "run": {"output_dir": str(out), "seed": 7, "num_workers": 0, "branch": branch, "tensorboard": True,
-                "save_every": 3, "keep_last_k": 2, **run},
+                "save_every": 3, "keep_last_k": 2, "log_every": 1, **run},
     }

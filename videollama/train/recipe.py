@@ -166,6 +166,38 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return total, (shift_labels != IGNORE_INDEX).sum()
 
 
+# ---------------------------------------------------------------------------------------------- data
+def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed()) -> tuple[DataLoader, MultiDatasetSampler]:
+    """The run's batches: the configured datasets mixed one dataset per batch, this rank's slice of each.
+
+    The audio branch's batches carry ``visual_audio_values`` (frames for ImageBind's vision path),
+    the vision branch's ``pixel_values``. The sampler is returned too: it holds the data position
+    that checkpoints save and resuming restores.
+    """
+    datasets = build_datasets(cfg, tokenizer)
+    ratios = [spec.sample_ratio for spec in cfg.data.datasets.values()]
+    sampler = MultiDatasetSampler([len(ds) for ds in datasets], ratios, cfg.optim.batch_size, seed=cfg.run.seed,
+                                  rank=d.rank, world_size=d.world_size, num_steps=cfg.optim.total_steps)
+    media_key = "visual_audio_values" if cfg.run.branch == "audio" else "pixel_values"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    loader = DataLoader(
+        MixedDataset(datasets), batch_sampler=sampler, num_workers=cfg.run.num_workers,
+        collate_fn=lambda samples: collate(samples, pad_id=pad_id, mask_pad_by_length=cfg.data.mask_pad_by_length,
+                                           media_key=media_key),
+        persistent_workers=False,
+    )
+    return loader, sampler
+
+
+def build_batches(cfg: TrainConfig, tokenizer, steps: int):
+    """The first ``steps`` batches a single-process run of ``cfg`` trains on (for inspection and tests)."""
+    loader, _ = build_loader(cfg, tokenizer)
+    for step, batch in enumerate(loader):
+        if step >= steps:
+            return
+        yield batch
+
+
 # ---------------------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) a training run; returns the run summary (on every rank)."""
@@ -181,11 +213,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         model.language_model.gradient_checkpointing_enable()
     model.to(d.device).train()
 
-    datasets = build_datasets(cfg, tokenizer)
-    ratios = [spec.sample_ratio for spec in cfg.data.datasets.values()]
     total_steps = cfg.optim.total_steps
-    sampler = MultiDatasetSampler([len(ds) for ds in datasets], ratios, cfg.optim.batch_size, seed=cfg.run.seed,
-                                  rank=d.rank, world_size=d.world_size, num_steps=total_steps)
+    loader, sampler = build_loader(cfg, tokenizer, d)
     optimizer = build_optimizer(model.named_parameters(), lr=cfg.optim.init_lr, weight_decay=cfg.optim.weight_decay,
                                 betas=tuple(cfg.optim.betas))
     scheduler = LinearWarmupCosineLR(optimizer, init_lr=cfg.optim.init_lr, min_lr=cfg.optim.min_lr,
@@ -197,14 +226,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         (out / "config.yaml").write_text(cfg.to_yaml())
     wrapped = _wrap(model, cfg, d)
 
-    media_key = "visual_audio_values" if cfg.run.branch == "audio" else "pixel_values"
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    loader = DataLoader(
-        MixedDataset(datasets), batch_sampler=sampler, num_workers=cfg.run.num_workers,
-        collate_fn=lambda samples: collate(samples, pad_id=pad_id, mask_pad_by_length=cfg.data.mask_pad_by_length,
-                                           media_key=media_key),
-        persistent_workers=False,
-    )
     logger = RunLogger(out, total_steps, d.rank, start_step=start_step, log_every=cfg.run.log_every,
                        tensorboard=cfg.run.tensorboard)
     autocast = _autocast(cfg, d)
