@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install system-deps bench clean-venv
+.PHONY: demo test install system-deps bench synthav-model clean-venv
 
 # Debian packages the test suite uses: chromium (browser test of the web demo), espeak-ng + sox
 # (speech fixtures). Installed only when missing and when apt-get can run (root).
@@ -40,6 +40,13 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest
+
+# Regenerate the SynthAV world, retrain every stage from scratch (<= about an hour on 2 CPU cores) and
+# make the result the package's default model (videollama/assets/synthav-model) with its example clips.
+SYNTHAV_SEED ?= 0
+synthav-model: $(STAMP)
+	$(VENV)/bin/videollama synthav train-all --out runs/synthav/seed$(SYNTHAV_SEED) --seed $(SYNTHAV_SEED)
+	$(VENV)/bin/videollama synthav ship --run runs/synthav/seed$(SYNTHAV_SEED)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

