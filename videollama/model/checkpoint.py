@@ -80,6 +80,9 @@ def load_model_folder(cls, directory: str | Path, *, device="cpu", dtype=None, w
     with init_empty_weights(include_buffers=False):
         model = cls(config)
     expected = {k: v for k, v in model.state_dict().items()}
+    # dtype None: floating tensors keep the dtype they were saved in (a bf16 folder stays bf16 on a GPU),
+    # except on the CPU, where half-precision kernels are slow or missing, so they load as float32.
+    load_dtype = dtype if dtype is not None else (torch.float32 if torch.device(device).type == "cpu" else None)
     loaded: set[str] = set()
     unexpected, mismatched = [], []
     for path in weight_files(directory):
@@ -95,9 +98,7 @@ def load_model_folder(cls, directory: str | Path, *, device="cpu", dtype=None, w
                     mismatched.append(f"{key}: file {tuple(tensor.shape)} vs model {tuple(expected[key].shape)}")
                     loaded.add(key)  # present, reported as a shape mismatch rather than missing
                     continue
-                target_dtype = dtype if (dtype is not None and tensor.is_floating_point()) else expected[key].dtype
-                if not tensor.is_floating_point():
-                    target_dtype = tensor.dtype
+                target_dtype = (load_dtype or tensor.dtype) if tensor.is_floating_point() else tensor.dtype
                 _assign(model, key, tensor.to(target_dtype))
                 loaded.add(key)
     tied = _tied_keys(model)
