@@ -36,9 +36,13 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model-loading options of chat, serve, web and eval; :func:`model_load_kwargs` maps them."""
+    from .convert.loading import add_loading_args
+
     p.add_argument("--model", default=None, help="model folder, or 'tiny' (default: the shipped model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="weights dtype (default: as saved)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="weights dtype (default: as saved on a GPU, fp32 on the CPU)")
+    add_loading_args(p)  # --device-map auto, --load-in {8bit,4bit}
     p.add_argument("--template", choices=["llama_2", "vicuna_v0"], default=None, help="conversation template")
 
 
@@ -55,15 +59,30 @@ def generation_config(args):
                             top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
-def load_pipeline(args):
+def model_load_kwargs(args) -> dict:
+    """``Pipeline.from_pretrained`` keyword arguments from :func:`add_model_args`' options (all but --model).
+
+    Options a caller's namespace lacks (``demo`` builds its own) take their defaults.
+    """
     import torch
 
+    from .convert.loading import loading_kwargs
+
+    dtype = getattr(torch, DTYPES[args.dtype]) if getattr(args, "dtype", None) else None
+    return {"device": getattr(args, "device", "cpu"), "dtype": dtype, "template": getattr(args, "template", None),
+            **loading_kwargs(args)}
+
+
+def load_pipeline(args, **extra):
+    """The pipeline for ``--model`` and the loading options; the one loader of chat, serve, web and eval.
+
+    ``extra``: more ``Pipeline.from_pretrained`` keyword arguments (serve and web: ``cache_size``).
+    """
     from .defaults import resolve_model
     from .inference import Pipeline
 
     resolved = resolve_model(args.model)
-    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
-    pipe = Pipeline.from_pretrained(resolved.path, device=args.device, dtype=dtype, template=args.template)
+    pipe = Pipeline.from_pretrained(resolved.path, **model_load_kwargs(args), **extra)
     pipe.description = resolved.description
     return pipe, resolved
 

@@ -80,12 +80,26 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None,
-                        template: str | None = None, with_audio: bool | None = None) -> "Pipeline":
+                        template: str | None = None, with_audio: bool | None = None,
+                        device_map: str | dict | None = None, quantization: str | None = None,
+                        cache_size: int = 64) -> "Pipeline":
+        """Load a model folder and its tokenizer.
+
+        ``device_map`` (``"auto"``) and ``quantization`` (``"8bit"``/``"4bit"``) go to
+        :func:`videollama.convert.loading.load_for_inference` (CUDA only; without CUDA it raises
+        ``LoadingError`` at once); without them the model loads with ``VideoLlama.from_pretrained``.
+        """
         from transformers import AutoTokenizer
 
-        model = VideoLlama.from_pretrained(directory, device=device, dtype=dtype, with_audio=with_audio)
+        if device_map is None and quantization is None:
+            model = VideoLlama.from_pretrained(directory, device=device, dtype=dtype, with_audio=with_audio)
+        else:
+            from .convert.loading import load_for_inference
+
+            model = load_for_inference(directory, device=device, dtype=dtype, device_map=device_map,
+                                       quantization=quantization, with_audio=with_audio)
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        pipe = cls(model, tokenizer, template=template)
+        pipe = cls(model, tokenizer, template=template, cache_size=cache_size)
         pipe.description = str(directory)
         return pipe
 

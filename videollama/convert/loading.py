@@ -1,12 +1,15 @@
 """Load a converted model for inference on GPUs: LLM spread over devices and/or quantised to 8/4 bits.
 
 The plain case (one device, one dtype) is ``VideoLlama.from_pretrained(dir, device=..., dtype=...)``,
-which the CLI's ``--device``/``--dtype`` already cover. Two more options help users whose GPU is too
-small for the 7B/13B LLM in 16 bits (the official code needs >24 GB for VL-only 7B):
+which the CLI's ``--device``/``--dtype`` cover. Two more options help users whose GPU is too small for
+the 7B/13B LLM in 16 bits (the official code needs >24 GB for VL-only 7B); on the command line
+(``chat``, ``serve``, ``web``, ``eval``) they are ``--device-map auto`` and ``--load-in {8bit,4bit}``
+(:func:`add_loading_args`), passed on by ``Pipeline.from_pretrained``:
 
 * ``device_map="auto"`` (or an explicit accelerate device map) spreads the *language model* over the
   visible GPUs (and CPU RAM, if needed) through transformers/accelerate; the encoders, Q-Formers and
-  projections (about 2.5B parameters with audio) stay on the first GPU.
+  projections (1.22B parameters; 1.86B with ImageBind's vision encoder) stay on one GPU (``device`` if
+  it is a GPU, else the first).
 * ``quantization="8bit"`` / ``"4bit"`` loads the language model's linear layers with bitsandbytes
   (LLM.int8 / NF4), as the official ``low_resource`` option did with 8 bits.
 
@@ -41,6 +44,7 @@ def load_for_inference(
     dtype: torch.dtype | None = None,
     device_map: str | dict | None = None,
     quantization: str | None = None,
+    with_audio: bool | None = None,
 ):
     """Load a model folder for inference; see the module docstring.
 
@@ -50,6 +54,7 @@ def load_for_inference(
         dtype: weight dtype (default: as saved). With quantization it is the compute dtype of the LLM.
         device_map: ``"auto"`` or an accelerate device map for the language model.
         quantization: ``"8bit"`` or ``"4bit"`` (bitsandbytes) for the language model.
+        with_audio: ``False`` loads a folder that has the audio branch without it.
     Raises:
         LoadingError: the option needs CUDA or bitsandbytes and this machine lacks them.
     """
@@ -58,7 +63,7 @@ def load_for_inference(
     if quantization is not None and quantization not in QUANTIZATION_CHOICES:
         raise LoadingError(f"unknown quantization {quantization!r}; choose one of {QUANTIZATION_CHOICES}")
     if device_map is None and quantization is None:
-        return VideoLlama.from_pretrained(directory, device=device, dtype=dtype)
+        return VideoLlama.from_pretrained(directory, device=device, dtype=dtype, with_audio=with_audio)
     _require_cuda(device_map, quantization)
     quantization_config = _bitsandbytes_config(quantization, dtype) if quantization else None
     first = torch.device(device)
@@ -66,7 +71,7 @@ def load_for_inference(
         first = torch.device("cuda", 0)
     return load_with_separate_llm(directory, device=first, dtype=dtype,
                                   device_map=device_map if device_map is not None else {"": str(first)},
-                                  quantization_config=quantization_config)
+                                  quantization_config=quantization_config, with_audio=with_audio)
 
 
 def _require_cuda(device_map, quantization) -> None:
@@ -75,8 +80,15 @@ def _require_cuda(device_map, quantization) -> None:
     asked = " and ".join(x for x in (f"device_map={device_map!r}" if device_map is not None else "",
                                      f"{quantization} quantization" if quantization else "") if x)
     build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
-    raise LoadingError(f"{asked} needs a CUDA GPU, and this machine has none (torch {torch.__version__}: {build}); "
+    also = "; bitsandbytes is not installed either" if quantization and not _has_bitsandbytes() else ""
+    raise LoadingError(f"{asked} needs a CUDA GPU, and this machine has none (torch {torch.__version__}: {build}){also}; "
                        "load without these options (--device cpu) instead")
+
+
+def _has_bitsandbytes() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
 
 
 def _bitsandbytes_config(quantization: str, dtype: torch.dtype | None):
@@ -93,7 +105,7 @@ def _bitsandbytes_config(quantization: str, dtype: torch.dtype | None):
 
 
 def load_with_separate_llm(directory: str | Path, *, device: torch.device, dtype: torch.dtype | None,
-                           device_map, quantization_config=None):
+                           device_map, quantization_config=None, with_audio: bool | None = None):
     """Load the non-LLM parts onto ``device`` and the LLM through transformers with ``device_map``.
 
     Works on any device (the tests run it on CPU with ``device_map={"": "cpu"}``); the CUDA and
@@ -103,12 +115,14 @@ def load_with_separate_llm(directory: str | Path, *, device: torch.device, dtype
     from safetensors import safe_open
 
     from ..model import VideoLlama, load_config
-    from ..model.checkpoint import weight_files
+    from ..model.checkpoint import _AUDIO_PARTS, weight_files
     from ..model.videollama import llm_config
     from .build import KEEP_FP32
 
     directory = Path(directory)
     config = load_config(directory)
+    if with_audio is False:
+        config.with_audio = False
     with init_empty_weights(include_buffers=False):
         model = VideoLlama(config)
     parts: dict[str, torch.Tensor] = {}
@@ -116,6 +130,8 @@ def load_with_separate_llm(directory: str | Path, *, device: torch.device, dtype
     for path in weight_files(directory):
         with safe_open(str(path), framework="pt") as f:  # tensors stay memory-mapped until used
             for key in f.keys():
+                if not config.with_audio and key.split(".")[0] in _AUDIO_PARTS:
+                    continue  # an audio-free load of a model folder that has the audio branch
                 if key.startswith(LLM_PREFIX):
                     llm_state[key[len(LLM_PREFIX):]] = f.get_tensor(key)
                 else:
@@ -141,12 +157,16 @@ def load_with_separate_llm(directory: str | Path, *, device: torch.device, dtype
     return model.eval()
 
 
+DEVICE_MAP_HELP = ("spread the language model's layers over the visible GPUs (then CPU RAM) with accelerate; "
+                   "the other parts go on --device (cuda:0 if that is cpu). Needs CUDA")
+LOAD_IN_HELP = ("load the language model's linear layers in 8 bits (LLM.int8) or 4 bits (NF4) with bitsandbytes; "
+                "the other parts stay in --dtype on --device (cuda:0 if that is cpu). Needs CUDA and bitsandbytes")
+
+
 def add_loading_args(parser: argparse.ArgumentParser) -> None:
-    """``--device-map`` and ``--load-in`` for the chat/demo/serve commands (next to --device/--dtype)."""
-    parser.add_argument("--device-map", default=None, choices=["auto"],
-                        help="spread the language model over the visible GPUs (needs CUDA)")
-    parser.add_argument("--load-in", default=None, choices=QUANTIZATION_CHOICES, dest="load_in",
-                        help="load the language model in 8 or 4 bits with bitsandbytes (needs CUDA)")
+    """``--device-map`` and ``--load-in`` for chat/serve/web/eval (next to --device/--dtype; see add_model_args)."""
+    parser.add_argument("--device-map", default=None, choices=["auto"], help=DEVICE_MAP_HELP)
+    parser.add_argument("--load-in", default=None, choices=QUANTIZATION_CHOICES, dest="load_in", help=LOAD_IN_HELP)
 
 
 def loading_kwargs(args: argparse.Namespace) -> dict:

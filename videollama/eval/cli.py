@@ -43,6 +43,9 @@ def cmd_eval(args) -> int:
     from .runner import main_eval, options_from_args
 
     args.greedy = not args.sample
+    if "LOCAL_RANK" in os.environ and args.device_map is not None:
+        raise ValueError("--device-map auto spreads one model over all GPUs, but under torchrun each process loads "
+                         "its own copy; run without torchrun, or use --load-in to fit one copy per GPU")
     if args.device == "cpu" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         args.device = f"cuda:{os.environ['LOCAL_RANK']}"
     gen = generation_config(args)

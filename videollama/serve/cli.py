@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ..cli import DTYPES, add_model_args
+from ..cli import add_model_args
 from .settings import MODEL_MAX_FRAMES, ServeSettings
 
 DEFAULT_CACHE_SIZE = 64
@@ -63,20 +63,13 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
 
 
 def load_pipeline(args: argparse.Namespace):
-    """The pipeline for ``--model`` (default: shipped model, else the tiny random one) with ``--cache-size``."""
-    import torch
-    from transformers import AutoTokenizer
+    """The pipeline for ``--model`` (default: shipped model, else the tiny random one) with ``--cache-size``.
 
-    from ..defaults import resolve_model
-    from ..inference import Pipeline
-    from ..model import VideoLlama
+    Loads through ``videollama.cli.load_pipeline``, as chat and eval do (--device, --dtype, --device-map, --load-in).
+    """
+    from .. import cli
 
-    resolved = resolve_model(args.model)
-    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
-    model = VideoLlama.from_pretrained(resolved.path, device=args.device, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(str(resolved.path))
-    pipe = Pipeline(model, tokenizer, template=args.template, cache_size=args.cache_size)
-    pipe.description = resolved.description
+    pipe, resolved = cli.load_pipeline(args, cache_size=args.cache_size)
     if not resolved.trained:
         print(f"[using the {resolved.description}]", file=sys.stderr)
     return pipe, resolved
