@@ -16,14 +16,17 @@ Inputs (random values, official key layouts and full sizes, written with ``torch
 Key layouts come from the converter's own helpers (``make_official_*_state_dict(device='meta')``);
 values are N(0, 0.02) noise filled directly in the file dtype (fast; the converter never looks at
 values). ``--dtype released`` (default) stores each file in the dtype we understand the released
-file to have: ``eva_vit_g.pth`` fp16 (LAVIS ships it in half precision), the others fp32.
+file to have: ``eva_vit_g.pth`` fp16 (to our understanding the released file is half precision,
+~2 GB for 1 B parameters), the others fp32.
 ``--dtype fp16`` halves the inputs (faster to generate, less disk). ``--components vision`` writes
 only EVA + BLIP-2 + VL and converts with ``--branches vl`` (no ImageBind): about a third of the work.
 
-Measured, each in its own subprocess (peak RSS = the kernel's high-water mark from ``wait4``;
-anonymous = private memory (heap), file = memory-mapped file pages, both polled every 20 ms):
+Measured, each in its own subprocess (the inputs are generated in another one, so the benchmark
+process stays small). Peak RSS = the process's own ``VmHWM`` (the kernel's exact high-water mark of
+its resident set, written by a small wrapper at exit); anonymous = private memory (heap) and
+mapped-file = resident pages of memory-mapped files, both polled every 20 ms:
 
-  * ``python -c "import torch, videollama.convert.build"``: the floor (interpreter + torch);
+  * ``import torch, videollama.convert.build``: the floor (interpreter + torch);
   * ``python -m videollama convert ... --dtype bf16``: the real converter (lazy memory-mapped reads,
     one tensor cast at a time into streamed safetensors shards, maps released every 256 MiB);
   * naive: ``torch.load(mmap=False)`` of every file, the same key tables (so the same tensors), every
@@ -68,6 +71,21 @@ OPTIONS = {"eva": "--eva-vit", "blip2": "--blip2", "imagebind": "--imagebind", "
 OUT_DTYPE = "bf16"
 KEEP_FP32 = ("audio_encoder.log_logit_scale",)
 POLL_S = 0.02
+# Runs a module or script and writes its own peak RSS (VmHWM of this process image) to $BENCH_PEAK_FILE at
+# exit. The kernel's ru_maxrss (wait4/getrusage) is no use here: exec keeps the forking parent's
+# high-water mark, so a child of a big parent would report the parent's size.
+WRAPPER = """
+import atexit, os, runpy, sys
+def _peak():
+    with open('/proc/self/status') as f:
+        hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmHWM:'))
+    with open(os.environ['BENCH_PEAK_FILE'], 'w') as f:
+        f.write(str(hwm))
+atexit.register(_peak)
+kind, target = sys.argv[1], sys.argv[2]
+sys.argv = [target] + sys.argv[3:]
+runpy.run_module(target, run_name='__main__', alter_sys=True) if kind == 'module' else runpy.run_path(target, run_name='__main__')
+"""
 
 # ImageBind-Huge's other modalities (official imagebind_model.py): (layers, width, add_bias_kv).
 OTHER_TRUNKS = {"text": (24, 1024, False), "depth": (12, 384, True), "thermal": (12, 768, True), "imu": (6, 512, True)}
@@ -193,7 +211,7 @@ def write_inputs(root: Path, components: list[str], dtype_choice: str, imagebind
 class Measure:
     label: str
     seconds: float
-    peak_rss: int  # bytes: ru_maxrss of the process (and its waited-for children)
+    peak_rss: int  # bytes: VmHWM of the process (the kernel's exact high-water mark of its resident set)
     peak_anon: int = 0  # bytes: max RssAnon polled
     peak_file: int = 0  # bytes: max RssFile polled (memory-mapped file pages resident)
     returncode: int = 0
@@ -214,24 +232,27 @@ def _proc_status(pid: int) -> dict[str, int]:
     return values
 
 
-def measure(label: str, cmd: list[str], log_path: Path, env: dict | None = None) -> Measure:
-    """Run ``cmd``; its wall time, kernel peak RSS (wait4) and polled anonymous/file RSS peaks."""
+def measure(label: str, kind: str, target: str, args: list[str], log_path: Path, env: dict) -> Measure:
+    """Run a module (``kind='module'``) or script through WRAPPER: wall time, exact peak RSS, polled peaks."""
+    peak_path = log_path.with_suffix(".peak")
+    env = dict(env, BENCH_PEAK_FILE=str(peak_path))
+    cmd = [sys.executable, "-c", WRAPPER, kind, target, *args]
     with log_path.open("w") as log:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        peak_anon = peak_file = 0
+        peak_anon = peak_mapped = 0
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             s = _proc_status(proc.pid)
             peak_anon = max(peak_anon, s.get("RssAnon", 0))
-            peak_file = max(peak_file, s.get("RssFile", 0))
+            peak_mapped = max(peak_mapped, s.get("RssFile", 0))
             time.sleep(POLL_S)
         seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measure(label, seconds, usage.ru_maxrss * 1024, peak_anon, peak_file, proc.returncode,
-                   log_path.read_text()[-4000:])
+    hwm = int(peak_path.read_text()) if peak_path.exists() else 0
+    return Measure(label, seconds, hwm, peak_anon, peak_mapped, proc.returncode, log_path.read_text()[-4000:])
 
 
 def safetensors_summary(folder: Path) -> tuple[int, int, tuple[str, int]]:
@@ -313,38 +334,50 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="where the files go (default: a temp dir in /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--naive-worker", nargs=3, metavar=("OUT", "LLM_DIR", "FILES_JSON"), help=argparse.SUPPRESS)
+    parser.add_argument("--generate-worker", metavar="DIR", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    components = ["eva", "blip2", "vl"] + (["imagebind", "al"] if args.components == "all" else [])
 
     if args.naive_worker:
         out, llm_dir, files = args.naive_worker
         naive_convert(Path(out), Path(llm_dir), json.loads(files), args.imagebind_vision)
         return
+    if args.generate_worker:
+        files, llm_dir = write_inputs(args.generate_worker, components, args.dtype, args.imagebind_other == "full")
+        manifest = {"llm_dir": str(llm_dir), "files": {n: {**vars(f), "path": str(f.path)} for n, f in files.items()}}
+        (args.generate_worker / "manifest.json").write_text(json.dumps(manifest))
+        return
 
-    components = ["eva", "blip2", "vl"] + (["imagebind", "al"] if args.components == "all" else [])
     workdir = Path(tempfile.mkdtemp(prefix="videollama-bench-convert-", dir=args.workdir))
     print(f"torch {torch.__version__}, cpus {os.cpu_count()}, workdir {workdir}")
     print(f"inputs: {args.dtype} dtypes, components {args.components}, ImageBind other modalities "
-          f"{args.imagebind_other}; output {OUT_DTYPE}")
+          f"{args.imagebind_other}; output {OUT_DTYPE}", flush=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     started = time.perf_counter()
     try:
-        print("generating the inputs ...", flush=True)
-        files, llm_dir = write_inputs(workdir, components, args.dtype, args.imagebind_other == "full")
+        print("generating the inputs (in a subprocess) ...", flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--generate-worker", str(workdir),
+                        "--dtype", args.dtype, "--components", args.components,
+                        "--imagebind-other", args.imagebind_other], check=True, env=env)
+        manifest = json.loads((workdir / "manifest.json").read_text())
+        llm_dir = Path(manifest["llm_dir"])
+        files = {n: InputFile(**{**f, "path": Path(f["path"]), "largest": tuple(f["largest"])})
+                 for n, f in manifest["files"].items()}
         gen_s = time.perf_counter() - started
         for f in files.values():  # the converter and the baseline both read from the page cache
             subprocess.run(["cat", str(f.path)], stdout=subprocess.DEVNULL, check=True)
 
-        floor = measure("floor: import torch + videollama.convert.build",
-                        [sys.executable, "-c", "import torch, videollama.convert.build"], workdir / "floor.log", env)
+        floor = measure("floor: import torch + videollama.convert.build", "module", "videollama.convert.build", [],
+                        workdir / "floor.log", env)
         out = workdir / "converted"
-        cmd = [sys.executable, "-m", "videollama", "convert", "--llm", str(llm_dir), "--out", str(out),
-               "--dtype", OUT_DTYPE, "--branches", "both" if args.components == "all" else "vl"]
+        convert_args = ["convert", "--llm", str(llm_dir), "--out", str(out), "--dtype", OUT_DTYPE,
+                        "--branches", "both" if args.components == "all" else "vl"]
         for name, f in files.items():
-            cmd += [OPTIONS[name], str(f.path)]
+            convert_args += [OPTIONS[name], str(f.path)]
         if args.imagebind_vision:
-            cmd.append("--imagebind-vision")
+            convert_args.append("--imagebind-vision")
         print("running videollama convert ...", flush=True)
-        ours = measure("videollama convert", cmd, workdir / "convert.log", env)
+        ours = measure("videollama convert", "module", "videollama", convert_args, workdir / "convert.log", env)
         if ours.returncode:
             print(ours.log)
             raise SystemExit(f"videollama convert failed (exit {ours.returncode})")
@@ -355,11 +388,11 @@ def main() -> None:
         if not args.no_naive:
             print("running the naive baseline ...", flush=True)
             naive_out = workdir / "naive"
-            worker = [sys.executable, str(Path(__file__).resolve()), "--naive-worker", str(naive_out), str(llm_dir),
-                      json.dumps({n: str(f.path) for n, f in files.items()})]
+            worker = ["--naive-worker", str(naive_out), str(llm_dir), json.dumps({n: str(f.path) for n, f in files.items()})]
             if args.imagebind_vision:
                 worker.append("--imagebind-vision")
-            naive = measure("naive: torch.load + cast + save_file", worker, workdir / "naive.log", env)
+            naive = measure("naive: torch.load + cast + save_file", "path", str(Path(__file__).resolve()), worker,
+                            workdir / "naive.log", env)
             if naive.returncode:
                 print(naive.log)
                 raise SystemExit(f"naive baseline failed (exit {naive.returncode})")
@@ -384,7 +417,7 @@ def main() -> None:
     print()
     print(f"Output: {out_tensors} tensors, {gb(out_bytes)} GB {OUT_DTYPE} safetensors; largest output tensor "
           f"{out_largest[0]} ({out_largest[1] / 2**20:.0f} MiB); largest input tensor {largest_in[0]} in "
-          f"{largest_in[2]} ({largest_in[1] / 2**20:.0f} MiB); converter releases its maps every "
+          f"{largest_in[2]} ({largest_in[1] / 2**20:.0f} MiB); the converter releases its maps every "
           f"{DEFAULT_RELEASE_EVERY / 2**20:.0f} MiB read")
     print()
     print("| run | seconds | peak RSS GB | peak anonymous GB | peak mapped-file GB | peak RSS / output size | "
@@ -397,11 +430,12 @@ def main() -> None:
     print()
     above = ours.peak_rss - floor.peak_rss
     print(f"converter: peak RSS {gb(ours.peak_rss)} GB = floor {gb(floor.peak_rss)} GB + {above / 2**20:.0f} MiB "
-          f"({above / out_bytes * 100:.1f}% of the output, {above / max(out_largest[1], 1):.1f}x the largest output tensor)")
+          f"({above / out_bytes * 100:.1f}% of the output size, {above / max(out_largest[1], 1):.0f}x the largest "
+          f"output tensor, {above / max(largest_in[1], 1):.1f}x the largest input tensor)")
     if naive:
         n_bytes = naive.extra["out"][0]
-        print(f"naive: peak RSS {gb(naive.peak_rss)} GB ({naive.peak_rss / ours.peak_rss:.1f}x the converter's), "
-              f"output {gb(n_bytes)} GB ({naive.extra['out'][1]} tensors: the same minus the tiny LLM's "
+        print(f"naive: peak RSS {gb(naive.peak_rss)} GB = {naive.peak_rss / ours.peak_rss:.1f}x the converter's; "
+              f"output {gb(n_bytes)} GB ({naive.extra['out'][1]} tensors: the converter's minus the tiny LLM's "
               f"{out_tensors - naive.extra['out'][1]})")
     print(f"total benchmark time {time.perf_counter() - started:.0f} s")
 

@@ -179,7 +179,7 @@ def full_size_benchmark(args) -> None:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     for _ in range(args.warmup):
         step()
@@ -193,7 +193,7 @@ def full_size_benchmark(args) -> None:
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print()
-    print(f"Full-size stage-1 step: preset {args.preset} ({params / 1e9:.2f} B params, {trainable / 1e6:.1f} M trainable), "
+    print(f"Full-size stage-1 step: preset {args.preset} ({params / 1e6:,.1f} M params, {trainable / 1e6:,.1f} M trainable), "
           f"built in {build_s:.0f} s on {name}; torch {torch.__version__}")
     print()
     print("| preset | device | frozen parts | batch | frames | s/step | samples/s | peak GPU memory GB | loss |")

@@ -33,7 +33,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these (of {', '.join(BENCHMARKS)})")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
-    parser.add_argument("--keep-going", action="store_true", default=True, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     selected = args.only or list(BENCHMARKS)
