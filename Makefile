@@ -43,9 +43,11 @@ test: $(STAMP) system-deps
 
 # Regenerate the SynthAV world, retrain every stage from scratch (<= about an hour on 2 CPU cores) and
 # make the result the package's default model (videollama/assets/synthav-model) with its example clips.
+# One BLAS/OpenMP thread per process: the chain runs DataLoader workers beside the trainer, and with 2
+# threads per process on 2 cores the OpenMP spin-waits made stage 0 about 15x slower (docs/synthav.md).
 SYNTHAV_SEED ?= 0
 synthav-model: $(STAMP)
-	$(VENV)/bin/videollama synthav train-all --out runs/synthav/seed$(SYNTHAV_SEED) --seed $(SYNTHAV_SEED)
+	OMP_NUM_THREADS=1 $(VENV)/bin/videollama synthav train-all --out runs/synthav/seed$(SYNTHAV_SEED) --seed $(SYNTHAV_SEED)
 	$(VENV)/bin/videollama synthav ship --run runs/synthav/seed$(SYNTHAV_SEED)
 
 bench: $(STAMP)

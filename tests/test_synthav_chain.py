@@ -127,3 +127,27 @@ def test_shipped_model_answers_the_shipped_clip():
         assert clip.stat().st_size < 200_000
         reply = pipe.chat(clip).ask(example["question"], GenerationConfig(do_sample=False, max_new_tokens=24))
         assert match_choice(reply, example["choices"]) == example["answer"], (example, reply)
+
+
+def test_ship_copies_the_model_and_records_how_examples_were_chosen(quick_chain, tmp_path):
+    from videollama.synthav.ship import EXAMPLE_FAMILIES, ship
+
+    out, _ = quick_chain
+    manifest = ship(out, model_dir=tmp_path / "model", examples_dir=tmp_path / "examples")
+    assert (tmp_path / "model" / "config.json").is_file()
+    assert json.loads((tmp_path / "examples" / "examples.json").read_text()) == manifest
+    for example in manifest["examples"]:  # a 2-step quick model may answer none right: then none ship
+        assert example["family"] in EXAMPLE_FAMILIES and (tmp_path / "examples" / example["file"]).is_file()
+        assert match_choice(example["reply"], example["choices"]) == example["answer"]
+        assert example["chosen"].startswith(f"first of the {example['family']} held-out questions answered right")
+
+
+def test_combine_runs_reuses_each_runs_results_and_refuses_duplicate_seeds(quick_chain):
+    from videollama.synthav.evaluate import combine_runs
+
+    out, _ = quick_chain
+    combined = combine_runs([out], limit=8)
+    own = json.loads((out / "results" / "results.json").read_text())
+    assert combined["summary"] == own["summary"] and combined["per_seed"] == own["per_seed"]
+    with pytest.raises(ValueError, match="seed 0 appears twice"):
+        combine_runs([out, out], limit=8)

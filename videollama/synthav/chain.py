@@ -83,6 +83,7 @@ class ChainSettings:
 class ChainResult:
     out_dir: str
     model_dir: str
+    data_dir: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
     results: dict[str, Any] | None = None
 
@@ -177,7 +178,8 @@ def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None
     settings.stage0 = replace(settings.stage0, seed=seed)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    result = ChainResult(out_dir=str(out), model_dir=str(out / "model"))
+    data = out / "data" if data_dir is None else Path(data_dir).resolve()
+    result = ChainResult(out_dir=str(out), model_dir=str(out / "model"), data_dir=str(data))
     clock = time.perf_counter()
 
     def lap(name: str) -> None:
@@ -190,14 +192,11 @@ def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None
                                                     "settings": asdict(settings)}, indent=1) + "\n")
 
     if data_dir is None:
-        data = out / "data"
         summary = generate(data, settings.clips, data_seed, test_clips=settings.test_clips,
                            instruct_clips=settings.instruct_clips, images=settings.images,
                            workers=settings.workers, overwrite=True)
         logger.info("%s", format_summary(summary))
         lap("generate")
-    else:
-        data = Path(data_dir).resolve()
 
     stage0 = run_stage0(data, out / "stage0", settings.stage0)
     lap("stage0")

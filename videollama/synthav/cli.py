@@ -3,6 +3,7 @@
     videollama synthav generate --out data/synthav --clips 2000 --seed 0
     videollama synthav stage0 --data data/synthav --out output/synthav/stage0
     videollama synthav train-all --out output/synthav --seed 0 [--quick]
+    videollama synthav evaluate --run output/s0 --run output/s1 --run output/s2 --out results/
     videollama synthav ship --run output/synthav          # becomes the default model + examples
 
 (The held-out evaluation is ``videollama eval synthav``, wired to
@@ -48,6 +49,16 @@ def cmd_train_all(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .evaluate import combine_runs, format_table, save_results
+
+    results = combine_runs(args.run, limit=args.limit)
+    json_path, png_path = save_results(results, args.out)
+    print(format_table(results))
+    print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
 def cmd_ship(args) -> int:
     from .ship import ship
 
@@ -89,6 +100,12 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.add_argument("--quick", action="store_true", help="minutes, for CI")
     p.add_argument("--no-eval", action="store_true")
     p.set_defaults(synthav_func=cmd_train_all)
+
+    p = sub.add_parser("evaluate", help="the claims table over several train-all runs (one training seed each)")
+    p.add_argument("--run", action="append", required=True, help="a train-all output folder; repeat per seed")
+    p.add_argument("--out", required=True, help="folder for results.json and results.png")
+    p.add_argument("--limit", type=int, default=None, help="only the first N held-out questions")
+    p.set_defaults(synthav_func=cmd_evaluate)
 
     p = sub.add_parser("ship", help="make a chain's model the package default and pick example clips")
     p.add_argument("--run", required=True, help="a train-all output folder (with model/ and data/)")

@@ -294,5 +294,37 @@ def save_results(results: Mapping[str, Any], out_dir: str | Path) -> tuple[Path,
     return json_path, png_path
 
 
-__all__ = ["SETTINGS", "evaluate_synthav", "format_table", "load_test_items", "match_choice", "plot_results",
+def combine_runs(run_dirs: Sequence[str | Path], limit: int | None = None) -> dict[str, Any]:
+    """Results over several chain runs (``train-all --out RUN --seed S``), one training seed each.
+
+    A run's own ``results/results.json`` is reused when it covers every question; otherwise its
+    ``model/`` (and ``ablation/vl_stage2/export``) are evaluated on the run's ``data/``.
+    """
+    per_seed: dict[str, Any] = {}
+    models, ablations, questions, data_dirs = {}, {}, set(), set()
+    for run in map(Path, run_dirs):
+        chain = json.loads((run / "chain.json").read_text())
+        seed = str(chain["seed"])
+        if seed in per_seed:
+            raise ValueError(f"{run}: training seed {seed} appears twice; runs must use different seeds")
+        data = Path(chain.get("data_dir") or run / "data")
+        saved = run / "results" / "results.json"
+        results = json.loads(saved.read_text()) if saved.is_file() else None
+        if results is None or (limit is None and results["questions"] < len(load_test_items(data))):
+            ablation = run / "ablation" / "vl_stage2" / "export"
+            results = evaluate_synthav({int(seed): run / "model"}, data, ablation_dirs={int(seed): ablation}
+                                       if (ablation / "config.json").is_file() else None, limit=limit)
+        per_seed.update(results["per_seed"])
+        models.update(results["models"])
+        ablations.update(results["ablations"])
+        questions.add(results["questions"])
+        data_dirs.add(results["data_dir"])
+    if len(questions) != 1:
+        raise ValueError(f"the runs were evaluated on different question sets ({sorted(questions)} questions)")
+    return {"data_dir": sorted(data_dirs)[0], "models": models, "ablations": ablations,
+            "settings": [s for s in SETTINGS if any(s in r for r in per_seed.values())],
+            "questions": questions.pop(), "per_seed": per_seed, "summary": summarize(per_seed)}
+
+
+__all__ = ["SETTINGS", "combine_runs", "evaluate_synthav", "format_table", "load_test_items", "match_choice", "plot_results",
            "save_results", "score", "summarize"]

@@ -42,7 +42,8 @@ def ship(run_dir: str | Path, model_dir: Path = MODEL_DIR, examples_dir: Path = 
     if size > MAX_MODEL_BYTES:
         raise ValueError(f"{source}: {size / 2**20:.1f} MiB, over the {MAX_MODEL_BYTES / 2**20:.0f} MiB shipping limit")
 
-    data = run / "data"
+    chain = json.loads((run / "chain.json").read_text()) if (run / "chain.json").is_file() else {}
+    data = Path(chain.get("data_dir") or run / "data")
     items = load_test_items(data)
     pipe = Pipeline.from_pretrained(source)
     gen = GenerationConfig(do_sample=False, max_new_tokens=MAX_NEW_TOKENS)
