@@ -101,3 +101,15 @@ def test_defaults_and_roundtrip(tmp_path):
     source = load_train_config(CONFIGS / "audiobranch_stage2_finetune.yaml")
     again.write_text(source.to_yaml())
     assert load_train_config(again) == source
+
+
+def test_override_value_that_yaml_reads_as_a_comment_stays_text():
+    """`data.end_sym=###` (the Vicuna end symbol): YAML reads `#...` as a comment (None); keep the text."""
+    path = CONFIGS / "visionbranch_stage2_finetune.yaml"
+    cfg = load_train_config(path, ["data.end_sym=###", "data.prompt_template=###Human: {} ###Assistant: "])
+    assert cfg.data.end_sym == "###"
+    assert cfg.data.prompt_template == "###Human: {} ###Assistant: "
+    assert load_train_config(path, ['data.end_sym="###"']).data.end_sym == "###"  # the quoted form still works
+    for null in ("null", "~", " null "):  # explicit nulls stay null
+        assert load_train_config(path, [f"model.ckpt={null}"]).model.ckpt is None
+    assert load_train_config(path, ["data.end_sym="]).data.end_sym == ""

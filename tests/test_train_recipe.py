@@ -91,19 +91,178 @@ def test_audio_branch_trains_on_frames_through_imagebind_vision(data, model_dir,
     assert changed == {"audio_qformer", "audio_query_tokens", "audio_position_embedding", "audio_projection"}
 
 
+def _torchrun(config_path: Path, *args: str, port_offset: int = 0) -> None:
+    """``torchrun --nproc_per_node 2 -m videollama train CONFIG ARGS`` on the CPU (gloo)."""
+    port = 29500 + (os.getpid() + port_offset) % 1000
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(port), "-m", "videollama", "train", str(config_path), *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_two_processes_match_one_process(data, model_dir, tmp_path):
     """torchrun with 2 CPU processes (gloo, DDP), global batch 4 = 2 x 2, against 1 process with batch 4."""
     single = tmp_path / "single"
     train(config_from_dict(stage_config(data, model_dir, single, steps=4, batch_size=4, save_every=4)))
     cfg = stage_config(data, model_dir, tmp_path / "ddp", steps=4, batch_size=2, save_every=4)
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))  # dataset order = data order
-    port = 29500 + os.getpid() % 1000
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(port), "-m", "videollama", "train", str(tmp_path / "ddp.yaml")],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _torchrun(tmp_path / "ddp.yaml")
     one, two = _losses(single), _losses(tmp_path / "ddp")
     assert one.keys() == two.keys() == {0, 1, 2, 3}
     for step in one:  # same data, same global token normalisation: equal up to float summation order
         assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6)
+
+
+def test_fsdp_two_processes_match_one_process_and_resume(data, model_dir, tmp_path):
+    """FSDP2 with 2 CPU processes (gloo), global batch 4 = 2 x 2, against 1 process with batch 4: stopped
+    after step 2 (checkpoint: gathered weights, name-keyed optimizer state), resumed under FSDP to step 4.
+    Losses of both parts equal the 1-process run within rel 1e-5 (float summation order only); the export
+    holds full tensors equal to the 1-process export within 1e-5."""
+    single = tmp_path / "single"
+    train(config_from_dict(stage_config(data, model_dir, single, steps=4, batch_size=4, save_every=4)))
+    cfg = stage_config(data, model_dir, tmp_path / "fsdp", steps=4, batch_size=2, save_every=4, distributed="fsdp")
+    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))  # dataset order = data order
+    _torchrun(tmp_path / "fsdp.yaml", "run.stop_after=2")
+    assert not (tmp_path / "fsdp" / "export").exists()
+    assert (tmp_path / "fsdp" / "checkpoints" / "checkpoint-00000002" / "meta.json").is_file()
+    _torchrun(tmp_path / "fsdp.yaml", "--resume", port_offset=1)
+    one, two = _losses(single), _losses(tmp_path / "fsdp")
+    assert one.keys() == two.keys() == {0, 1, 2, 3}
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), (step, one, two)
+    base = VideoLlama.from_pretrained(model_dir).state_dict()
+    a = VideoLlama.from_pretrained(single / "export").state_dict()
+    b = VideoLlama.from_pretrained(tmp_path / "fsdp" / "export").state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5, msg=key)
+    assert not torch.equal(b["video_projection.weight"], base["video_projection.weight"])
+
+
+def test_lora_export_is_a_plain_model_folder_with_merged_adapters(data, model_dir, tmp_path):
+    """LoRA (peft) on q_proj/v_proj: the end-of-run export and `videollama export` are plain model folders
+    (adapters merged into the LLM weights) whose logits equal the trained peft model's (atol 1e-4)."""
+    from transformers import AutoTokenizer
+
+    from videollama.train.checkpoint import load_latest
+    from videollama.train.recipe import _apply_lora, _load_trainable, build_batches
+
+    out = tmp_path / "lora"
+    raw = stage_config(data, model_dir, out, steps=3, save_every=3)
+    raw["optim"]["lora"] = {"enabled": True, "r": 4, "alpha": 8}  # scaling 2, not the default
+    cfg = config_from_dict(raw)
+    train(cfg)
+    exported = VideoLlama.from_pretrained(out / "export")  # loads: plain names, nothing missing or unexpected
+    again = VideoLlama.from_pretrained(export(out, tmp_path / "exported"))
+    base = VideoLlama.from_pretrained(model_dir)
+    base_state, state = base.state_dict(), exported.state_dict()
+    assert state.keys() == base_state.keys() and not any("lora" in k or "base_layer" in k for k in state)
+    for key, value in state.items():
+        assert torch.equal(value, again.state_dict()[key]), key
+    llm_changed = {k for k in state if k.startswith("language_model.") and not torch.equal(state[k], base_state[k])}
+    assert llm_changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in llm_changed), llm_changed
+    assert len(llm_changed) == 2 * len(base.language_model.model.layers)
+
+    # The trained peft model: the base, LoRA applied, the last checkpoint's weights (adapters unmerged).
+    peft_model = VideoLlama.from_pretrained(model_dir)
+    peft_model.set_trainable(cfg.trainable)
+    _apply_lora(peft_model, cfg)
+    ckpt = load_latest(out / "checkpoints")
+    assert ckpt.step == 3 and any("lora_A" in k for k in ckpt.model)
+    _load_trainable(peft_model, ckpt.model)
+    peft_model.eval()
+    batch = next(build_batches(cfg, AutoTokenizer.from_pretrained(model_dir), 1))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    unmerged = VideoLlama.from_pretrained(out / "export")  # the export with the LLM weights put back to the base
+    with torch.no_grad():
+        for key in llm_changed:
+            unmerged.state_dict()[key].copy_(base_state[key])
+        want = peft_model(**inputs).logits
+        got = exported.eval()(**inputs).logits
+        without_adapters = unmerged.eval()(**inputs).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert (without_adapters - want).abs().max() > 1e-3  # the merged adapters are what makes them equal
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory, tiny_tokenizer):
+    from convert_fixtures import write_release
+
+    return write_release(tmp_path_factory.mktemp("release"), Path(tiny_tokenizer.name_or_path),
+                         vocab_size=tiny_tokenizer.vocab_size)
+
+
+def _official_model(release, **extra) -> dict:
+    return {"preset": "tiny", "llm_path": str(release.llm), "vit_ckpt": str(release.eva),
+            "qformer_ckpt": str(release.blip2), **extra}
+
+
+def test_stage1_from_the_official_files(data, release, tmp_path, capsys):
+    """VL stage 1 from the (tiny) official files: EVA + BLIP-2 + LLM frozen, MiniGPT-4's projection as the
+    video projection's init, the other trained parts freshly initialised and reported as such."""
+    minigpt4 = tmp_path / "pretrained_minigpt4.pth"
+    d_llm, d_q = release.config.llm["hidden_size"], release.config.video_qformer.hidden_size
+    proj = {"llama_proj.weight": torch.randn(d_llm, d_q), "llama_proj.bias": torch.randn(d_llm)}
+    torch.save({"model": proj}, minigpt4)
+    out = tmp_path / "stage1"
+    raw = stage_config(data, None, out, steps=2, save_every=2)
+    raw["model"] = _official_model(release, llama_proj_ckpt=str(minigpt4))
+    summary = train(config_from_dict(raw))
+    assert summary["steps"] == 2
+    printed = capsys.readouterr().out
+    assert "freshly initialised" in printed and "video_qformer" in printed and "video_query_tokens" in printed
+    card = (out / "base-model" / "README.md").read_text()
+    assert "NOT from a checkpoint" in card and "video_qformer" in card
+    base = VideoLlama.from_pretrained(out / "base-model").state_dict()
+    trained = VideoLlama.from_pretrained(out / "export").state_dict()
+    changed = {k.split(".")[0] for k in trained if not torch.equal(trained[k], base[k])}
+    assert changed == {"video_qformer", "video_query_tokens", "frame_position_embedding", "video_projection"}
+    llm_key = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(trained["language_model." + llm_key], release.states["llm"][llm_key])
+    assert torch.equal(trained["vision_model.embeddings.patch_embedding.weight"],
+                       base["vision_model.embeddings.patch_embedding.weight"])
+    # Built again (as `videollama export` does): the cached folder is reused, the projection is MiniGPT-4's.
+    from videollama.train.recipe import build_model
+
+    model, _ = build_model(config_from_dict(raw).model, with_audio_vision=False, cache_dir=out)
+    assert torch.equal(model.video_projection.weight, proj["llama_proj.weight"])
+    assert "converting" not in capsys.readouterr().out
+
+
+def test_stage2_from_a_previous_export_and_an_official_branch_file(data, release, tmp_path, model_dir):
+    """AL stage 2 as the official YAML: ckpt = the VL stage's export/ (a model folder), ckpt_2 = an official
+    AL .pth, ImageBind (with its vision encoder) from imagebind_huge.pth; it trains."""
+    from videollama.train.recipe import build_model
+
+    vl_export = tmp_path / "vl" / "export"
+    raw = stage_config(data, None, tmp_path / "vl", steps=1)
+    raw["model"] = _official_model(release)
+    train(config_from_dict(raw))
+    out = tmp_path / "al2"
+    raw = stage_config(data, None, out, stage=2, branch="audio", steps=2, save_every=2)
+    raw["model"] = _official_model(release, imagebind_ckpt=str(release.imagebind), ckpt=str(vl_export),
+                                   ckpt_2=str(release.al), with_audio=True)
+    cfg = config_from_dict(raw)
+    model, _ = build_model(cfg.model, with_audio_vision=True, cache_dir=tmp_path / "probe")
+    vl = VideoLlama.from_pretrained(vl_export).state_dict()
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in vl.items() if k.startswith("video_qformer."))
+    assert any(k.startswith("imagebind_vision.") for k in state)
+    assert torch.equal(state["audio_query_tokens"], release.states["al"]["audio_query_tokens"])
+    assert train(cfg)["steps"] == 2
+    trained = VideoLlama.from_pretrained(out / "export").state_dict()
+    changed = {k.split(".")[0] for k in trained if not torch.equal(trained[k], state[k])}
+    assert changed == {"audio_qformer", "audio_query_tokens", "audio_position_embedding", "audio_projection"}
+
+
+def test_official_files_without_a_frozen_part_fail_clearly(data, release, tmp_path):
+    raw = stage_config(data, None, tmp_path / "noimagebind", stage=2, branch="audio", steps=1)
+    raw["model"] = _official_model(release, with_audio=True)  # no imagebind_ckpt
+    with pytest.raises(ValueError, match=r"do not provide the frozen part\(s\) audio_encoder, imagebind_vision; "
+                                         r"give model.imagebind_ckpt"):
+        train(config_from_dict(raw))
+    raw = stage_config(data, None, tmp_path / "badckpt", steps=1)
+    raw["model"] = _official_model(release, ckpt=str(tmp_path))  # a folder that is no model folder
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        train(config_from_dict(raw))

@@ -80,8 +80,8 @@ class ModelSection:
     qformer_ckpt: str | None = None  # blip2_pretrained_flant5xxl.pth (image Q-Former, queries, ln_vision)
     imagebind_ckpt: str | None = None  # imagebind_huge.pth
     llama_proj_ckpt: str | None = None  # MiniGPT-4 pretrained_minigpt4.pth (VL stage 1 projection init)
-    ckpt: str | None = None  # first checkpoint loaded over the model (official ``ckpt``)
-    ckpt_2: str | None = None  # second checkpoint (official ``ckpt_2``, AL stage 2)
+    ckpt: str | None = None  # VL branch (official ``ckpt``): a VL .pth or a stage's export/ folder
+    ckpt_2: str | None = None  # AL branch (official ``ckpt_2``, AL stage 2): an AL .pth or an export/ folder
     with_audio: bool = False  # build the audio branch (official ``equip_audio_branch``)
 
 
@@ -273,6 +273,10 @@ def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
         raise ConfigError(f"{path}: {err}") from None
 
 
+# What YAML reads as null on purpose; any other text that parses to None (a '#' comment) stays a string.
+NULL_WORDS = ("null", "Null", "NULL", "~")
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Apply dotted ``a.b.c=value`` overrides in place; list items are addressed by index."""
     for item in overrides:
@@ -284,6 +288,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text  # not YAML: keep the raw string
+        if value is None and text.strip() not in NULL_WORDS:
+            value = text  # '###' or 'a # b': YAML read a comment; the user meant the text
         parts = key.split(".")
         node: Any = raw
         for depth, part in enumerate(parts[:-1]):

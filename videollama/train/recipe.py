@@ -5,8 +5,9 @@
 
 Steps, top to bottom: set up the process group -> build the model (from a model folder, from the
 official files through the converter, or randomly from a preset) -> name its trainable parts ->
-datasets (official formats) mixed one dataset per batch -> AdamW + linear-warmup cosine -> resume
-from the latest checkpoint -> loop: forward, loss, backward, step, log, checkpoint -> export.
+datasets (official formats) mixed one dataset per batch -> wrap (DDP, or FSDP2 in place) -> AdamW over
+the wrapped model's parameters + linear-warmup cosine -> resume from the latest checkpoint -> loop:
+forward, loss, backward, step, log, checkpoint -> export (full tensors, LoRA adapters merged).
 
 Loss normalisation: every rank sums the token losses of its slice of the global batch and divides by
 the number of supervised tokens in the *global* batch, so the loss and the gradients of a run do not
@@ -15,8 +16,10 @@ depend on the number of processes (DDP averages gradients over ranks, hence the 
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ from .text import IGNORE_INDEX, collate
 
 CHECKPOINTS = "checkpoints"
 EXPORT = "export"
+BASE_MODEL = "base-model"  # the official files converted once, under run.output_dir
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -84,7 +88,9 @@ def build_model(section: ModelSection, *, with_audio_vision: bool, cache_dir: Pa
 
     - ``model_dir``: a folder written by ``videollama convert`` / ``export`` / ``save_pretrained``;
     - official files (``llm_path`` + ``vit_ckpt``/``qformer_ckpt``/``imagebind_ckpt``/``ckpt``/``ckpt_2``):
-      converted once into ``cache_dir`` by ``videollama.convert``, then loaded;
+      converted once into ``cache_dir/base-model`` by ``videollama.convert``, then loaded, with the trained
+      parts of model-folder ``ckpt``/``ckpt_2`` and MiniGPT-4's projection laid over
+      (:func:`_build_from_official_files`);
     - neither: a randomly initialised ``preset`` with the tokenizer at ``tokenizer_path`` (tests, SynthAV).
     """
     from transformers import AutoTokenizer
@@ -96,18 +102,8 @@ def build_model(section: ModelSection, *, with_audio_vision: bool, cache_dir: Pa
         model = VideoLlama.from_pretrained(section.model_dir, with_audio=section.with_audio or None)
         tokenizer = AutoTokenizer.from_pretrained(section.tokenizer_path or section.model_dir)
     elif section.llm_path and (section.vit_ckpt or section.qformer_ckpt or section.ckpt):
-        folder = cache_dir / "base-model"
-        if is_main and not (folder / "config.json").is_file():
-            from ..convert.build import convert
-
-            convert(folder, llm_dir=section.llm_path, eva_vit=section.vit_ckpt, blip2=section.qformer_ckpt,
-                    imagebind=section.imagebind_ckpt if section.with_audio else None,
-                    vl_ckpt=section.ckpt, al_ckpt=section.ckpt_2, dtype="fp32",
-                    branches="both" if section.with_audio else "vl", llama_proj=section.llama_proj_ckpt)
-        if dist.is_initialized():
-            dist.barrier()
-        model = VideoLlama.from_pretrained(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model, tokenizer = _build_from_official_files(section, with_audio_vision=with_audio_vision,
+                                                      folder=cache_dir / BASE_MODEL, is_main=is_main)
     else:
         path = section.tokenizer_path or section.llm_path
         if not path:
@@ -124,6 +120,163 @@ def build_model(section: ModelSection, *, with_audio_vision: bool, cache_dir: Pa
     return model, tokenizer
 
 
+# Parts the frozen encoders are made of: the official files must supply them (no random fill).
+_FROZEN_FROM_FILES = {"vision_model": "model.vit_ckpt and model.qformer_ckpt", "image_qformer": "model.qformer_ckpt",
+                      "image_query_tokens": "model.qformer_ckpt", "audio_encoder": "model.imagebind_ckpt",
+                      "imagebind_vision": "model.imagebind_ckpt", "language_model": "model.llm_path"}
+SOURCES_NAME = "train-sources.json"
+
+
+def _split_ckpt(path: str | None, key: str) -> tuple[str | None, Path | None]:
+    """An official ``ckpt``/``ckpt_2`` entry: a branch ``.pth`` (for the converter) or a model folder (overlaid)."""
+    if not path:
+        return None, None
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"model.{key}={path}: a folder but not a model folder (no config.json); give a "
+                                    "branch .pth or a previous stage's export/ folder")
+        return None, p
+    if not p.exists():
+        raise FileNotFoundError(f"model.{key}={path}: no such file or folder (the previous stage's export/ or an "
+                                "official branch .pth)")
+    return str(p), None
+
+
+def _source_record(paths: dict[str, Any]) -> dict[str, Any]:
+    record = {}
+    for name, value in paths.items():
+        if isinstance(value, (str, Path)) and Path(value).exists():
+            stat = Path(value).stat()
+            record[name] = [str(Path(value).resolve()), stat.st_size, int(stat.st_mtime)]
+        else:
+            record[name] = value
+    return record
+
+
+def _build_from_official_files(section: ModelSection, *, with_audio_vision: bool, folder: Path, is_main: bool):
+    """The official-files path: convert the frozen parts (and any branch ``.pth``) once into ``folder``, then
+    overlay the trained parts from model folders (``ckpt``/``ckpt_2`` = a previous stage's ``export/``) and
+    MiniGPT-4's projection (``llama_proj_ckpt``, when no VL checkpoint gives ``video_projection``).
+
+    Parts no source holds are freshly initialised by the converter and named in its report: in the official
+    stage 1 the trained parts (video/audio Q-Former, queries, positions, projection) start from scratch. A
+    frozen part (EVA, BLIP-2 Q-Former, ImageBind, the LLM) without its file is an error, not a random fill.
+    """
+    from transformers import AutoTokenizer
+
+    vl_file, vl_folder = _split_ckpt(section.ckpt, "ckpt")
+    al_file, al_folder = _split_ckpt(section.ckpt_2, "ckpt_2")
+    if (al_file or al_folder) and not section.with_audio:
+        raise ValueError("model.ckpt_2 (the audio-branch checkpoint) needs model.with_audio: true")
+    imagebind_vision = bool(section.with_audio and with_audio_vision)
+    args = dict(llm_dir=section.llm_path, eva_vit=section.vit_ckpt, blip2=section.qformer_ckpt,
+                imagebind=section.imagebind_ckpt if section.with_audio else None, vl_ckpt=vl_file, al_ckpt=al_file,
+                branches="both" if section.with_audio else "vl", imagebind_vision=imagebind_vision)
+    sources = _source_record({**args, "preset": section.preset})
+    if is_main:
+        cached = folder / SOURCES_NAME
+        current = json.loads(cached.read_text()) if cached.is_file() and (folder / "config.json").is_file() else None
+        if current != json.loads(json.dumps(sources)):
+            _convert_official(folder, args, section, sources)
+    if dist.is_initialized():
+        dist.barrier()
+    model = VideoLlama.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(section.tokenizer_path or folder)
+    from ..convert.build import AL_TRAINED, VL_TRAINED
+
+    said = []
+    if vl_folder is not None:
+        _overlay_parts(model, vl_folder, VL_TRAINED, "model.ckpt")
+        said.append(f"{', '.join(VL_TRAINED)} from {vl_folder}")
+    elif section.llama_proj_ckpt and vl_file is None:
+        _overlay_llama_proj(model, section.llama_proj_ckpt)
+        said.append(f"video_projection from {section.llama_proj_ckpt} (MiniGPT-4's projection, as the official "
+                    "llama_proj_model)")
+    if al_folder is not None:
+        _overlay_parts(model, al_folder, AL_TRAINED, "model.ckpt_2")
+        said.append(f"{', '.join(AL_TRAINED)} from {al_folder}")
+    if is_main and said:
+        print("base model: " + "; ".join(said))
+    return model, tokenizer
+
+
+def _convert_official(folder: Path, args: dict, section: ModelSection, sources: dict) -> None:
+    from ..convert.build import AL_TRAINED, VL_TRAINED, convert
+    from ..presets import get_preset
+
+    print(f"converting the official files into {folder} (once; reused while the files stay the same)")
+    report = convert(folder, dtype="fp32", allow_missing=True, config=get_preset(section.preset), overwrite=True,
+                     hash_sources=False, **args)
+    filled_parts: dict[str, int] = {}
+    for key in report.filled:
+        filled_parts[key.split(".")[0]] = filled_parts.get(key.split(".")[0], 0) + 1
+    frozen = sorted(p for p in filled_parts if p not in VL_TRAINED + AL_TRAINED)
+    if frozen:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        need = sorted({_FROZEN_FROM_FILES.get(p, p) for p in frozen})
+        raise ValueError(f"model: the official files do not provide the frozen part(s) {', '.join(frozen)}; "
+                         f"give {' and '.join(need)}")
+    (folder / SOURCES_NAME).write_text(json.dumps(sources, indent=1) + "\n")
+    # One status line per source file (the full report is in the folder's README.md); the converter's
+    # "no source" listing is replaced by the line below, since those keys were filled on purpose.
+    for rep in report.reports:
+        if not rep.source.startswith("the model folder"):
+            print(rep.format().splitlines()[0])
+    if filled_parts:
+        print("freshly initialised (no given file holds them; the official stage 1 trains them from scratch, a "
+              "later stage takes them from model.ckpt/ckpt_2): "
+              + ", ".join(f"{p} ({n} tensors)" for p, n in filled_parts.items()) + f"; details: {folder}/README.md")
+
+
+def _overlay_parts(model: VideoLlama, folder: Path, parts: tuple[str, ...], option: str) -> None:
+    """Copy the tensors of ``parts`` from a model folder into ``model`` (all of them must be there)."""
+    from safetensors import safe_open
+
+    from ..model.checkpoint import weight_files
+
+    wanted = {k: v for k, v in model.state_dict().items() if k.split(".")[0] in parts}
+    found: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if key in wanted:
+                    found[key] = f.get_tensor(key)
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise ValueError(f"{option}={folder}: the model folder lacks {len(missing)} tensors of {', '.join(parts)} "
+                         f"(e.g. {missing[0]}); was it trained with that branch?")
+    wrong = [f"{k}: {tuple(t.shape)} vs {tuple(wanted[k].shape)}" for k, t in found.items() if t.shape != wanted[k].shape]
+    if wrong:
+        raise ValueError(f"{option}={folder}: wrongly shaped tensors for this model: {wrong[:3]}")
+    with torch.no_grad():
+        for key, tensor in found.items():
+            wanted[key].copy_(tensor.to(wanted[key].dtype))
+
+
+def _overlay_llama_proj(model: VideoLlama, path: str) -> None:
+    """MiniGPT-4's ``pretrained_minigpt4.pth`` (``llama_proj.*``) into ``video_projection`` (official VL init)."""
+    from ..convert.safe_load import open_state_dict, release_all
+
+    state = open_state_dict(path)
+    try:
+        keys = {"llama_proj.weight": model.video_projection.weight, "llama_proj.bias": model.video_projection.bias}
+        absent = [k for k in keys if k not in state]
+        if absent:
+            raise ValueError(f"model.llama_proj_ckpt={path}: no {absent[0]} (give MiniGPT-4's pretrained_minigpt4.pth)")
+        with torch.no_grad():
+            for key, param in keys.items():
+                tensor = state[key].load()
+                if tensor.shape != param.shape:
+                    raise ValueError(f"model.llama_proj_ckpt={path}: {key} has shape {tuple(tensor.shape)}, the model "
+                                     f"needs {tuple(param.shape)} (a projection for another LLM width?)")
+                param.copy_(tensor.to(param.dtype))
+    finally:
+        release_all(state)
+
+
 def _apply_lora(model: VideoLlama, cfg: TrainConfig) -> None:
     from peft import LoraConfig, get_peft_model
 
@@ -135,7 +288,49 @@ def _apply_lora(model: VideoLlama, cfg: TrainConfig) -> None:
     model.trainable_parts = set(model.trainable_parts) | {"language_model"}  # adapters train, base stays frozen
 
 
+PEFT_PREFIX = "language_model.base_model.model."
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.default\.weight$")
+
+
+def merge_lora_state(state: dict[str, torch.Tensor], *, alpha: float, r: int) -> dict[str, torch.Tensor]:
+    """A state dict with peft's LoRA names -> the plain model's names, adapters merged into their weights.
+
+    ``W = W_base + (alpha / r) * B @ A`` for every adapted linear layer (peft's ``merge_and_unload``, done on
+    the tensors, so it also works on an FSDP-gathered state dict). Keys without peft names pass through.
+    """
+    out: dict[str, torch.Tensor] = {}
+    adapters: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if not key.startswith(PEFT_PREFIX):
+            out[key] = value
+            continue
+        rest = key[len(PEFT_PREFIX):]
+        match = _LORA_KEY.match(rest)
+        if match:
+            adapters.setdefault(match["module"], {})[match["ab"]] = value
+        elif ".lora_" in rest:
+            raise ValueError(f"cannot merge the LoRA tensor {key}: only linear-layer adapters (lora_A/lora_B) are supported")
+        else:
+            out["language_model." + rest.replace(".base_layer.", ".")] = value
+    scaling = alpha / r
+    for module, pair in adapters.items():
+        key = f"language_model.{module}.weight"
+        if set(pair) != {"A", "B"} or key not in out:
+            raise ValueError(f"LoRA adapter of {module}: incomplete (have {sorted(pair)}) or no base weight {key}")
+        base = out[key]
+        out[key] = (base.float() + (pair["B"].float() @ pair["A"].float()) * scaling).to(base.dtype)
+    return out
+
+
+def _llm_layers(model: VideoLlama) -> list[torch.nn.Module]:
+    lm = model.language_model
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # under LoRA: peft's wrapper
+    return list(getattr(getattr(base, "model", None), "layers", []))
+
+
 def _wrap(model: VideoLlama, cfg: TrainConfig, d: Distributed) -> torch.nn.Module:
+    """DDP, or FSDP2 in place. Under FSDP2 the module's parameters are *replaced* by sharded DTensors, so the
+    optimizer must be built over ``model.parameters()`` after this call (never before)."""
     if not d.enabled:
         return model
     if cfg.run.distributed == "fsdp":
@@ -143,7 +338,7 @@ def _wrap(model: VideoLlama, cfg: TrainConfig, d: Distributed) -> torch.nn.Modul
 
         # Shard the big frozen LLM layer by layer and every trainable part as its own unit; the root
         # unit takes what is left (the small encoders and the query parameters).
-        for layer in getattr(model.language_model.model, "layers", []):
+        for layer in _llm_layers(model):
             fully_shard(layer)
         for name in cfg.trainable:
             part = getattr(model, name)
@@ -215,6 +410,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     total_steps = cfg.optim.total_steps
     loader, sampler = build_loader(cfg, tokenizer, d)
+    wrapped = _wrap(model, cfg, d)
+    # After _wrap: FSDP2 replaced the parameters by sharded ones, which are what the optimizer must step.
     optimizer = build_optimizer(model.named_parameters(), lr=cfg.optim.init_lr, weight_decay=cfg.optim.weight_decay,
                                 betas=tuple(cfg.optim.betas))
     scheduler = LinearWarmupCosineLR(optimizer, init_lr=cfg.optim.init_lr, min_lr=cfg.optim.min_lr,
@@ -224,7 +421,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(cfg.to_yaml())
-    wrapped = _wrap(model, cfg, d)
 
     logger = RunLogger(out, total_steps, d.rank, start_step=start_step, log_every=cfg.run.log_every,
                        tensorboard=cfg.run.tensorboard)
@@ -241,6 +437,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         batch = {k: _to(v, d.device) for k, v in batch.items()}
         labels = batch.pop("labels")
         sync = (step + 1) % accum == 0 or step + 1 == total_steps
+        if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter only on the last micro-batch
+            wrapped.set_requires_gradient_sync(sync)
         with autocast, (nullcontext() if sync or not hasattr(wrapped, "no_sync") else wrapped.no_sync()):
             logits = wrapped(**batch).logits
             loss_sum, tokens = token_loss_sum(logits, labels)
@@ -262,8 +460,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if stopping:
             break
     summary = logger.finish({"world_size": d.world_size, "branch": cfg.run.branch})
-    if d.is_main and cfg.run.export and step + 1 == total_steps:
-        model.save_pretrained(out / EXPORT, tokenizer=tokenizer)
+    if cfg.run.export and step + 1 == total_steps:
+        state = _export_state(model, cfg, d)  # a collective under FSDP: every rank takes part
+        if d.is_main:
+            _write_model_folder(model, state, out / EXPORT, tokenizer)
     if d.enabled:
         dist.barrier()
     return summary
@@ -303,39 +503,102 @@ def _trainable_state(model: VideoLlama) -> dict[str, torch.Tensor]:
     return state
 
 
+def _state_dict_options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(**kwargs)
+
+
+def _optimizer_state(model: VideoLlama, optimizer) -> dict:
+    """The optimizer state keyed by parameter names, full tensors on the CPU (a collective under FSDP: the
+    sharded moments are gathered; rank 0 gets them). The same format for 1 process, DDP and FSDP, so a
+    checkpoint resumes under any of them."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_state_dict_options(full_state_dict=True, cpu_offload=True))
+
+
+def _load_optimizer_state(model: VideoLlama, optimizer, state: dict, path) -> None:
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    if any(isinstance(k, int) for k in state.get("state", {})) or any(
+            isinstance(p, int) for g in state.get("param_groups", []) for p in g.get("params", [])):
+        # Written by an older version (optimizer.state_dict(): parameters by position).
+        if any(hasattr(p, "full_tensor") for p in model.parameters()):
+            raise ValueError(f"{path}: optimizer state in the old positional format cannot be loaded under FSDP; "
+                             "resume it with DDP or one process once")
+        optimizer.load_state_dict(state)
+        return
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
+                             options=_state_dict_options(full_state_dict=True))
+
+
+def _load_trainable(model: VideoLlama, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy full tensors into the parameters; FSDP2's sharded ones take their own shard (every rank calls)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            param = params[name]
+            if hasattr(param, "device_mesh"):  # DTensor
+                from torch.distributed.tensor import distribute_tensor
+
+                tensor = distribute_tensor(tensor.to(param.device, param.dtype), param.device_mesh, param.placements,
+                                           src_data_rank=None)  # every rank holds the full tensor: no communication
+            param.copy_(tensor)
+
+
+def _export_state(model: VideoLlama, cfg: TrainConfig, d: Distributed) -> dict[str, torch.Tensor] | None:
+    """The whole model's weights for a model folder (on the main process; None elsewhere): full tensors
+    (gathered under FSDP), LoRA adapters merged into the LLM under the plain model's names."""
+    if cfg.run.distributed == "fsdp" and d.enabled:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        state = get_model_state_dict(model, options=_state_dict_options(full_state_dict=True, cpu_offload=True))
+    else:
+        state = model.state_dict() if d.is_main else None
+    if not d.is_main:
+        return None
+    if cfg.optim.lora.enabled:
+        state = merge_lora_state(state, alpha=cfg.optim.lora.alpha, r=cfg.optim.lora.r)
+    return state
+
+
+def _write_model_folder(model: VideoLlama, state: dict[str, torch.Tensor], out_dir: Path, tokenizer) -> None:
+    from types import SimpleNamespace
+
+    from ..model.checkpoint import save_model_folder
+
+    save_model_folder(SimpleNamespace(config=model.config, state_dict=lambda: state), out_dir, tokenizer=tokenizer)
+
+
 def _save(cfg, model, optimizer, scheduler, sampler, next_step: int, d: Distributed) -> None:
     model_state = _trainable_state(model)  # collective under FSDP: every rank takes part
     rng = _gather_objects([capture_rng_state()], d)
-    optim_state = optimizer.state_dict()
-    if cfg.run.distributed == "fsdp" and d.enabled:
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, StateDictOptions
-
-        optim_state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    optim_state = _optimizer_state(model, optimizer)  # collective under FSDP too
     if d.is_main:
         save_checkpoint(Path(cfg.run.output_dir) / CHECKPOINTS, next_step, {
             "model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
             "data": {"sampler": sampler.state_dict(next_step)}, "config": cfg.to_yaml(), "rng": rng,
-            "extra": {"world_size": d.world_size},
+            "extra": {"world_size": d.world_size, "distributed": cfg.run.distributed if d.enabled else "none"},
         }, keep_last_k=cfg.run.keep_last_k)
     if d.enabled:
         dist.barrier()
 
 
 def _resume(cfg, model, optimizer, scheduler, sampler, d: Distributed) -> int:
+    """Restore a checkpoint into the (already wrapped) model and its optimizer; every rank reads the files."""
     ckpt = load_latest(Path(cfg.run.output_dir) / CHECKPOINTS)
     if ckpt is None:
         return 0
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in ckpt.model]
-    unexpected = [n for n in ckpt.model if n not in dict(model.named_parameters())]
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in ckpt.model]
+    unexpected = [n for n in ckpt.model if n not in params]
     if missing or unexpected:
         raise ValueError(f"{ckpt.path}: checkpoint does not match the trainable parts (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]})")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in ckpt.model.items():
-            params[name].copy_(tensor)
+    _load_trainable(model, ckpt.model)
     if ckpt.optimizer is not None:
-        optimizer.load_state_dict(ckpt.optimizer)
+        _load_optimizer_state(model, optimizer, ckpt.optimizer, ckpt.path)
     if ckpt.scheduler is not None:
         scheduler.load_state_dict(ckpt.scheduler)
     sampler.load_state_dict(ckpt.data["sampler"])
@@ -347,7 +610,8 @@ def _resume(cfg, model, optimizer, scheduler, sampler, d: Distributed) -> int:
 
 
 def export(run_dir: str | Path, out_dir: str | Path, *, step: int | None = None) -> Path:
-    """Write a model folder from a run: its base model with the latest (or given) checkpoint's weights."""
+    """Write a model folder from a run: its base model with the latest (or given) checkpoint's weights
+    (LoRA adapters merged into the LLM)."""
     import yaml
 
     from .checkpoint import list_checkpoints, load_checkpoint
@@ -365,12 +629,15 @@ def export(run_dir: str | Path, out_dir: str | Path, *, step: int | None = None)
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint under {CHECKPOINTS}/")
     cfg = config_from_dict(yaml.safe_load(ckpt.config))
     model, tokenizer = build_model(cfg.model, with_audio_vision=cfg.run.branch == "audio", cache_dir=run_dir)
+    if cfg.optim.lora.enabled:
+        _apply_lora(model, cfg)
     state = dict(model.named_parameters())
     unknown = [k for k in ckpt.model if k not in state]
     if unknown:
         raise ValueError(f"{ckpt.path}: weights not in the model: {unknown[:5]}")
-    with torch.no_grad():
-        for name, tensor in ckpt.model.items():
-            state[name].copy_(tensor)
-    model.save_pretrained(out_dir, tokenizer=tokenizer)
+    _load_trainable(model, ckpt.model)
+    full = model.state_dict()
+    if cfg.optim.lora.enabled:
+        full = merge_lora_state(full, alpha=cfg.optim.lora.alpha, r=cfg.optim.lora.r)
+    _write_model_folder(model, full, Path(out_dir), tokenizer)
     return Path(out_dir)
