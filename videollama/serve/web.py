@@ -9,7 +9,8 @@ reuse the encoded media (the pipeline caches them by content hash).
 Offline by construction: analytics and the version check are off (``GRADIO_ANALYTICS_ENABLED=False``
 is set before gradio is imported, and ``analytics_enabled=False``), the default theme's fonts are
 served locally, LaTeX rendering (which could pull a CDN script) is disabled, server-side rendering
-and share links are off. The browser test checks that the page makes no request beyond the server.
+and share links are off, and no component shows Gradio's "share" button (which uploads to
+huggingface.co). The browser test checks that the page makes no request beyond the server.
 
     videollama web --model DIR --host 127.0.0.1 --port 7860
 """
@@ -79,12 +80,19 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
             raise gr.Error("One media item per conversation: clear the other uploads first.")
         return given[0] if given else (None, "")
 
+    def subject_of(video, image, audio, use_audio, frames) -> tuple:
+        """What a conversation is about: the media and how they are read. Another subject: a new conversation."""
+        return video, image, audio, bool(use_audio), int(frames)
+
     def respond(question, history, turns, video, image, audio, use_audio, greedy, temperature, top_p, max_tokens,
-                frames) -> Iterator[tuple[list, str, list]]:
+                frames, subject) -> Iterator[tuple[list, str, list, tuple]]:
         question = (question or "").strip()
         if not question:
             raise gr.Error("Type a question first.")
         path, kind = pick_media(video, image, audio)
+        current = subject_of(video, image, audio, use_audio, frames)
+        if current != subject:  # new media or options, and their change event has not reset the chat yet
+            history, turns = [], []
         features = None
         if path is not None:
             media = MediaFile(Path(path), kind, source=Path(path).name)
@@ -108,33 +116,43 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
         except ValueError as err:
             raise gr.Error(f"{err}. Press Clear to start a new conversation.") from None
         history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
-        yield history, "", turns
+        yield history, "", turns, current
         answer = ""
         for piece in pipeline.stream(request):
             answer += piece
             history = [*history[:-1], {"role": "assistant", "content": answer}]
-            yield history, "", turns
-        yield history, "", [*turns, (question, answer.strip())]
+            yield history, "", turns, current
+        yield history, "", [*turns, (question, answer.strip())], current
 
     def clear():
-        return [], [], "", None, None, None
+        return [], [], None, "", None, None, None
 
-    def new_conversation():
-        return [], []
+    def forget():
+        return [], [], None
+
+    def new_conversation(video, image, audio, use_audio, frames, subject):
+        # The browser sends a new upload's change event a moment after the upload; when a question about exactly
+        # these media was answered first, the conversation is already about them: keep it.
+        if subject is not None and subject == subject_of(video, image, audio, use_audio, frames):
+            return gr.skip(), gr.skip(), gr.skip()
+        return [], [], None
 
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(f"# {title}\nUpload a video, an image or an audio clip, then ask about it. "
                     f"Model: `{pipeline.description or 'unnamed'}`.")
-        turns = gr.State([])
+        turns = gr.State([])  # [(question, answer), ...] of the conversation so far
+        subject = gr.State(None)  # subject_of(...) the turns are about
         with gr.Row():
             with gr.Column(scale=2):
                 with gr.Tabs():
                     with gr.Tab("Video"):
                         video = gr.Video(label="Video", sources=["upload"], elem_id="vl-video")
                     with gr.Tab("Image"):
-                        image = gr.Image(label="Image", type="filepath", sources=["upload"], elem_id="vl-image")
+                        image = gr.Image(label="Image", type="filepath", sources=["upload"], elem_id="vl-image",
+                                         buttons=["download", "fullscreen"])  # no "share" (uploads to HF)
                     with gr.Tab("Audio"):
-                        audio = gr.Audio(label="Audio", type="filepath", sources=["upload"], elem_id="vl-audio")
+                        audio = gr.Audio(label="Audio", type="filepath", sources=["upload"], elem_id="vl-audio",
+                                         buttons=["download"])
                 use_audio = gr.Checkbox(value=model_has_audio, interactive=model_has_audio,
                                         label="Use the audio track", elem_id="vl-use-audio")
                 with gr.Accordion("Generation settings", open=False):
@@ -146,7 +164,7 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
                     frames = gr.Slider(1, MODEL_MAX_FRAMES, value=8, step=1, label="Frames sampled from a video")
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(label="Chat", height=460, latex_delimiters=[], feedback_options=None,
-                                     elem_id="vl-chatbot")
+                                     elem_id="vl-chatbot", buttons=["copy", "copy_all"])  # no "share" (to HF)
                 question = gr.Textbox(label="Question", placeholder="Ask about the clip and press Enter",
                                       elem_id="vl-question")
                 with gr.Row():
@@ -161,13 +179,20 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
                              str(path) if slot == "audio" else None, text])
             gr.Examples(rows, inputs=[video, image, audio, question], label="Example clips")
 
-        inputs = [question, chatbot, turns, video, image, audio, use_audio, greedy, temperature, top_p, max_tokens, frames]
-        outputs = [chatbot, question, turns]
-        send.click(respond, inputs, outputs, api_name="respond")
-        question.submit(respond, inputs, outputs, api_name=False)
-        reset.click(clear, None, [chatbot, turns, question, video, image, audio], api_name=False)
+        inputs = [question, chatbot, turns, video, image, audio, use_audio, greedy, temperature, top_p, max_tokens,
+                  frames, subject]
+        outputs = [chatbot, question, turns, subject]
+        # Every event that reads or resets the conversation runs in one queue group, in the order it was sent:
+        # Gradio picks among groups at random, so a reset sent before a question could otherwise run after its
+        # answer (wiping it), or the answer could see the turns the reset was meant to forget.
+        chat = {"concurrency_id": "conversation", "concurrency_limit": 1}
+        send.click(respond, inputs, outputs, api_name="respond", **chat)
+        question.submit(respond, inputs, outputs, api_name=False, **chat)
+        reset.click(clear, None, [chatbot, turns, subject, question, video, image, audio], api_name=False, **chat)
+        chatbot.clear(forget, None, [chatbot, turns, subject], api_name=False, **chat)  # trash icon: forget the turns
         for component in (video, image, audio, use_audio, frames):  # new media or reading options: new conversation
-            component.change(new_conversation, None, [chatbot, turns], api_name=False)
+            component.change(new_conversation, [video, image, audio, use_audio, frames, subject],
+                             [chatbot, turns, subject], api_name=False, **chat)
     return demo
 
 
