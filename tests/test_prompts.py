@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from videollama.processor import Processor
 from videollama.templates import AV_MESSAGE, get_template, join_question, media_message
 
@@ -59,3 +61,21 @@ def test_stop_strings_come_from_the_template_not_token_ids(tiny_pipeline):
         assert stop(ids) and not stop(ids[:-1] if len(ids) > 1 else [])
     finally:
         pipe.template = old
+
+
+def test_a_registered_template_is_used_by_name():
+    from videollama.templates import TEMPLATES, Template, get_template, register_template
+
+    def render(system, turns):
+        return system + "".join(f"<q>{q}</q>" + (f"<a>{a}</a>" if a is not None else "<a>") for q, a in turns)
+
+    try:
+        register_template(Template("tagged", default_system="S", stop_strings=("</a>",), stop_at_eos=True,
+                                   renderer=render))
+        template = get_template("tagged")
+        assert template.render("S", [("hi", "yo"), ("again", None)]) == "S<q>hi</q><a>yo</a><q>again</q><a>"
+        assert template.clean_answer(" fine </a><q>more") == "fine"
+    finally:
+        TEMPLATES.pop("tagged", None)
+    with pytest.raises(ValueError, match="unknown template 'tagged'"):
+        get_template("tagged")

@@ -8,11 +8,12 @@ first user message as single placeholder markers; the processor expands them to 
 - ``llama_2``: ``"[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{q} [/INST] {a} </s><s>[INST] {q2} [/INST]"``;
   generation stops at the tokenizer's EOS.
 
-New templates register by adding a :class:`Template` to ``TEMPLATES``.
+New templates register with :func:`register_template` (a renderer function and stop strings).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
@@ -38,48 +39,71 @@ LLAMA2_DEFAULT_SYSTEM = (
 )
 
 
+Turns = list[tuple[str, "str | None"]]
+
+
+def render_vicuna_v0(system: str, turns: Turns) -> str:
+    out = system + "###"
+    for user, assistant in turns:
+        out += f"Human: {user}###Assistant:"
+        if assistant is not None:
+            out += f" {assistant}###"
+    return out
+
+
+def render_llama_2(system: str, turns: Turns) -> str:
+    out = ""
+    for i, (user, assistant) in enumerate(turns):
+        if i == 0:
+            user = f"<<SYS>>\n{system}\n<</SYS>>\n\n{user}"
+        out += ("" if i == 0 else "<s>") + f"[INST] {user} [/INST]"
+        if assistant is not None:
+            out += f" {assistant} </s>"
+    return out
+
+
 @dataclass(frozen=True)
 class Template:
-    """How a conversation becomes a prompt, and where the model's answer ends."""
+    """How a conversation becomes a prompt, and where the model's answer ends.
+
+    ``renderer(system, turns)`` builds the prompt; ``stop_strings`` end generation (besides the
+    tokenizer's EOS when ``stop_at_eos``); ``answer_after``, when set, keeps only the text after its
+    last occurrence (the official vicuna post-processing).
+    """
 
     name: str
     default_system: str
     stop_strings: tuple[str, ...]
     stop_at_eos: bool
+    renderer: Callable[[str, Turns], str]
+    answer_after: str | None = None
 
-    def render(self, system: str, turns: list[tuple[str, str | None]]) -> str:
+    def render(self, system: str, turns: Turns) -> str:
         """Prompt for ``turns`` = [(user, assistant), ..., (user, None)] (the last answer pending)."""
-        if self.name == "vicuna_v0":
-            out = system + "###"
-            for user, assistant in turns:
-                out += f"Human: {user}###Assistant:"
-                if assistant is not None:
-                    out += f" {assistant}###"
-            return out
-        if self.name == "llama_2":
-            out = ""
-            for i, (user, assistant) in enumerate(turns):
-                if i == 0:
-                    user = f"<<SYS>>\n{system}\n<</SYS>>\n\n{user}"
-                out += ("" if i == 0 else "<s>") + f"[INST] {user} [/INST]"
-                if assistant is not None:
-                    out += f" {assistant} </s>"
-            return out
-        raise ValueError(f"template {self.name!r} has no renderer")
+        return self.renderer(system, turns)
 
     def clean_answer(self, text: str) -> str:
         """Cut the generated text at the first stop string and strip it (official post-processing)."""
         for stop in self.stop_strings:
             text = text.split(stop)[0]
-        if self.name == "vicuna_v0":
-            text = text.split("Assistant:")[-1]
+        if self.answer_after:
+            text = text.split(self.answer_after)[-1]
         return text.strip()
 
 
-TEMPLATES: dict[str, Template] = {
-    "vicuna_v0": Template("vicuna_v0", default_system="", stop_strings=("###",), stop_at_eos=True),
-    "llama_2": Template("llama_2", default_system=LLAMA2_DEFAULT_SYSTEM, stop_strings=("</s>",), stop_at_eos=True),
-}
+TEMPLATES: dict[str, Template] = {}
+
+
+def register_template(template: Template) -> Template:
+    """Make ``template`` available by name (``--template NAME``, ``VideoLlamaConfig.template``)."""
+    TEMPLATES[template.name] = template
+    return template
+
+
+register_template(Template("vicuna_v0", default_system="", stop_strings=("###",), stop_at_eos=True,
+                           renderer=render_vicuna_v0, answer_after="Assistant:"))
+register_template(Template("llama_2", default_system=LLAMA2_DEFAULT_SYSTEM, stop_strings=("</s>",), stop_at_eos=True,
+                           renderer=render_llama_2))
 
 
 def get_template(name: str) -> Template:
