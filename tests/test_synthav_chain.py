@@ -151,3 +151,15 @@ def test_combine_runs_reuses_each_runs_results_and_refuses_duplicate_seeds(quick
     assert combined["summary"] == own["summary"] and combined["per_seed"] == own["per_seed"]
     with pytest.raises(ValueError, match="seed 0 appears twice"):
         combine_runs([out, out], limit=8)
+
+
+def test_evaluate_cli_on_one_model_folder(quick_chain, tmp_path, capsys):
+    from videollama.cli import main
+
+    out, _ = quick_chain
+    assert main(["synthav", "evaluate", "--model", str(out / "model"), "--data", str(out / "data"), "--limit", "4",
+                 "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["questions"] == 4 and set(results["summary"]) == {"audio+video", "video", "audio", "one_frame"}
+    assert "| audio+video |" in capsys.readouterr().out
+    assert main(["synthav", "evaluate", "--model", str(out / "model"), "--out", str(tmp_path)]) == 2  # no --data

@@ -237,6 +237,8 @@ _EXTENSIONS: list[Callable] = []
 def _load_extensions() -> None:
     import importlib
 
+    if _EXTENSIONS:
+        return  # already loaded (main() called again in the same process)
     for module in ("videollama.convert.cli", "videollama.train.cli", "videollama.serve.cli", "videollama.eval.cli",
                    "videollama.synthav.cli"):
         try:

@@ -7,7 +7,8 @@
     audio = load_audio("clip.mp4")           # (8, 1, 128, 204); NoAudioError if there is none
 
 Every bad input raises :class:`MediaError` (a ``ValueError``) with a one-line
-``"<path>: <problem>"`` message. See ``docs/media.md`` for sampling details and limits.
+``"<path>: <problem>"`` message. See the "Media preprocessing" section of ``docs/architecture.md``
+for sampling details and limits.
 """
 
 from .audio import (

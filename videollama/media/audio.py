@@ -1,7 +1,7 @@
 """Audio loading and ImageBind-style clip features: 8 clips x (1, 128 mel bins, 204 frames).
 
 Official behaviour reproduced (``models/ImageBind/data.py::load_and_transform_audio_data`` with
-``clips_per_video=8``; see ``docs/media.md``):
+``clips_per_video=8``; see ``docs/architecture.md``, "Media preprocessing"):
 
 1. read every channel of the first audio stream, resample to 16 kHz (here: PyAV decode +
    FFmpeg's ``swr`` resampler via ``av.AudioResampler``; the official code uses torchaudio's

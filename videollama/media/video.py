@@ -1,10 +1,11 @@
 """Video probing and frame sampling with PyAV: seek to each wanted frame, never decode everything.
 
-Official behaviour reproduced (``video_llama/processors/video_processor.py``, see
-``docs/media.md``): decord ``VideoReader(height=224, width=224)`` squashes frames to 224x224;
-``n = min(num_frames, vlen)`` frames are picked by ``np.arange(0, vlen, vlen / n).astype(int)``
-("uniform") or half at random from each half of the video ("headtail"); pixels are scaled to
-[0, 1] and CLIP-normalised; the prompt gets "The video contains {n} frames sampled at ... seconds. ".
+Official behaviour reproduced (``video_llama/processors/video_processor.py``, see "Media
+preprocessing" in ``docs/architecture.md``): decord ``VideoReader(height=224, width=224)``
+squashes frames to 224x224; ``n = min(num_frames, vlen)`` frames are picked by
+``np.arange(0, vlen, vlen / n).astype(int)`` ("uniform") or half at random from each half of the
+video ("headtail"); pixels are scaled to [0, 1] and CLIP-normalised; the prompt gets "The video
+contains {n} frames sampled at ... seconds. ".
 
 How frames are fetched: frame index ``i`` of a stream with average rate ``fps`` is the frame
 presented at ``t_i = i / fps`` after the stream start. For each ``t_i`` (ascending) the

@@ -4,6 +4,7 @@
     videollama synthav stage0 --data data/synthav --out output/synthav/stage0
     videollama synthav train-all --out output/synthav --seed 0 [--quick]
     videollama synthav evaluate --run output/s0 --run output/s1 --run output/s2 --out results/
+    videollama synthav evaluate --model DIR --data data/synthav --out results/   # one model, four settings
     videollama synthav ship --run output/synthav          # becomes the default model + examples
 
 (The held-out evaluation is ``videollama eval synthav``, wired to
@@ -50,9 +51,16 @@ def cmd_train_all(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import combine_runs, format_table, save_results
+    from .evaluate import combine_runs, evaluate_synthav, format_table, save_results
 
-    results = combine_runs(args.run, limit=args.limit)
+    if bool(args.run) == bool(args.model):
+        raise ValueError("give either --run (train-all folders, one per seed) or --model with --data")
+    if args.model:
+        if not args.data:
+            raise ValueError("--model needs --data (a SynthAV folder with qa/test.json)")
+        results = evaluate_synthav(args.model, args.data, ablation_dirs=args.ablation_model, limit=args.limit)
+    else:
+        results = combine_runs(args.run, limit=args.limit)
     json_path, png_path = save_results(results, args.out)
     print(format_table(results))
     print(f"wrote {json_path} and {png_path}")
@@ -102,7 +110,10 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.set_defaults(synthav_func=cmd_train_all)
 
     p = sub.add_parser("evaluate", help="the claims table over several train-all runs (one training seed each)")
-    p.add_argument("--run", action="append", required=True, help="a train-all output folder; repeat per seed")
+    p.add_argument("--run", action="append", default=[], help="a train-all output folder; repeat per seed")
+    p.add_argument("--model", default=None, help="instead of --run: one model folder (e.g. the shipped default)")
+    p.add_argument("--data", default=None, help="with --model: the SynthAV folder whose qa/test.json is asked")
+    p.add_argument("--ablation-model", default=None, help="with --model: the model trained without frame positions")
     p.add_argument("--out", required=True, help="folder for results.json and results.png")
     p.add_argument("--limit", type=int, default=None, help="only the first N held-out questions")
     p.set_defaults(synthav_func=cmd_evaluate)
