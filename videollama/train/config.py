@@ -170,6 +170,9 @@ class RunSection:
     log_every: int = 10  # steps between TensorBoard/metrics writes
     num_workers: int = 4  # DataLoader workers per process
     distributed: Literal["ddp", "fsdp"] = "ddp"  # strategy under torchrun
+    # FSDP only: "shard" the frozen encoders/LLM too (layer by layer), or "replicate" them whole on every
+    # rank (only the trained parts sharded; more memory per rank, no all-gathers of the frozen weights)
+    fsdp_frozen: Literal["shard", "replicate"] = "shard"
     branch: Literal["vision", "audio"] = "vision"
     trainable: list[str] | None = None  # top-level model parts; None -> the branch's official set
     resume: bool = False  # continue from output_dir's latest checkpoint

@@ -9,9 +9,15 @@ datasets (official formats) mixed one dataset per batch -> wrap (DDP, or FSDP2 i
 the wrapped model's parameters + linear-warmup cosine -> resume from the latest checkpoint -> loop:
 forward, loss, backward, step, log, checkpoint -> export (full tensors, LoRA adapters merged).
 
-Loss normalisation: every rank sums the token losses of its slice of the global batch and divides by
-the number of supervised tokens in the *global* batch, so the loss and the gradients of a run do not
-depend on the number of processes (DDP averages gradients over ranks, hence the ``* world_size``).
+A step is one optimizer step over the global batch ``batch_size x processes x accum_grad_iters`` (one
+dataset): each process reads its part of it in ``accum_grad_iters`` micro-batches of ``batch_size``
+(:class:`AccumulationSampler`), and the schedule, logging, checkpoints and ``stop_after`` count steps.
+
+Loss normalisation: every rank sums the token losses of its micro-batches and divides by the number of
+supervised tokens in the whole *global* batch (all micro-batches of all ranks, counted from the labels
+before the first forward), so the loss and the gradients of a step do not depend on the number of
+processes or on how the global batch is split into micro-batches (DDP averages gradients over ranks,
+hence the ``* world_size``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from .checkpoint import capture_rng_state, load_latest, restore_rng_state, save_
 from .config import ModelSection, TrainConfig
 from .data import build_datasets
 from .logging import RunLogger
-from .mixing import MixedDataset, MultiDatasetSampler
+from .mixing import MixedDataset, MultiDatasetSampler, SampleKey
 from .optim import LinearWarmupCosineLR, build_optimizer
 from .text import IGNORE_INDEX, collate
 
@@ -336,15 +342,22 @@ def _wrap(model: VideoLlama, cfg: TrainConfig, d: Distributed) -> torch.nn.Modul
     if cfg.run.distributed == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        # Shard the big frozen LLM layer by layer and every trainable part as its own unit; the root
-        # unit takes what is left (the small encoders and the query parameters).
-        for layer in _llm_layers(model):
-            fully_shard(layer)
-        for name in cfg.trainable:
-            part = getattr(model, name)
-            if isinstance(part, torch.nn.Module):
-                fully_shard(part)
-        fully_shard(model)
+        trained = [getattr(model, name) for name in cfg.trainable]
+        if cfg.run.fsdp_frozen == "shard":
+            # Shard the big frozen LLM layer by layer and every trainable part as its own unit; the root
+            # unit takes what is left (the frozen encoders and the query parameters).
+            for layer in _llm_layers(model):
+                fully_shard(layer)
+            for part in trained:
+                if isinstance(part, torch.nn.Module):
+                    fully_shard(part)
+            fully_shard(model)
+        else:  # "replicate": the frozen parameters stay whole on every rank, outside FSDP
+            for part in trained:
+                if isinstance(part, torch.nn.Module):
+                    fully_shard(part)
+            frozen = {p for p in model.parameters() if not p.requires_grad}
+            fully_shard(model, ignored_params=frozen)  # the root takes the remaining trainable ones (queries, LoRA)
         return model
     from torch.nn.parallel import DistributedDataParallel
 
@@ -358,12 +371,61 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     shift_labels = labels[:, 1:].to(shift_logits.device)  # (B, L-1)
     total = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
                             ignore_index=IGNORE_INDEX, reduction="sum")
-    return total, (shift_labels != IGNORE_INDEX).sum()
+    return total, supervised_tokens(labels).to(total.device)
+
+
+def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """Number of positions :func:`token_loss_sum` sums over (labels shifted by one, ``IGNORE_INDEX`` left out)."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum()
 
 
 # ---------------------------------------------------------------------------------------------- data
-def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed()) -> tuple[DataLoader, MultiDatasetSampler]:
-    """The run's batches: the configured datasets mixed one dataset per batch, this rank's slice of each.
+class AccumulationSampler(MultiDatasetSampler):
+    """The data order under gradient accumulation: step ``s`` reads the global batch of ``batch_size x
+    processes x accum`` records (one dataset, :class:`MultiDatasetSampler`'s order for that global batch),
+    every process in ``accum`` micro-batches of ``batch_size``.
+
+    Micro-batch ``m`` of process ``r`` is slice ``m * processes + r`` of the global batch, so the union of
+    all micro-batches of all processes is exactly what one process with ``batch_size x processes x accum``
+    and no accumulation reads at that step (same records, same augmentation seeds). With ``accum == 1`` it
+    is :class:`MultiDatasetSampler` itself. Yields micro-batches; ``num_steps``, ``next_step`` and the
+    state dict count steps (``global_batch`` includes ``accum``, so resuming with another split of the
+    same global batch continues the same order).
+    """
+
+    def __init__(self, dataset_sizes, ratios, batch_size: int, *, seed: int = 42, rank: int = 0,
+                 world_size: int = 1, accum: int = 1, num_steps: int | None = None) -> None:
+        if accum < 1:
+            raise ValueError(f"accum must be >= 1, got {accum}")
+        super().__init__(dataset_sizes, ratios, batch_size, seed=seed, rank=rank, world_size=world_size * accum,
+                         num_steps=num_steps)
+        self.process_rank, self.processes, self.accum = int(rank), int(world_size), int(accum)
+
+    def micro_batch_at(self, step: int, micro: int, cursors: list[int] | None = None) -> list[SampleKey]:
+        """This process's keys for micro-batch ``micro`` of ``step``."""
+        if not 0 <= micro < self.accum:
+            raise ValueError(f"micro-batch {micro} of {self.accum}")
+        # batch_at reads slice self.rank of the global batch (world_size = processes x accum slices).
+        self.rank = micro * self.processes + self.process_rank
+        return self.batch_at(step, cursors)
+
+    def __iter__(self):
+        step = self.next_step
+        cursors = self.cursors_at(step)
+        while self.num_steps is None or step < self.num_steps:
+            for micro in range(self.accum):
+                keys = self.micro_batch_at(step, micro, cursors)
+                yield keys
+            cursors[keys[0].dataset] += self.global_batch
+            step += 1
+
+    def __len__(self) -> int:
+        return super().__len__() * self.accum
+
+
+def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed()) -> tuple[DataLoader, AccumulationSampler]:
+    """The run's micro-batches: the configured datasets mixed one dataset per step, this rank's part of
+    each step's global batch in ``optim.accum_grad_iters`` micro-batches (:class:`AccumulationSampler`).
 
     The audio branch's batches carry ``visual_audio_values`` (frames for ImageBind's vision path),
     the vision branch's ``pixel_values``. The sampler is returned too: it holds the data position
@@ -371,8 +433,9 @@ def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed()) ->
     """
     datasets = build_datasets(cfg, tokenizer)
     ratios = [spec.sample_ratio for spec in cfg.data.datasets.values()]
-    sampler = MultiDatasetSampler([len(ds) for ds in datasets], ratios, cfg.optim.batch_size, seed=cfg.run.seed,
-                                  rank=d.rank, world_size=d.world_size, num_steps=cfg.optim.total_steps)
+    sampler = AccumulationSampler([len(ds) for ds in datasets], ratios, cfg.optim.batch_size, seed=cfg.run.seed,
+                                  rank=d.rank, world_size=d.world_size, accum=cfg.optim.accum_grad_iters,
+                                  num_steps=cfg.optim.total_steps)
     media_key = "visual_audio_values" if cfg.run.branch == "audio" else "pixel_values"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     loader = DataLoader(
@@ -385,12 +448,25 @@ def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed()) ->
 
 
 def build_batches(cfg: TrainConfig, tokenizer, steps: int):
-    """The first ``steps`` batches a single-process run of ``cfg`` trains on (for inspection and tests)."""
+    """The batches of the first ``steps`` steps of a single-process run of ``cfg`` (for inspection and tests):
+    ``steps x optim.accum_grad_iters`` micro-batches, in the order the run reads them."""
     loader, _ = build_loader(cfg, tokenizer)
-    for step, batch in enumerate(loader):
-        if step >= steps:
+    for index, batch in enumerate(loader):
+        if index >= steps * cfg.optim.accum_grad_iters:
             return
         yield batch
+
+
+def _steps(loader, accum: int):
+    """Group the loader's micro-batches by step (``accum`` each)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == accum:
+            yield group
+            group = []
+    if group:
+        raise RuntimeError(f"the data ended inside a step ({len(group)} of {accum} micro-batches)")
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -404,9 +480,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model.set_trainable(cfg.trainable)
     if cfg.optim.lora.enabled:
         _apply_lora(model, cfg)
-    if cfg.optim.grad_checkpointing:
-        model.language_model.gradient_checkpointing_enable()
     model.to(d.device).train()
+    if cfg.optim.grad_checkpointing:
+        _enable_grad_checkpointing(model)
 
     total_steps = cfg.optim.total_steps
     loader, sampler = build_loader(cfg, tokenizer, d)
@@ -428,38 +504,49 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     accum = cfg.optim.accum_grad_iters
     save_every = cfg.run.save_every or cfg.optim.iters_per_epoch
     step = start_step - 1
-    for step_offset, batch in enumerate(loader):
+    for step_offset, micro_batches in enumerate(_steps(loader, accum)):
         step = start_step + step_offset
-        scheduler.step_global(step)
-        logger.add_skip_reports(_gather_objects(batch.pop("skip_reports"), d))
-        for key in ("dataset", "index", "step"):
-            batch.pop(key, None)
-        batch = {k: _to(v, d.device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        sync = (step + 1) % accum == 0 or step + 1 == total_steps
-        if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter only on the last micro-batch
-            wrapped.set_requires_gradient_sync(sync)
-        with autocast, (nullcontext() if sync or not hasattr(wrapped, "no_sync") else wrapped.no_sync()):
-            logits = wrapped(**batch).logits
-            loss_sum, tokens = token_loss_sum(logits, labels)
-            global_tokens = _all_reduce_sum(tokens.detach(), d).clamp(min=1)
-            loss = loss_sum / global_tokens * d.world_size / accum
-        loss.backward()
-        if sync:
-            if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        mean_loss = float(_all_reduce_sum(loss_sum.detach(), d) / global_tokens)
+        scheduler.step_global(step)  # the schedule advances per optimizer step
+        reports = [r for batch in micro_batches for r in batch.pop("skip_reports")]
+        logger.add_skip_reports(_gather_objects(reports, d))
+        labels = [batch.pop("labels") for batch in micro_batches]
+        # Supervised tokens of the whole global batch (every micro-batch of every rank), known before the
+        # first forward: each micro-batch's token-loss sum is divided by it, so the accumulated gradient is
+        # the gradient of the global batch's mean token loss, however the batch is split.
+        global_tokens = _all_reduce_sum(sum(supervised_tokens(x) for x in labels).to(d.device), d).clamp(min=1)
+        step_loss_sum = torch.zeros((), device=d.device)
+        for micro, batch in enumerate(micro_batches):
+            last = micro == accum - 1
+            for key in ("dataset", "index", "step"):
+                batch.pop(key, None)
+            batch = {k: _to(v, d.device) for k, v in batch.items()}
+            if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter on the last micro-batch only
+                wrapped.set_requires_gradient_sync(last)
+            with nullcontext() if last or not hasattr(wrapped, "no_sync") else wrapped.no_sync():  # DDP
+                with autocast:
+                    logits = wrapped(**batch, use_cache=False).logits
+                    loss_sum, _ = token_loss_sum(logits, labels[micro].to(d.device))
+                (loss_sum / global_tokens * d.world_size).backward()
+            step_loss_sum += loss_sum.detach()
+            del logits, loss_sum
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        mean_loss = float(_all_reduce_sum(step_loss_sum, d) / global_tokens)
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"loss became {mean_loss} at step {step}; the last checkpoint is intact")
-        logger.log_step(step, loss=mean_loss, lr=scheduler.last_lr, samples=labels.shape[0] * d.world_size)
+        samples = sum(x.shape[0] for x in labels) * d.world_size
+        logger.log_step(step, loss=mean_loss, lr=scheduler.last_lr, samples=samples)
         stopping = cfg.run.stop_after is not None and step + 1 >= cfg.run.stop_after
         if (step + 1) % save_every == 0 or step + 1 == total_steps or stopping:
             _save(cfg, model, optimizer, scheduler, sampler, step + 1, d)
         if stopping:
             break
-    summary = logger.finish({"world_size": d.world_size, "branch": cfg.run.branch})
+    extra = {"world_size": d.world_size, "branch": cfg.run.branch}
+    if cfg.run.distributed == "fsdp" and d.enabled:
+        extra["fsdp"] = _fsdp_layout(model, cfg)
+    summary = logger.finish(extra)
     if cfg.run.export and step + 1 == total_steps:
         state = _export_state(model, cfg, d)  # a collective under FSDP: every rank takes part
         if d.is_main:
@@ -467,6 +554,36 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if d.enabled:
         dist.barrier()
     return summary
+
+
+def _enable_grad_checkpointing(model: VideoLlama) -> None:
+    """Activation checkpointing in the LLM's decoder layers (non-reentrant), effective although the LLM is frozen.
+
+    transformers checkpoints a layer only in training mode, and a frozen part stays in eval mode
+    (:meth:`VideoLlama.train`). So the layers transformers marked are flagged ``training`` themselves, their
+    submodules staying in eval mode (no dropout): their activations are recomputed in the backward pass.
+    ``use_reentrant=False`` lets the gradients reach the trained parts in front of the LLM (the soft tokens)
+    and any LoRA adapters inside it, whatever requires grad among the layer inputs. Call after ``.train()``.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    lm = model.language_model
+    enable = getattr(lm, "activation_checkpointing_enable", None) or lm.gradient_checkpointing_enable
+    enable({"use_reentrant": False})  # activation_/gradient_checkpointing_kwargs (positional in both)
+    layers = [m for m in lm.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    if not layers:
+        raise ValueError(f"optim.grad_checkpointing: {type(lm).__name__} has no layers transformers can checkpoint")
+    for layer in layers:
+        layer.training = True  # the flag only: its submodules keep eval mode
+
+
+def _fsdp_layout(model: VideoLlama, cfg: TrainConfig) -> dict[str, Any]:
+    """Parameter elements FSDP shards (DTensors) and keeps whole on every rank, trained and frozen."""
+    counts = {"sharded_trained": 0, "sharded_frozen": 0, "replicated_trained": 0, "replicated_frozen": 0}
+    for param in model.parameters():
+        kind = "sharded" if hasattr(param, "device_mesh") else "replicated"
+        counts[f"{kind}_{'trained' if param.requires_grad else 'frozen'}"] += param.numel()
+    return {"frozen": cfg.run.fsdp_frozen, "parameters": counts}
 
 
 def _autocast(cfg: TrainConfig, d: Distributed):
