@@ -125,7 +125,7 @@ def test_pipeline_passes_loading_options_to_load_for_inference(tiny_model_dir, m
         Pipeline.from_pretrained(tiny_model_dir, device="cuda:1", dtype=torch.float16, device_map="auto",
                                  quantization="4bit")
     assert seen == {"directory": tiny_model_dir, "device": "cuda:1", "dtype": torch.float16, "device_map": "auto",
-                    "quantization": "4bit", "with_audio": None}
+                    "quantization": "4bit", "with_audio": None, "with_vision": None}
 
 
 @pytest.mark.parametrize("options", [{"quantization": "8bit"}, {"quantization": "4bit"}, {"device_map": "auto"},

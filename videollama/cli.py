@@ -196,8 +196,8 @@ def cmd_info(args) -> int:
     vl = sum(counts.get(p, 0) for p in VISION_BRANCH_TRAINABLE)
     al = sum(counts.get(p, 0) for p in AUDIO_BRANCH_TRAINABLE)
     print(f"{'total':<28}{total:>16,}")
-    print(f"{'trainable, vision branch':<28}{vl:>16,}  ({vl / 1e6:.1f}M)")
-    print(f"{'trainable, audio branch':<28}{al:>16,}  ({al / 1e6:.1f}M)")
+    for label, n, built in (("vision", vl, config.with_vision), ("audio", al, config.with_audio)):
+        print(f"{'trainable, ' + label + ' branch':<28}{n:>16,}  " + (f"({n / 1e6:.1f}M)" if built else "(not built)"))
     return 0
 
 

@@ -5,7 +5,7 @@ only fill in numbers. Every default below is the official Video-LLaMA value
 (see ``docs/architecture.md``); the tiny preset shrinks widths for tests.
 
 The config round-trips through ``config.json`` (``to_dict`` / ``from_dict``) so a model folder is
-self-describing.
+self-describing. Keys added later (``with_vision``) take their defaults when an older folder lacks them.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ class VideoLlamaConfig:
         default_factory=lambda: QFormerConfig(num_layers=2, encoder_width=1024, cross_attention_every=1, num_queries=8)
     )
     max_audio_clips: int = 8
+    with_vision: bool = True  # build the vision-language branch (EVA ViT-g, BLIP-2 and video Q-Formers)
     with_audio: bool = True  # build the audio-language branch
     with_imagebind_vision: bool = False  # build ImageBind's vision trunk (needed to train the audio branch)
     # A Hugging Face causal-LM config (``config.to_dict()``); ``model_type`` picks the class.
@@ -132,6 +133,8 @@ class VideoLlamaConfig:
             raise ValueError("video_qformer.encoder_width must equal image_qformer.hidden_size")
         if self.audio_qformer.encoder_width != self.imagebind.embed_dim:
             raise ValueError("audio_qformer.encoder_width must equal imagebind.embed_dim")
+        if not self.with_vision and not self.with_audio:
+            raise ValueError("with_vision and with_audio are both False: a model needs at least one branch")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

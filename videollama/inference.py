@@ -27,6 +27,7 @@ from .model import VideoLlama
 from .processor import Processor
 from .templates import Template, get_template, join_question, media_message, system_for
 
+NO_VISION_NOTICE = "this model has no vision branch: answering from the audio track only"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -49,7 +50,7 @@ class MediaFeatures:
     video: torch.Tensor | None = None  # (1, 32, D)
     audio: torch.Tensor | None = None  # (1, 8, D)
     timestamps: str = ""  # the official sampling sentence, for videos
-    notice: str | None = None  # e.g. "no audio track: answering from the frames only"
+    notice: str | None = None  # e.g. "no audio track found: answering from the frames only" (or the reverse)
 
     @property
     def preamble(self) -> str:
@@ -81,23 +82,25 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None,
                         template: str | None = None, with_audio: bool | None = None,
-                        device_map: str | dict | None = None, quantization: str | None = None,
-                        cache_size: int = 64) -> "Pipeline":
+                        with_vision: bool | None = None, device_map: str | dict | None = None,
+                        quantization: str | None = None, cache_size: int = 64) -> "Pipeline":
         """Load a model folder and its tokenizer.
 
         ``device_map`` (``"auto"``) and ``quantization`` (``"8bit"``/``"4bit"``) go to
         :func:`videollama.convert.loading.load_for_inference` (CUDA only; without CUDA it raises
         ``LoadingError`` at once); without them the model loads with ``VideoLlama.from_pretrained``.
+        ``with_audio=False`` / ``with_vision=False`` load the folder without that branch.
         """
         from transformers import AutoTokenizer
 
         if device_map is None and quantization is None:
-            model = VideoLlama.from_pretrained(directory, device=device, dtype=dtype, with_audio=with_audio)
+            model = VideoLlama.from_pretrained(directory, device=device, dtype=dtype, with_audio=with_audio,
+                                               with_vision=with_vision)
         else:
             from .convert.loading import load_for_inference
 
             model = load_for_inference(directory, device=device, dtype=dtype, device_map=device_map,
-                                       quantization=quantization, with_audio=with_audio)
+                                       quantization=quantization, with_audio=with_audio, with_vision=with_vision)
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
         pipe = cls(model, tokenizer, template=template, cache_size=cache_size)
         pipe.description = str(directory)
@@ -126,7 +129,11 @@ class Pipeline:
     @torch.inference_mode()
     def _encode_uncached(self, path: Path, options: MediaOptions) -> MediaFeatures:
         device, dtype = self.model.device, self.model.dtype
+        with_vision = self.model.config.with_vision
         if path.suffix.lower() in IMAGE_SUFFIXES:
+            if not with_vision:
+                raise ValueError(f"{path}: this model has no vision branch (with_vision=False), so it cannot read "
+                                 "images; give it an audio file or a video with an audio track")
             pixels = load_image(path, image_size=self.image_size)  # (1, 3, H, W): a one-frame video
             return MediaFeatures("image", video=self.model.encode_video(pixels[None].to(device, dtype)))
         info = probe(path, max_bytes=options.max_bytes)
@@ -138,6 +145,16 @@ class Pipeline:
                 raise MediaError(path, "no video stream, and audio is switched off or not supported by this model")
             audio = load_audio(path, max_bytes=options.max_bytes)[None]  # (1, 8, 1, 128, 204)
             return MediaFeatures("audio", audio=self.model.encode_audio(audio.to(device, dtype)))
+        if not with_vision:  # an audio-only model answers a video from its sound track, as if it were an audio file
+            if not want_audio:
+                raise MediaError(path, "this model has no vision branch (with_vision=False) and audio is switched off: "
+                                       "nothing in this video can be read")
+            if not info.has_audio:
+                raise MediaError(path, "no audio track, and this model has no vision branch (with_vision=False) to "
+                                       "read the frames")
+            audio = load_audio(path, max_bytes=options.max_bytes)[None]
+            return MediaFeatures("audio", audio=self.model.encode_audio(audio.to(device, dtype)),
+                                 notice=NO_VISION_NOTICE)
         clip = load_video(path, options.num_frames, image_size=self.image_size, resize=options.resize, max_bytes=options.max_bytes,
                           max_duration=options.max_duration)
         features = MediaFeatures("video", video=self.model.encode_video(clip.frames[None].to(device, dtype)),

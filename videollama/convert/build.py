@@ -382,16 +382,11 @@ def _model_config(base: VideoLlamaConfig | None, llm: dict, *, with_vision: bool
                   imagebind_vision: bool, template: str, token_ids: tuple[int, int]) -> VideoLlamaConfig:
     cfg = copy.deepcopy(base) if base is not None else VideoLlamaConfig()
     cfg.llm = dict(llm)
-    cfg.with_audio = with_audio
     cfg.with_imagebind_vision = imagebind_vision
     cfg.template = template
     cfg.image_token_id, cfg.audio_token_id = token_ids
-    if not with_vision:
-        if "with_vision" not in {f.name for f in dataclasses.fields(cfg)}:
-            raise ValueError("branches='al' needs a model without the vision branch, which this version cannot "
-                             "build (VideoLlamaConfig has no 'with_vision'); use --branches both")
-        cfg.with_vision = False  # type: ignore[attr-defined]
-    return cfg
+    # replace() runs the config's checks again (at least one branch).
+    return dataclasses.replace(cfg, with_vision=with_vision, with_audio=with_audio)
 
 
 def _meta_model(cfg: VideoLlamaConfig) -> nn.Module:
@@ -469,18 +464,30 @@ def _summarise_keys(keys: list[str]) -> list[str]:
     return [f"{g}.* ({n})" if n > 1 else g for g, n in groups.items()]
 
 
+def _branches_included(cfg: VideoLlamaConfig) -> str:
+    """The card's sentence on what the folder holds."""
+    if cfg.with_vision and cfg.with_audio:
+        return "vision-language and audio-language branches included"
+    if cfg.with_vision:
+        return "vision-language branch only (no audio branch: the audio track of a video is ignored)"
+    return ("audio-language branch only (no vision branch: images are refused and a video is answered from its "
+            "audio track)")
+
+
 def _model_card(report: BuildReport, *, dtype: str, branches: str) -> str:
     """README.md of the folder: what it is, how to use it, where every tensor came from."""
     from .. import __version__
 
     cfg = report.config
     llm = cfg.llm
+    media, question = ("clip.mp4", "What is happening in this video?") if cfg.with_vision else \
+        ("sound.wav", "What do you hear?")
     lines = [
         f"# Video-LLaMA ({llm.get('model_type', 'llm')} {llm.get('hidden_size')}-wide, "
         f"{llm.get('num_hidden_layers')} layers), converted",
         "",
         f"Converted by `videollama convert` (videollama {__version__}) from the released files listed below.",
-        f"Branches: **{branches}** (audio branch {'included' if cfg.with_audio else 'not included'}). "
+        f"Branches: **{branches}**: {_branches_included(cfg)}. "
         f"Weights: **{dtype}** safetensors. Template: `{cfg.template}`. "
         f"Placeholders: `<ImageHere>` = {cfg.image_token_id}, `<AudioHere>` = {cfg.audio_token_id} "
         f"(LLM vocabulary {llm.get('vocab_size')}, embedding not resized).",
@@ -488,13 +495,13 @@ def _model_card(report: BuildReport, *, dtype: str, branches: str) -> str:
         "## Use",
         "",
         "```",
-        f"videollama chat --model {report.out_dir.name} clip.mp4 \"What is happening in this video?\"",
+        f"videollama chat --model {report.out_dir.name} {media} \"{question}\"",
         "```",
         "",
         "```python",
         "from videollama import Pipeline",
         f"pipe = Pipeline.from_pretrained(\"{report.out_dir.name}\")",
-        "print(pipe.chat(\"clip.mp4\").ask(\"What is happening in this video?\"))",
+        f"print(pipe.chat(\"{media}\").ask(\"{question}\"))",
         "```",
         "",
         "## Sources",

@@ -35,7 +35,8 @@ def register(subparsers, commands: dict) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default=DEFAULT_DTYPE,
                    help=f"stored weight dtype (default {DEFAULT_DTYPE}, as the official code runs the LLM)")
     p.add_argument("--branches", choices=BRANCH_CHOICES, default="both",
-                   help="both (default), vl (vision-language only: no audio, no ImageBind), al (audio only)")
+                   help="both (default), vl (vision-language only: no audio, no ImageBind), "
+                        "al (audio-language only: no EVA ViT-g/BLIP-2; videos are answered from their audio track)")
     p.add_argument("--template", choices=["llama_2", "vicuna_v0"], default=None,
                    help="conversation template (default: from the checkpoint names, else from the LLM)")
     p.add_argument("--imagebind-vision", action="store_true",
@@ -66,5 +67,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if report.filled:
         print(f"WARNING: {len(report.filled)} tensors were missing and hold a random init (see {args.out}/README.md)",
               file=sys.stderr)
-    print(f"done: videollama chat --model {args.out} VIDEO \"question\"")
+    media = "AUDIO_OR_VIDEO" if args.branches == "al" else "VIDEO"  # an audio-only model reads no frames
+    print(f"done: videollama chat --model {args.out} {media} \"question\"")
     return 0

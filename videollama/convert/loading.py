@@ -45,6 +45,7 @@ def load_for_inference(
     device_map: str | dict | None = None,
     quantization: str | None = None,
     with_audio: bool | None = None,
+    with_vision: bool | None = None,
 ):
     """Load a model folder for inference; see the module docstring.
 
@@ -55,6 +56,7 @@ def load_for_inference(
         device_map: ``"auto"`` or an accelerate device map for the language model.
         quantization: ``"8bit"`` or ``"4bit"`` (bitsandbytes) for the language model.
         with_audio: ``False`` loads a folder that has the audio branch without it.
+        with_vision: ``False`` loads a folder that has the vision branch without it (an audio-only model).
     Raises:
         LoadingError: the option needs CUDA or bitsandbytes and this machine lacks them.
     """
@@ -63,7 +65,8 @@ def load_for_inference(
     if quantization is not None and quantization not in QUANTIZATION_CHOICES:
         raise LoadingError(f"unknown quantization {quantization!r}; choose one of {QUANTIZATION_CHOICES}")
     if device_map is None and quantization is None:
-        return VideoLlama.from_pretrained(directory, device=device, dtype=dtype, with_audio=with_audio)
+        return VideoLlama.from_pretrained(directory, device=device, dtype=dtype, with_audio=with_audio,
+                                          with_vision=with_vision)
     _require_cuda(device_map, quantization)
     quantization_config = _bitsandbytes_config(quantization, dtype) if quantization else None
     first = torch.device(device)
@@ -71,7 +74,8 @@ def load_for_inference(
         first = torch.device("cuda", 0)
     return load_with_separate_llm(directory, device=first, dtype=dtype,
                                   device_map=device_map if device_map is not None else {"": str(first)},
-                                  quantization_config=quantization_config, with_audio=with_audio)
+                                  quantization_config=quantization_config, with_audio=with_audio,
+                                  with_vision=with_vision)
 
 
 def _require_cuda(device_map, quantization) -> None:
@@ -105,7 +109,8 @@ def _bitsandbytes_config(quantization: str, dtype: torch.dtype | None):
 
 
 def load_with_separate_llm(directory: str | Path, *, device: torch.device, dtype: torch.dtype | None,
-                           device_map, quantization_config=None, with_audio: bool | None = None):
+                           device_map, quantization_config=None, with_audio: bool | None = None,
+                           with_vision: bool | None = None):
     """Load the non-LLM parts onto ``device`` and the LLM through transformers with ``device_map``.
 
     Works on any device (the tests run it on CPU with ``device_map={"": "cpu"}``); the CUDA and
@@ -115,14 +120,12 @@ def load_with_separate_llm(directory: str | Path, *, device: torch.device, dtype
     from safetensors import safe_open
 
     from ..model import VideoLlama, load_config
-    from ..model.checkpoint import _AUDIO_PARTS, weight_files
+    from ..model.checkpoint import left_out, weight_files, without_branches
     from ..model.videollama import llm_config
     from .build import KEEP_FP32
 
     directory = Path(directory)
-    config = load_config(directory)
-    if with_audio is False:
-        config.with_audio = False
+    config = without_branches(load_config(directory), with_audio=with_audio, with_vision=with_vision)
     with init_empty_weights(include_buffers=False):
         model = VideoLlama(config)
     parts: dict[str, torch.Tensor] = {}
@@ -130,8 +133,8 @@ def load_with_separate_llm(directory: str | Path, *, device: torch.device, dtype
     for path in weight_files(directory):
         with safe_open(str(path), framework="pt") as f:  # tensors stay memory-mapped until used
             for key in f.keys():
-                if not config.with_audio and key.split(".")[0] in _AUDIO_PARTS:
-                    continue  # an audio-free load of a model folder that has the audio branch
+                if left_out(config, key):
+                    continue  # e.g. an audio-free load of a model folder that has the audio branch
                 if key.startswith(LLM_PREFIX):
                     llm_state[key[len(LLM_PREFIX):]] = f.get_tensor(key)
                 else:

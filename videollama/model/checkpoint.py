@@ -7,6 +7,7 @@ model's size. Every key is checked: missing, unexpected or wrongly shaped tensor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -67,16 +68,14 @@ def weight_files(directory: Path) -> list[Path]:
     raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME} or {INDEX_NAME}")
 
 
-def load_model_folder(cls, directory: str | Path, *, device="cpu", dtype=None, with_audio=None):
+def load_model_folder(cls, directory: str | Path, *, device="cpu", dtype=None, with_audio=None, with_vision=None):
     from accelerate import init_empty_weights
 
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory}: not a videollama model folder (no {CONFIG_NAME})")
-    config = VideoLlamaConfig.load(config_path)
-    if with_audio is False:
-        config.with_audio = False
+    config = without_branches(VideoLlamaConfig.load(config_path), with_audio=with_audio, with_vision=with_vision)
     with init_empty_weights(include_buffers=False):
         model = cls(config)
     expected = {k: v for k, v in model.state_dict().items()}
@@ -89,8 +88,8 @@ def load_model_folder(cls, directory: str | Path, *, device="cpu", dtype=None, w
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             for key in f.keys():
                 if key not in expected:
-                    if not config.with_audio and key.split(".")[0] in _AUDIO_PARTS:
-                        continue  # an audio-free load of a model folder that has the audio branch
+                    if left_out(config, key):
+                        continue  # e.g. an audio-free load of a model folder that has the audio branch
                     unexpected.append(key)
                     continue
                 tensor = f.get_tensor(key)
@@ -120,6 +119,26 @@ def load_model_folder(cls, directory: str | Path, *, device="cpu", dtype=None, w
 
 _AUDIO_PARTS = {"audio_encoder", "audio_position_embedding", "audio_qformer", "audio_query_tokens",
                 "audio_projection", "imagebind_vision"}
+# ImageBind's vision encoder belongs to the audio branch (it trains it); these are the vision-language branch.
+_VISION_PARTS = {"vision_model", "image_qformer", "image_query_tokens", "frame_position_embedding", "video_qformer",
+                 "video_query_tokens", "video_projection"}
+
+
+def without_branches(config: VideoLlamaConfig, *, with_audio=None, with_vision=None) -> VideoLlamaConfig:
+    """``config`` with the branches switched off that the loader was asked to leave out (``False``; ``None``
+    keeps the folder's choice; ``True`` cannot add a branch the folder lacks). Checked again: one must remain."""
+    changes = {}
+    if with_audio is False:
+        changes["with_audio"] = False
+    if with_vision is False:
+        changes["with_vision"] = False
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def left_out(config: VideoLlamaConfig, key: str) -> bool:
+    """Whether a tensor in a folder belongs to a branch this (load's) config leaves out."""
+    part = key.split(".")[0]
+    return (not config.with_audio and part in _AUDIO_PARTS) or (not config.with_vision and part in _VISION_PARTS)
 
 
 def _tied_keys(model) -> set[str]:

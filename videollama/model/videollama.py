@@ -17,6 +17,9 @@ Audio-language branch (per audio track cut into S two-second clips)::
       -> Audio Q-Former, 8 queries                (B, 8, 768)        trained
       -> linear projection                        (B, 8, D_llm)      trained
 
+Either branch can be left out (``with_vision=False``: an audio-language model; ``with_audio=False``: a
+vision-language model); the LLM is always there.
+
 The audio branch is trained without audio: frames go through ImageBind's *vision* encoder into the
 same audio Q-Former (``encode_visual_for_audio_branch``); ImageBind's shared embedding space lets the
 trained branch read real audio at inference.
@@ -108,14 +111,15 @@ class VideoLlama(nn.Module):
         self.config = config
         c = config
         # Vision-language branch.
-        self.vision_model = Blip2VisionModel(vision_model_config(c.vision))
-        self.vision_model.post_layernorm.eps = c.vision.ln_vision_eps  # post_layernorm is BLIP-2's ln_vision
-        self.image_qformer = Blip2QFormerModel(qformer_config(c.image_qformer))
-        self.image_query_tokens = _query_tokens(c.image_qformer.num_queries, c.image_qformer.hidden_size)
-        self.frame_position_embedding = nn.Embedding(c.max_frames, c.image_qformer.hidden_size)
-        self.video_qformer = Blip2QFormerModel(qformer_config(c.video_qformer))
-        self.video_query_tokens = _query_tokens(c.video_qformer.num_queries, c.video_qformer.hidden_size)
-        self.video_projection = nn.Linear(c.video_qformer.hidden_size, c.llm_hidden_size)
+        if c.with_vision:
+            self.vision_model = Blip2VisionModel(vision_model_config(c.vision))
+            self.vision_model.post_layernorm.eps = c.vision.ln_vision_eps  # post_layernorm is BLIP-2's ln_vision
+            self.image_qformer = Blip2QFormerModel(qformer_config(c.image_qformer))
+            self.image_query_tokens = _query_tokens(c.image_qformer.num_queries, c.image_qformer.hidden_size)
+            self.frame_position_embedding = nn.Embedding(c.max_frames, c.image_qformer.hidden_size)
+            self.video_qformer = Blip2QFormerModel(qformer_config(c.video_qformer))
+            self.video_query_tokens = _query_tokens(c.video_qformer.num_queries, c.video_qformer.hidden_size)
+            self.video_projection = nn.Linear(c.video_qformer.hidden_size, c.llm_hidden_size)
         # Audio-language branch.
         if c.with_audio:
             self.audio_encoder = ImageBindAudioEncoder(c.imagebind)
@@ -161,6 +165,7 @@ class VideoLlama(nn.Module):
     # ------------------------------------------------------------------ encoders
     def encode_video(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Frames (B, T, 3, H, W) -> video soft tokens (B, num_video_tokens, D_llm). An image is T=1."""
+        self._require_vision()
         batch, num_frames = pixel_values.shape[:2]
         if num_frames > self.config.max_frames:
             raise ValueError(f"{num_frames} frames given; the frame-position table holds {self.config.max_frames}")
@@ -279,6 +284,10 @@ class VideoLlama(nn.Module):
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
 
     # ------------------------------------------------------------------ helpers
+    def _require_vision(self) -> None:
+        if not self.config.with_vision:
+            raise ValueError("this model has no vision branch (with_vision=False)")
+
     def _require_audio(self) -> None:
         if not self.config.with_audio:
             raise ValueError("this model has no audio branch (with_audio=False)")
@@ -292,12 +301,17 @@ class VideoLlama(nn.Module):
         return next(module.parameters()).dtype
 
     @property
+    def _projection(self) -> nn.Linear:
+        """The projection into the LLM of the first branch built (it sits on the media device)."""
+        return self.video_projection if self.config.with_vision else self.audio_projection
+
+    @property
     def device(self) -> torch.device:
-        return self.video_projection.weight.device
+        return self._projection.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.video_projection.weight.dtype
+        return self._projection.weight.dtype
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | Path, tokenizer=None, max_shard_size: str = "2GB") -> None:
@@ -314,11 +328,17 @@ class VideoLlama(nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         with_audio: bool | None = None,
+        with_vision: bool | None = None,
     ) -> "VideoLlama":
-        """Load a model folder written by :meth:`save_pretrained` or ``videollama convert``."""
+        """Load a model folder written by :meth:`save_pretrained` or ``videollama convert``.
+
+        ``with_audio=False`` / ``with_vision=False`` leave that branch out even when the folder holds it
+        (its tensors are skipped); ``None`` keeps what ``config.json`` says.
+        """
         from .checkpoint import load_model_folder
 
-        return load_model_folder(cls, directory, device=device, dtype=dtype, with_audio=with_audio)
+        return load_model_folder(cls, directory, device=device, dtype=dtype, with_audio=with_audio,
+                                 with_vision=with_vision)
 
 
 def _encode_grouped(encode, values) -> torch.Tensor | None:

@@ -145,7 +145,8 @@ class ChatService:
             check_media(file, ContentLimits(
                 max_bytes=self.settings.max_media_bytes, max_pixels=self.settings.max_pixels,
                 max_duration_s=self.settings.max_duration_s, use_audio=options.use_audio,
-                model_has_audio=bool(self.pipeline.model.config.with_audio)))
+                model_has_audio=bool(self.pipeline.model.config.with_audio),
+                model_has_vision=bool(self.pipeline.model.config.with_vision)))
             try:
                 return self.pipeline.encode_media(file.path, options)
             except MediaError as err:

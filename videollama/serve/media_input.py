@@ -314,6 +314,7 @@ class ContentLimits:
     max_duration_s: float
     use_audio: bool
     model_has_audio: bool
+    model_has_vision: bool = True  # False: an audio-only model (images refused, videos read from their audio)
 
 
 def check_media(media: MediaFile, limits: ContentLimits) -> None:
@@ -327,6 +328,9 @@ def check_media(media: MediaFile, limits: ContentLimits) -> None:
     if size > limits.max_bytes:
         raise _too_large("media", limits.max_bytes)
     if media.kind == "image":
+        if not limits.model_has_vision:
+            raise ServeError(400, "this model has no vision branch: it cannot take images (send input_audio, or a "
+                             "video with an audio track)", code="invalid_media")
         _check_image(media, limits)
         return
     from ..media import probe
@@ -354,6 +358,12 @@ def check_media(media: MediaFile, limits: ContentLimits) -> None:
             raise ServeError(400, f"{media.source}: input_audio holds a video stream; send videos as video_url",
                              code="invalid_media")
         return
+    if not limits.model_has_vision and not audio_usable:
+        why = ("the file has no audio stream" if not info.has_audio
+               else "audio is switched off (\"audio\": false)" if not limits.use_audio
+               else "this model has no audio branch either")
+        raise ServeError(400, f"{media.source}: this model has no vision branch, so it answers a video from its audio "
+                         f"track, and {why}", code="invalid_media")
     if not info.has_video and not audio_usable:
         why = "and no audio stream" if not info.has_audio else "and audio is switched off or unsupported by this model"
         raise ServeError(400, f"{media.source}: no video stream {why}", code="invalid_media")

@@ -73,6 +73,7 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
     """The demo page for ``pipeline``. ``examples``: (media path, question) pairs; None = :func:`default_examples`."""
     examples = default_examples() if examples is None else list(examples)
     model_has_audio = bool(pipeline.model.config.with_audio)
+    model_has_vision = bool(pipeline.model.config.with_vision)  # False: images refused, videos read from their audio
 
     def pick_media(video, image, audio) -> tuple[str | None, str]:
         given = [(p, kind) for p, kind in ((video, "video"), (image, "image"), (audio, "audio")) if p]
@@ -99,7 +100,7 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
             try:
                 check_media(media, ContentLimits(max_bytes=Path(path).stat().st_size, max_pixels=max_pixels,
                                                  max_duration_s=max_duration_s, use_audio=bool(use_audio),
-                                                 model_has_audio=model_has_audio))
+                                                 model_has_audio=model_has_audio, model_has_vision=model_has_vision))
                 features = pipeline.encode_media(path, MediaOptions(num_frames=int(frames), use_audio=bool(use_audio),
                                                                     max_duration=max_duration_s))
             except ServeError as err:
@@ -138,8 +139,10 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
         return [], [], None
 
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        audio_only = "" if model_has_vision else (" This model has no vision branch: it reads audio clips and the "
+                                                  "audio track of videos, not images or frames.")
         gr.Markdown(f"# {title}\nUpload a video, an image or an audio clip, then ask about it. "
-                    f"Model: `{pipeline.description or 'unnamed'}`.")
+                    f"Model: `{pipeline.description or 'unnamed'}`.{audio_only}")
         turns = gr.State([])  # [(question, answer), ...] of the conversation so far
         subject = gr.State(None)  # subject_of(...) the turns are about
         with gr.Row():
@@ -153,7 +156,8 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
                     with gr.Tab("Audio"):
                         audio = gr.Audio(label="Audio", type="filepath", sources=["upload"], elem_id="vl-audio",
                                          buttons=["download"])
-                use_audio = gr.Checkbox(value=model_has_audio, interactive=model_has_audio,
+                # An audio-only model has nothing but the audio track to read: the switch stays on.
+                use_audio = gr.Checkbox(value=model_has_audio, interactive=model_has_audio and model_has_vision,
                                         label="Use the audio track", elem_id="vl-use-audio")
                 with gr.Accordion("Generation settings", open=False):
                     greedy = gr.Checkbox(value=False, label="Greedy decoding (reproducible)", elem_id="vl-greedy")
