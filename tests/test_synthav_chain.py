@@ -113,7 +113,6 @@ def test_audio_image_pairs_need_the_source_on_screen():
     assert "column" in frame_description(scene, 0, world) and "red circle" in frame_description(scene, 0, world)
 
 
-@pytest.mark.skipif(not (SHIPPED / "config.json").is_file(), reason="no shipped SynthAV model yet")
 def test_shipped_model_answers_the_shipped_clip():
     from videollama.engine import GenerationConfig
     from videollama.inference import Pipeline

@@ -22,7 +22,7 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 MODEL_DIR = ASSETS / "synthav-model"
 EXAMPLES_DIR = ASSETS / "examples"
-EXAMPLE_FAMILIES = ("audio_visual", "static", "temporal")
+EXAMPLE_FAMILIES = ("audio_visual", "static")
 MAX_TRIES = 40  # per family
 MAX_NEW_TOKENS = 24
 
