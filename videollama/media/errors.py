@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["MediaError", "NoAudioError", "NoVideoError"]
+__all__ = ["MediaError", "NoAudioError", "NoVideoError", "check_media_file"]
 
 
 class MediaError(ValueError):
@@ -37,3 +37,23 @@ class NoAudioError(MediaError):
 
 class NoVideoError(MediaError):
     """Video frames were requested but the file has no video stream (e.g. an audio-only file)."""
+
+
+def check_media_file(path: str | os.PathLike[str], max_bytes: int | None = None) -> int:
+    """The checks every reader makes before decoding; returns the size in bytes.
+
+    Raises :class:`MediaError` for a missing path, a directory or other non-regular file, an empty
+    file, or one over ``max_bytes``.
+    """
+    if not os.path.exists(path):
+        raise MediaError(path, "no such file")
+    if os.path.isdir(path):
+        raise MediaError(path, "is a directory, not a media file")
+    if not os.path.isfile(path):
+        raise MediaError(path, "not a regular file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise MediaError(path, "empty file (0 bytes)")
+    if max_bytes is not None and size > max_bytes:
+        raise MediaError(path, f"file is {size} bytes, over the limit of {max_bytes} bytes")
+    return size

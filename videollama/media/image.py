@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import MediaError
+from .errors import MediaError, check_media_file
 from .transforms import normalize as clip_normalize
 from .video import DEFAULT_IMAGE_SIZE
 
@@ -43,13 +43,7 @@ def load_image(path_or_pil: str | os.PathLike[str] | Image.Image, *, image_size:
 
 
 def _open(path: str | os.PathLike[str], max_bytes: int | None) -> Image.Image:
-    if not os.path.isfile(path):
-        raise MediaError(path, "no such file" if not os.path.exists(path) else "not a regular file")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise MediaError(path, "empty file (0 bytes)")
-    if max_bytes is not None and size > max_bytes:
-        raise MediaError(path, f"file is {size} bytes, over the limit of {max_bytes} bytes")
+    check_media_file(path, max_bytes)
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so truncated files fail here

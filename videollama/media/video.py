@@ -34,7 +34,7 @@ import av
 import numpy as np
 import torch
 
-from .errors import MediaError, NoVideoError
+from .errors import MediaError, NoVideoError, check_media_file
 
 __all__ = [
     "CLIP_MEAN",
@@ -130,15 +130,7 @@ def open_media(path: str | os.PathLike[str], *, max_bytes: int | None = None) ->
 
     The caller closes the container (use it as a context manager).
     """
-    if not os.path.exists(path):
-        raise MediaError(path, "no such file")
-    if os.path.isdir(path):
-        raise MediaError(path, "is a directory, not a media file")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise MediaError(path, "empty file (0 bytes)")
-    if max_bytes is not None and size > max_bytes:
-        raise MediaError(path, f"file is {size} bytes, over the limit of {max_bytes} bytes")
+    check_media_file(path, max_bytes)
     try:
         container = av.open(os.fspath(path), mode="r", metadata_errors="ignore")
     except av.FFmpegError as err:

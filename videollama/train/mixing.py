@@ -13,6 +13,9 @@ whole data order is a pure function of ``(seed, step)``:
   batch: ranks see disjoint records, and the union over ranks equals what one process with
   ``batch_size * world_size`` would see. Resuming with a different world size but the same
   global batch therefore continues the same global data order.
+* **Gradient accumulation.** :class:`AccumulationSampler` reads each step's global batch
+  (``batch_size * world_size * accum``) as ``accum`` micro-batches per rank, so accumulation sees
+  exactly the records of the bigger batch.
 * **Augmentation seeds.** Every draw carries a seed derived from ``(seed, d, position)``, so frame
   sampling and crops are reproducible regardless of DataLoader workers or resume.
 
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["SampleKey", "MultiDatasetSampler", "MixedDataset", "normalized_ratios"]
+__all__ = ["SampleKey", "MultiDatasetSampler", "AccumulationSampler", "MixedDataset", "normalized_ratios"]
 
 _CHOICE_CHUNK = 65536  # dataset choices are generated in chunks of this many steps
 _SEED_SALT_CHOICE = 0x5EED  # distinguishes the choice stream from the permutation streams
@@ -143,11 +146,14 @@ class MultiDatasetSampler(Sampler[list[SampleKey]]):
             self._perm_cache[key] = torch.randperm(size, generator=generator).numpy()
         return int(self._perm_cache[key][offset])
 
-    def batch_at(self, step: int, cursors: list[int] | None = None) -> list[SampleKey]:
-        """This rank's keys for ``step`` (``cursors``: positions before ``step``, to skip a replay)."""
+    def batch_at(self, step: int, cursors: list[int] | None = None, *, part: int | None = None) -> list[SampleKey]:
+        """This rank's keys for ``step`` (``cursors``: positions before ``step``, to skip a replay).
+
+        ``part``: which ``batch_size`` slice of the global batch to read (default: this rank's).
+        """
         cursors = self.cursors_at(step) if cursors is None else cursors
         dataset = int(self.choices(step, step + 1)[0])
-        start = cursors[dataset] + self.rank * self.batch_size
+        start = cursors[dataset] + (self.rank if part is None else part) * self.batch_size
         return [
             SampleKey(dataset, self._record(dataset, pos), _seed_of(self.seed, dataset, pos, 1), step)
             for pos in range(start, start + self.batch_size)
@@ -187,6 +193,47 @@ class MultiDatasetSampler(Sampler[list[SampleKey]]):
         if not np.allclose(state["probs"], self.probs):
             raise ValueError(f"cannot resume the data order: sample ratios changed ({state['probs']} -> {list(self.probs)})")
         self.next_step = int(state["next_step"])
+
+
+class AccumulationSampler(MultiDatasetSampler):
+    """The data order under gradient accumulation: step ``s`` reads the global batch of ``batch_size x
+    processes x accum`` records (one dataset, :class:`MultiDatasetSampler`'s order for that global batch),
+    every process in ``accum`` micro-batches of ``batch_size``.
+
+    Micro-batch ``m`` of process ``r`` is slice ``m * processes + r`` of the global batch, so the union of
+    all micro-batches of all processes is exactly what one process with ``batch_size x processes x accum``
+    and no accumulation reads at that step (same records, same augmentation seeds). With ``accum == 1`` it
+    is :class:`MultiDatasetSampler` itself. Yields micro-batches; ``num_steps``, ``next_step`` and the
+    state dict count steps (``global_batch`` includes ``accum``, so resuming with another split of the
+    same global batch continues the same order).
+    """
+
+    def __init__(self, dataset_sizes: Sequence[int], ratios: Sequence[float] | None, batch_size: int, *, seed: int = 42, rank: int = 0,
+                 world_size: int = 1, accum: int = 1, num_steps: int | None = None) -> None:
+        if accum < 1:
+            raise ValueError(f"accum must be >= 1, got {accum}")
+        super().__init__(dataset_sizes, ratios, batch_size, seed=seed, rank=rank, world_size=world_size * accum,
+                         num_steps=num_steps)
+        self.process_rank, self.processes, self.accum = int(rank), int(world_size), int(accum)
+
+    def micro_batch_at(self, step: int, micro: int, cursors: list[int] | None = None) -> list[SampleKey]:
+        """This process's keys for micro-batch ``micro`` of ``step``."""
+        if not 0 <= micro < self.accum:
+            raise ValueError(f"micro-batch {micro} of {self.accum}")
+        return self.batch_at(step, cursors, part=micro * self.processes + self.process_rank)
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        step = self.next_step
+        cursors = self.cursors_at(step)
+        while self.num_steps is None or step < self.num_steps:
+            for micro in range(self.accum):
+                keys = self.micro_batch_at(step, micro, cursors)
+                yield keys
+            cursors[keys[0].dataset] += self.global_batch
+            step += 1
+
+    def __len__(self) -> int:
+        return super().__len__() * self.accum
 
 
 class MixedDataset(Dataset):

@@ -41,7 +41,7 @@ from .checkpoint import capture_rng_state, load_latest, restore_rng_state, save_
 from .config import ModelSection, TrainConfig
 from .data import build_datasets
 from .logging import RunLogger
-from .mixing import MixedDataset, MultiDatasetSampler, SampleKey
+from .mixing import AccumulationSampler, MixedDataset
 from .optim import LinearWarmupCosineLR, build_optimizer
 from .text import IGNORE_INDEX, collate
 
@@ -380,49 +380,6 @@ def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- data
-class AccumulationSampler(MultiDatasetSampler):
-    """The data order under gradient accumulation: step ``s`` reads the global batch of ``batch_size x
-    processes x accum`` records (one dataset, :class:`MultiDatasetSampler`'s order for that global batch),
-    every process in ``accum`` micro-batches of ``batch_size``.
-
-    Micro-batch ``m`` of process ``r`` is slice ``m * processes + r`` of the global batch, so the union of
-    all micro-batches of all processes is exactly what one process with ``batch_size x processes x accum``
-    and no accumulation reads at that step (same records, same augmentation seeds). With ``accum == 1`` it
-    is :class:`MultiDatasetSampler` itself. Yields micro-batches; ``num_steps``, ``next_step`` and the
-    state dict count steps (``global_batch`` includes ``accum``, so resuming with another split of the
-    same global batch continues the same order).
-    """
-
-    def __init__(self, dataset_sizes, ratios, batch_size: int, *, seed: int = 42, rank: int = 0,
-                 world_size: int = 1, accum: int = 1, num_steps: int | None = None) -> None:
-        if accum < 1:
-            raise ValueError(f"accum must be >= 1, got {accum}")
-        super().__init__(dataset_sizes, ratios, batch_size, seed=seed, rank=rank, world_size=world_size * accum,
-                         num_steps=num_steps)
-        self.process_rank, self.processes, self.accum = int(rank), int(world_size), int(accum)
-
-    def micro_batch_at(self, step: int, micro: int, cursors: list[int] | None = None) -> list[SampleKey]:
-        """This process's keys for micro-batch ``micro`` of ``step``."""
-        if not 0 <= micro < self.accum:
-            raise ValueError(f"micro-batch {micro} of {self.accum}")
-        # batch_at reads slice self.rank of the global batch (world_size = processes x accum slices).
-        self.rank = micro * self.processes + self.process_rank
-        return self.batch_at(step, cursors)
-
-    def __iter__(self):
-        step = self.next_step
-        cursors = self.cursors_at(step)
-        while self.num_steps is None or step < self.num_steps:
-            for micro in range(self.accum):
-                keys = self.micro_batch_at(step, micro, cursors)
-                yield keys
-            cursors[keys[0].dataset] += self.global_batch
-            step += 1
-
-    def __len__(self) -> int:
-        return super().__len__() * self.accum
-
-
 def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed()) -> tuple[DataLoader, AccumulationSampler]:
     """The run's micro-batches: the configured datasets mixed one dataset per step, this rank's part of
     each step's global batch in ``optim.accum_grad_iters`` micro-batches (:class:`AccumulationSampler`).
