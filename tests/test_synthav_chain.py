@@ -16,7 +16,8 @@ import torch
 from videollama.synthav import generate
 from videollama.synthav.chain import ChainSettings, load_stage_config, run_chain, stage_overrides
 from videollama.synthav.evaluate import match_choice, score, TestItem
-from videollama.synthav.stage0 import MediaCache, audio_image_pairs, frame_description
+from videollama.synthav.stage0 import (PHRASES, PROJECTION_FILE, MediaCache, audio_image_pairs, frame_description,
+                                       patch_labels, presence_labels)
 from videollama.synthav.world import OffscreenSound, Scene, SceneObject, WorldConfig
 
 SHIPPED = Path(__file__).resolve().parents[1] / "videollama" / "assets" / "synthav-model"
@@ -111,6 +112,76 @@ def test_audio_image_pairs_need_the_source_on_screen():
         assert start + 2.0 <= 3.0 + 1e-9, "a window overlapping the off-screen bell was paired"
         assert frames[f] < 16, "paired with a frame where the circle is gone"
     assert "column" in frame_description(scene, 0, world) and "red circle" in frame_description(scene, 0, world)
+
+
+def test_patch_labels_mark_the_object_under_each_patch():
+    world = WorldConfig()
+    still = dict(direction="left", speed=0.0, on_frame=0, off_frame=32, sounding=True)
+    big = SceneObject(shape="circle", colour="red", size="large", x0=24.0, y0=24.0, **still)  # bound 17.6 px
+    small = SceneObject(shape="star", colour="blue", size="small", x0=88.0, y0=88.0, **still)  # bound 9.9 px
+    late = SceneObject(shape="square", colour="white", size="large", x0=88.0, y0=24.0, **{**still, "on_frame": 16})
+    scene = Scene((big, small, late), (), num_frames=32)
+    labels = patch_labels(scene, 0, world, grid=7).view(7, 7, 3)  # 16-px patches, centres at 8, 24, 40, ...
+    # (colour, shape, size), 1-based in ATTRIBUTES order; the circle covers the patch centred on it and
+    # its 4-neighbours (16 px away), not the diagonals (22.6 px away).
+    assert labels[1, 1].tolist() == [1, 1, 2]  # red, circle, large
+    assert labels[1, 0].tolist() == labels[0, 1].tolist() == [1, 1, 2]
+    assert labels[0, 0].tolist() == [0, 0, 0]
+    assert labels[5, 5].tolist() == [3, 4, 1]  # blue, star, small
+    assert labels[5, 4].tolist() == [0, 0, 0]  # 16 px from the small star: outside its 9.9-px bound
+    assert labels[1, 5].tolist() == [0, 0, 0]  # the square is not on screen yet at frame 0
+    assert patch_labels(scene, 20, world, grid=7).view(7, 7, 3)[1, 5].tolist() == [5, 2, 2]  # white square
+    assert int((labels[..., 0] > 0).sum()) == 5 + 1
+    kinds = presence_labels(scene, 0)
+    assert kinds.sum() == 2 and kinds[PHRASES.index("large red circle")] == 1 and kinds[PHRASES.index("small blue star")] == 1
+
+
+def test_vl_stage1_starts_from_stage0s_projection(quick_chain, tmp_path):
+    """Stage 0 keeps its Q-Former -> LLM bridge in MiniGPT-4's key names; VL stage 1 (only) loads it."""
+    from safetensors.torch import load_file
+
+    out, _ = quick_chain
+    bridge = load_file(str(out / "stage0" / PROJECTION_FILE))
+    stage0 = json.loads((out / "stage0" / "model" / "config.json").read_text())
+    assert set(bridge) == {"llama_proj.weight", "llama_proj.bias"}
+    assert bridge["llama_proj.weight"].shape[1] == stage0["videollama"]["image_qformer"]["hidden_size"]
+    steps = ChainSettings.quick().stages
+    for stage in ("vl_stage1", "vl_stage2", "al_stage1"):
+        over = stage_overrides(stage, out / "data", out / "stage0" / "model", tmp_path / stage, 0, steps[stage], 0,
+                               projection=out / "stage0" / PROJECTION_FILE)
+        cfg = load_stage_config(stage, over)
+        assert (cfg.model.llama_proj_ckpt is not None) == (stage == "vl_stage1"), stage
+    from videollama.model import VideoLlama
+    from videollama.train.recipe import build_model
+
+    cfg = load_stage_config("vl_stage1", stage_overrides("vl_stage1", out / "data", out / "stage0" / "model",
+                                                         tmp_path / "s1", 0, steps["vl_stage1"], 0,
+                                                         projection=out / "stage0" / PROJECTION_FILE))
+    model, _ = build_model(cfg.model, with_audio_vision=False, cache_dir=tmp_path)
+    assert torch.equal(model.video_projection.weight, bridge["llama_proj.weight"])
+    assert not torch.equal(VideoLlama.from_pretrained(out / "stage0" / "model").video_projection.weight,
+                           bridge["llama_proj.weight"])
+
+
+def test_chain_can_share_a_stage0_across_seeds(quick_chain, tmp_path):
+    """--stage0 reuses the frozen parts (as downloaded weights are shared); a folder without them is refused."""
+    from dataclasses import replace
+
+    out, _ = quick_chain
+    with pytest.raises(FileNotFoundError, match="not a stage-0 folder"):
+        run_chain(tmp_path / "bad", seed=1, settings=ChainSettings.quick(1), data_dir=out / "data",
+                  stage0_dir=tmp_path, evaluate=False)
+    settings = replace(ChainSettings.quick(1), ablation=False)
+    result = run_chain(tmp_path / "s1", seed=1, settings=settings, data_dir=out / "data", stage0_dir=out / "stage0",
+                       evaluate=False)
+    assert "stage0" not in result.seconds and not (tmp_path / "s1" / "stage0").exists()
+    assert result.stage0_dir == str((out / "stage0").resolve())
+    from safetensors.torch import load_file
+
+    shared = load_file(str(out / "stage0" / "model" / "model.safetensors"))
+    final = load_file(str(tmp_path / "s1" / "model" / "model.safetensors"))
+    frozen = [k for k in shared if k.startswith(("language_model.", "vision_model.", "audio_encoder."))]
+    assert frozen and all(torch.equal(shared[k], final[k].to(shared[k].dtype)) for k in frozen)
 
 
 def test_shipped_model_answers_the_shipped_clip():

@@ -180,14 +180,18 @@ class _ImageBindEncoder(nn.Module):
         nn.init.normal_(self.cls_token, std=width**-0.5)
         nn.init.normal_(self.pos_embed, std=width**-0.5)
 
-    def _trunk_and_head(self, patches: Tensor) -> Tensor:
-        """Patch tokens (N, P, D) -> head-normalised CLS feature (N, D)."""
+    def _trunk(self, patches: Tensor) -> Tensor:
+        """Patch tokens (N, P, D) -> head-normalised tokens (N, 1 + P, D), CLS first."""
         cls = self.cls_token.expand(patches.shape[0], -1, -1)  # (N, 1, D)
         x = torch.cat([cls, patches], dim=1) + self.pos_embed  # (N, 1 + P, D)
         x = self.pre_trunk(x)
         for block in self.blocks:
             x = block(x)
-        return self.head_norm(x)[:, 0]  # (N, D): the CLS token
+        return self.head_norm(x)
+
+    def _trunk_and_head(self, patches: Tensor) -> Tensor:
+        """Patch tokens (N, P, D) -> head-normalised CLS feature (N, D)."""
+        return self._trunk(patches)[:, 0]  # (N, D): the CLS token
 
     def pre_trunk(self, x: Tensor) -> Tensor:
         """Applied to the tokens before the blocks: nothing for audio, ``ln_pre`` for vision."""
@@ -295,6 +299,11 @@ class ImageBindVisionEncoder(_ImageBindEncoder):
         Returns:
             (N, embed_dim) L2-normalised embeddings.
         """
+        embedding = self.head(self.tokens(images)[:, 0])  # (N, E) from the CLS token
+        return _l2_normalize(embedding).to(embedding.dtype)
+
+    def tokens(self, images: Tensor) -> Tensor:
+        """Head-normalised tokens (N, 1 + P, vision_width) of ``images`` (as :meth:`forward`), CLS first."""
         frames = self.cfg.vision_time_kernel
         if images.ndim == 4:
             images = images.unsqueeze(2)  # (N, 3, 1, H, W)
@@ -309,5 +318,4 @@ class ImageBindVisionEncoder(_ImageBindEncoder):
             images = images.expand(-1, -1, frames, -1, -1)  # (N, 3, T, H, W)
         patches = self.stem(images.to(self.stem.weight.dtype))  # (N, D, 1, H/14, W/14)
         patches = patches.flatten(2).transpose(1, 2)  # (N, 256, D)
-        embedding = self.head(self._trunk_and_head(patches))  # (N, E)
-        return _l2_normalize(embedding).to(embedding.dtype)
+        return self._trunk(patches)

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .stage0 import Stage0Settings, run_stage0
+from .stage0 import PROJECTION_FILE, Stage0Settings, run_stage0
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +63,13 @@ class ChainSettings:
     workers: int = 2  # render processes
     stage0: Stage0Settings = field(default_factory=Stage0Settings)
     stages: dict[str, StageSteps] = field(default_factory=lambda: {
-        "vl_stage1": StageSteps(300, 16),
-        "vl_stage2": StageSteps(400, 16),
-        "al_stage1": StageSteps(200, 16),
+        "vl_stage1": StageSteps(400, 16),
+        "vl_stage2": StageSteps(500, 16),
+        "al_stage1": StageSteps(300, 16),
         "al_stage2": StageSteps(300, 16),
     })
     ablation: bool = True
-    num_workers: int = 2  # DataLoader workers per stage
+    num_workers: int = 1  # DataLoader workers per stage
     eval_limit: int | None = None  # None: every held-out question
 
     @classmethod
@@ -84,14 +84,19 @@ class ChainResult:
     out_dir: str
     model_dir: str
     data_dir: str = ""
+    stage0_dir: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
     results: dict[str, Any] | None = None
 
 
 # ------------------------------------------------------------------------------------------------ stages 1-2
 def stage_overrides(stage: str, data: Path, model_dir: Path, output: Path, seed: int, steps: StageSteps,
-                    num_workers: int) -> list[str]:
-    """``key=value`` overrides pointing a ``configs/synthav`` YAML at one chain run."""
+                    num_workers: int, projection: Path | None = None) -> list[str]:
+    """``key=value`` overrides pointing a ``configs/synthav`` YAML at one chain run.
+
+    ``projection``: stage 0's Q-Former -> LLM bridge (``llama_proj.*``), which initialises VL stage 1's
+    video projection as MiniGPT-4's projection does in the official recipe.
+    """
     over = [
         f"model.model_dir={model_dir}",
         f"run.output_dir={output}",
@@ -102,6 +107,8 @@ def stage_overrides(stage: str, data: Path, model_dir: Path, output: Path, seed:
         f"optim.batch_size={steps.batch_size}",
         f"optim.warmup_steps={min(steps.warmup_steps, steps.steps)}",
     ]
+    if stage == "vl_stage1" and projection is not None:
+        over.append(f"model.llama_proj_ckpt={projection}")  # stage 0's bridge, as MiniGPT-4's llama_proj
     if stage.endswith("stage1"):
         over += [f"data.datasets.webvid.annotations={data / 'webvid/annotations'}",
                  f"data.datasets.webvid.media_root={data / 'webvid/videos'}",
@@ -169,8 +176,12 @@ def finalize_model(src: Path, dst: Path, max_bytes: int = MAX_MODEL_BYTES) -> Pa
 
 # ------------------------------------------------------------------------------------------------ driver
 def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None = None, *, data_seed: int = 0,
-              data_dir: str | Path | None = None, evaluate: bool = True) -> ChainResult:
-    """Run every step; ``data_dir`` reuses an existing SynthAV folder instead of generating one."""
+              data_dir: str | Path | None = None, stage0_dir: str | Path | None = None,
+              evaluate: bool = True) -> ChainResult:
+    """Run every step; ``data_dir`` reuses an existing SynthAV folder instead of generating one, and
+    ``stage0_dir`` an existing stage 0 (a ``stage0/`` folder of another run, or ``videollama synthav stage0``'s
+    output): the frozen parts are then shared, as downloaded weights are, and only stages 1-2 vary with ``seed``.
+    """
     from .evaluate import evaluate_synthav, format_table, save_results
     from .generate import format_summary, generate
 
@@ -198,23 +209,30 @@ def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None
         logger.info("%s", format_summary(summary))
         lap("generate")
 
-    stage0 = run_stage0(data, out / "stage0", settings.stage0)
-    lap("stage0")
+    if stage0_dir is None:
+        stage0_dir = out / "stage0"
+        run_stage0(data, stage0_dir, settings.stage0)
+        lap("stage0")
+    stage0_dir = Path(stage0_dir).resolve()
+    result.stage0_dir = str(stage0_dir)
+    for needed in ("model/config.json", PROJECTION_FILE):
+        if not (stage0_dir / needed).is_file():
+            raise FileNotFoundError(f"{stage0_dir}: no {needed}; not a stage-0 folder (run `videollama synthav stage0`)")
 
     def branch(start: Path, prefix: str, stages: tuple[str, ...]) -> Path:
         model = start
         for stage in stages:
             over = stage_overrides(stage, data, model, out / f"{prefix}{stage}", seed, settings.stages[stage],
-                                   settings.num_workers)
+                                   settings.num_workers, projection=stage0_dir / PROJECTION_FILE)
             model = train_stage(stage, over)
             lap(f"{prefix}{stage}")
         return model
 
-    model = branch(Path(stage0.model_dir), "", STAGES)
+    model = branch(stage0_dir / "model", "", STAGES)
     final = finalize_model(model, out / "model")
     ablation = None
     if settings.ablation:
-        start = without_frame_position(Path(stage0.model_dir), out / "ablation" / "stage0")
+        start = without_frame_position(stage0_dir / "model", out / "ablation" / "stage0")
         ablation = branch(start, "ablation/", ("vl_stage1", "vl_stage2"))
     lap("export")
 
@@ -236,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--data-seed", type=int, default=0, help="world seed of the generated data")
     parser.add_argument("--data", default=None, help="reuse this SynthAV folder instead of generating one")
+    parser.add_argument("--stage0", default=None, help="reuse this stage-0 folder (shared frozen parts)")
     parser.add_argument("--quick", action="store_true", help="tiny data and a few steps of everything (CI)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     args = parser.parse_args(argv)
@@ -243,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     settings = ChainSettings.quick(args.seed) if args.quick else ChainSettings(stage0=Stage0Settings(seed=args.seed))
     result = run_chain(args.out, args.seed, settings, data_seed=args.data_seed, data_dir=args.data,
-                       evaluate=not args.no_eval)
+                       stage0_dir=args.stage0, evaluate=not args.no_eval)
     print(json.dumps({"model_dir": result.model_dir, "seconds": result.seconds}, indent=1))
 
 

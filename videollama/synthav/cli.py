@@ -45,6 +45,7 @@ def cmd_train_all(args) -> int:
 
     argv = ["--out", args.out, "--seed", str(args.seed), "--data-seed", str(args.data_seed)]
     argv += (["--data", args.data] if args.data else []) + (["--quick"] if args.quick else [])
+    argv += ["--stage0", args.stage0] if args.stage0 else []
     argv += ["--no-eval"] if args.no_eval else []
     main(argv)
     return 0
@@ -105,6 +106,7 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--data", default=None, help="reuse a generated SynthAV folder")
+    p.add_argument("--stage0", default=None, help="reuse a stage-0 folder: the frozen parts shared across seeds")
     p.add_argument("--quick", action="store_true", help="minutes, for CI")
     p.add_argument("--no-eval", action="store_true")
     p.set_defaults(synthav_func=cmd_train_all)

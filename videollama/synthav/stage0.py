@@ -49,13 +49,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..templates import AV_MESSAGE, AUDIO_SENTENCE, IMAGE_MESSAGE, LLAMA2_DEFAULT_SYSTEM, VIDEO_MESSAGE, VISUAL_SYSTEM
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, train_tiny_tokenizer
 from .annotate import still_caption
 from .preset import synthav_config
-from .world import Scene, WorldConfig
+from .world import COLOURS, SHAPES, SIZES, Scene, WorldConfig
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ POSITION_BINS = 8  # frame descriptions give column/row in 8 bins
 LM_MAX_TOKENS = 256
 CAPTION_MAX_TOKENS = 64
 IGNORE_INDEX = -100
+PROJECTION_FILE = "llama_proj.safetensors"  # the Q-Former -> LLM bridge, in MiniGPT-4's key names
 TEXT_ENCODER_WIDTH = 128
 INIT_TEMPERATURE = 0.07
 TIMESTAMP_EXAMPLE = "The video contains 8 frames sampled at 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5 seconds. "
@@ -89,17 +91,20 @@ class Stage0Settings:
 
     seed: int = 0
     vocab_size: int = 768
-    frame_clips: int = 600  # webvid clips decoded for the frame and audio caches
-    lm_steps: int = 700
+    frame_clips: int = 2000  # webvid clips decoded for the frame and audio caches
+    lm_steps: int = 1200
     lm_batch: int = 24
     lm_lr: float = 2e-3
-    vision_steps: int = 400
+    attribute_steps: int = 2000  # supervised per-patch pretraining of the image encoder
+    attribute_batch: int = 64
+    attribute_lr: float = 1e-3
+    vision_steps: int = 500
     vision_batch: int = 32
     vision_lr: float = 1e-3
-    bind_vision_steps: int = 300
+    bind_vision_steps: int = 500
     bind_batch: int = 64
     bind_lr: float = 1e-3
-    audio_steps: int = 400
+    audio_steps: int = 500
     audio_batch: int = 64
     audio_lr: float = 1e-3
     weight_decay: float = 0.01
@@ -107,8 +112,9 @@ class Stage0Settings:
 
     @classmethod
     def quick(cls, seed: int = 0) -> "Stage0Settings":
-        return cls(seed=seed, vocab_size=600, frame_clips=24, lm_steps=6, lm_batch=4, vision_steps=4, vision_batch=8,
-                   bind_vision_steps=4, bind_batch=16, audio_steps=4, audio_batch=8)
+        return cls(seed=seed, vocab_size=600, frame_clips=24, lm_steps=6, lm_batch=4, attribute_steps=4,
+                   attribute_batch=8, vision_steps=4, vision_batch=8, bind_vision_steps=4, bind_batch=16, audio_steps=4,
+                   audio_batch=8)
 
 
 @dataclass
@@ -307,6 +313,104 @@ def train_language_model(llm, tokenizer, docs: list[str], settings: Stage0Settin
 
 
 # ------------------------------------------------------------------------------------------------ 2. vision + Q-Former
+ATTRIBUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", tuple(SIZES)))
+"""What the image encoder's patch tokens are pretrained to tell (class 0 of each is background)."""
+PHRASES: tuple[str, ...] = tuple(f"{z} {c} {s}" for z in SIZES for c in COLOURS for s in SHAPES)
+"""Every object kind; the ImageBind vision embedding is pretrained to tell which are in a frame."""
+
+
+def patch_labels(scene: Scene, frame: int, world: WorldConfig, grid: int) -> Tensor:
+    """(grid*grid, 3) colour/shape/size class (1-based, 0 = background) of the object over each patch centre.
+
+    A patch belongs to the nearest visible object whose bounding circle holds the patch centre;
+    patches are in row-major order, as the ViT's patch embedding flattens them.
+    """
+    labels = torch.zeros(grid * grid, len(ATTRIBUTES), dtype=torch.long)
+    objects = scene.visible_at(frame)
+    if not objects:
+        return labels
+    centre = (np.arange(grid) + 0.5) * world.size / grid
+    px, py = np.meshgrid(centre, centre)  # (grid, grid): x along columns, y along rows
+    distance = np.stack([np.hypot(px - x, py - y) for x, y in (o.centres(world.num_frames)[frame] for o in objects)])
+    inside = distance <= np.array([o.bound(world) for o in objects])[:, None, None]  # (O, grid, grid)
+    nearest = np.where(inside, distance, np.inf).argmin(0).reshape(-1)  # (grid*grid,)
+    covered = inside.any(0).reshape(-1)
+    for i, obj in enumerate(objects):
+        rows = torch.from_numpy(np.flatnonzero(covered & (nearest == i)))
+        for k, (attr, values) in enumerate(ATTRIBUTES):
+            labels[rows, k] = values.index(getattr(obj, attr)) + 1
+    return labels
+
+
+def presence_labels(scene: Scene, frame: int) -> Tensor:
+    """(len(PHRASES),) 1.0 for each object kind visible in ``frame``."""
+    target = torch.zeros(len(PHRASES))
+    for obj in scene.visible_at(frame):
+        target[PHRASES.index(obj.phrase)] = 1.0
+    return target
+
+
+def pretrain_attributes(name: str, encoder: nn.Module, patch_tokens, width: int, cache: MediaCache,
+                        world: WorldConfig, settings: Stage0Settings, rng: random.Random, grid: int) -> float:
+    """Supervised dense pretraining of a ViT: each patch token tells whether an object is under it and,
+    if so, its colour, shape and size (linear heads, discarded afterwards).
+
+    The attribute losses count object patches only (most patches are background), so the shape, the
+    slowest attribute to learn, gets the gradient. Our stand-in for the pretraining EVA's ViT and
+    OpenCLIP's ViT bring into BLIP-2 and ImageBind; a dense one, so positions come along.
+    ``patch_tokens(images) -> (B, grid*grid, width)``.
+    """
+    encoder.requires_grad_(True).train()
+    labels = torch.stack([torch.stack([patch_labels(scene, i, world, grid) for i in index])
+                          for scene, index in zip(cache.scenes, cache.frame_index)])  # (N, 8, P, 3)
+    heads = nn.ModuleList(nn.Linear(width, len(values)) for _, values in ATTRIBUTES)
+    objectness = nn.Linear(width, 1)
+    n_clips = cache.frames.shape[0]
+
+    def step(_: int) -> Tensor:
+        picks = [(rng.randrange(n_clips), rng.randrange(FRAMES_PER_CLIP)) for _ in range(settings.attribute_batch)]
+        images = _normalize(torch.stack([cache.frames[c, f] for c, f in picks]))  # (B, 3, S, S)
+        target = torch.stack([labels[c, f] for c, f in picks]).flatten(0, 1)  # (B*P, 3), 0 = background
+        tokens = patch_tokens(images).flatten(0, 1)  # (B*P, W)
+        on = target[:, 0] > 0
+        loss = F.binary_cross_entropy_with_logits(objectness(tokens)[:, 0], on.float())
+        if on.any():
+            loss = loss + sum(F.cross_entropy(head(tokens[on]), target[on, k] - 1) for k, head in enumerate(heads))
+        return loss
+
+    params = list(encoder.parameters()) + list(heads.parameters()) + list(objectness.parameters())
+    loss = _loop(name, settings.attribute_steps, step, params, settings.attribute_lr, settings)
+    encoder.requires_grad_(False).eval()
+    return loss
+
+
+def pretrain_image_encoder(model, cache: MediaCache, world: WorldConfig, settings: Stage0Settings,
+                           rng: random.Random) -> float:
+    """:func:`pretrain_attributes` for BLIP-2's ViT (``vision_model``); frozen afterwards, as in BLIP-2."""
+    cfg = model.config.vision
+    vit = model.vision_model
+
+    def patch_tokens(images: Tensor) -> Tensor:
+        return vit(pixel_values=images).last_hidden_state[:, 1:]  # (B, P, W): CLS dropped
+
+    return pretrain_attributes("image-attributes", vit, patch_tokens, cfg.hidden_size, cache, world, settings, rng,
+                               cfg.image_size // cfg.patch_size)
+
+
+def pretrain_imagebind_vision(model, cache: MediaCache, world: WorldConfig, settings: Stage0Settings,
+                              rng: random.Random) -> float:
+    """:func:`pretrain_attributes` for the ImageBind-like vision encoder's trunk (before its contrastive stage)."""
+    cfg = model.config.imagebind
+    encoder = model.imagebind_vision
+
+    def patch_tokens(images: Tensor) -> Tensor:
+        return encoder.tokens(images)[:, 1:]  # (B, P, W): CLS dropped
+
+    return pretrain_attributes("imagebind-attributes", encoder, patch_tokens, cfg.vision_width, cache, world,
+                               settings, rng, cfg.image_size // cfg.patch_size)
+
+
 def _caption_batch(tokenizer, captions: list[str]) -> tuple[Tensor, Tensor]:
     seqs = [[tokenizer.bos_token_id] + tokenizer(c, add_special_tokens=False)["input_ids"][:CAPTION_MAX_TOKENS]
             + [tokenizer.eos_token_id] for c in captions]
@@ -314,12 +418,17 @@ def _caption_batch(tokenizer, captions: list[str]) -> tuple[Tensor, Tensor]:
 
 
 def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig, settings: Stage0Settings,
-                        rng: random.Random) -> float:
-    """BLIP-2-like generative pre-training of vision_model + image Q-Former through the frozen LLM."""
+                        rng: random.Random) -> tuple[float, nn.Linear]:
+    """BLIP-2-like generative pre-training of vision_model + image Q-Former through the frozen LLM.
+
+    Returns the last loss and the trained Q-Former -> LLM projection (``bridge``): MiniGPT-4's
+    ``llama_proj`` in the real recipe, which initialises the video projection of VL stage 1.
+    """
     llm = model.language_model
     llm.requires_grad_(False).eval()
     bridge = nn.Linear(model.config.image_qformer.hidden_size, model.config.llm_hidden_size)
-    parts = [model.vision_model, model.image_qformer]
+    model.vision_model.requires_grad_(False).eval()  # BLIP-2 trains its Q-Former on a frozen image encoder
+    parts = [model.image_qformer]
     for p in parts:
         p.requires_grad_(True).train()
     model.image_query_tokens.requires_grad_(True)
@@ -331,7 +440,8 @@ def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig,
         picks = [(rng.randrange(n_clips), rng.randrange(FRAMES_PER_CLIP)) for _ in range(settings.vision_batch)]
         images = _normalize(torch.stack([cache.frames[c, f] for c, f in picks]))  # (B, 3, S, S)
         captions = [frame_description(cache.scenes[c], cache.frame_index[c][f], world) for c, f in picks]
-        tokens = model.vision_model(pixel_values=images).last_hidden_state  # (B, 50, W)
+        with torch.no_grad():
+            tokens = model.vision_model(pixel_values=images).last_hidden_state  # (B, 50, W)
         queries = model.image_query_tokens.expand(len(picks), -1, -1)
         query_out = model.image_qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state  # (B, Q, W)
         prefix = bridge(query_out)  # (B, Q, D_llm)
@@ -346,7 +456,7 @@ def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig,
     for p in parts:
         p.requires_grad_(False).eval()
     model.image_query_tokens.requires_grad_(False)
-    return loss
+    return loss, bridge.requires_grad_(False)
 
 
 # ------------------------------------------------------------------------------------------------ 3. ImageBind-like pair
@@ -380,16 +490,22 @@ def train_imagebind_vision(model, tokenizer, cache: MediaCache, settings: Stage0
     log_scale = nn.Parameter(torch.tensor(math.log(1 / INIT_TEMPERATURE)))
     n_clips = cache.frames.shape[0]
 
+    presence = nn.Linear(model.config.imagebind.embed_dim, len(PHRASES))
+
     def step(_: int) -> Tensor:
         picks = [(rng.randrange(n_clips), rng.randrange(FRAMES_PER_CLIP)) for _ in range(settings.bind_batch)]
         images = _normalize(torch.stack([cache.frames[c, f] for c, f in picks]))
         captions = [still_caption(cache.scenes[c], cache.frame_index[c][f]) for c, f in picks]
+        kinds = torch.stack([presence_labels(cache.scenes[c], cache.frame_index[c][f]) for c, f in picks])  # (B, K)
         ids, mask = _caption_batch(tokenizer, captions)
-        # Identical captions in a batch are not negatives of each other: mask them out of the targets.
-        img, txt = encoder(images), text(ids, mask)
-        return _clip_loss(img, txt, log_scale.exp().clamp(max=100))
+        img, txt = encoder(images), text(ids, mask)  # (B, E) each, unit norm
+        # CLIP loss, plus which object kinds are in the frame read off the embedding (our stand-in for
+        # the supervised pretraining OpenCLIP's encoder carries into ImageBind): the audio encoder is
+        # later bound to these embeddings, so what they tell is all the audio branch can learn.
+        contrastive = _clip_loss(img, txt, log_scale.exp().clamp(max=100))
+        return contrastive + F.binary_cross_entropy_with_logits(presence(img * 10), kinds) * len(PHRASES) / 8
 
-    params = list(encoder.parameters()) + list(text.parameters()) + [log_scale]
+    params = list(encoder.parameters()) + list(text.parameters()) + [log_scale] + list(presence.parameters())
     loss = _loop("imagebind-vision", settings.bind_vision_steps, step, params, settings.bind_lr, settings)
     encoder.requires_grad_(False).eval()
     return loss
@@ -486,8 +602,14 @@ def run_stage0(data_dir: str | Path, out_dir: str | Path, settings: Stage0Settin
 
     result.final_loss["llm"] = train_language_model(model.language_model, tokenizer, docs, settings, rng)
     lap("llm")
-    result.final_loss["image_encoder"] = train_image_encoder(model, tokenizer, cache, data.world, settings, rng)
+    result.final_loss["image_attributes"] = pretrain_image_encoder(model, cache, data.world, settings, rng)
+    lap("image_attributes")
+    result.final_loss["image_encoder"], bridge = train_image_encoder(model, tokenizer, cache, data.world, settings, rng)
+    save_file({"llama_proj.weight": bridge.weight.contiguous(), "llama_proj.bias": bridge.bias.contiguous()},
+              str(out / PROJECTION_FILE))
     lap("image_encoder")
+    result.final_loss["imagebind_attributes"] = pretrain_imagebind_vision(model, cache, data.world, settings, rng)
+    lap("imagebind_attributes")
     result.final_loss["imagebind_vision"] = train_imagebind_vision(model, tokenizer, cache, settings, rng)
     lap("imagebind_vision")
     result.final_loss["imagebind_audio"], result.counts["audio_pairs"] = train_audio_encoder(

@@ -92,7 +92,8 @@ def _all_reduce_sum(value: torch.Tensor, d: Distributed) -> torch.Tensor:
 def build_model(section: ModelSection, *, with_audio_vision: bool, cache_dir: Path, is_main: bool = True):
     """(model, tokenizer) for a run.
 
-    - ``model_dir``: a folder written by ``videollama convert`` / ``export`` / ``save_pretrained``;
+    - ``model_dir``: a folder written by ``videollama convert`` / ``export`` / ``save_pretrained``, with
+      ``llama_proj_ckpt`` (if given) laid over its ``video_projection``;
     - official files (``llm_path`` + ``vit_ckpt``/``qformer_ckpt``/``imagebind_ckpt``/``ckpt``/``ckpt_2``):
       converted once into ``cache_dir/base-model`` by ``videollama.convert``, then loaded, with the trained
       parts of model-folder ``ckpt``/``ckpt_2`` and MiniGPT-4's projection laid over
@@ -107,6 +108,11 @@ def build_model(section: ModelSection, *, with_audio_vision: bool, cache_dir: Pa
     if section.model_dir:
         model = VideoLlama.from_pretrained(section.model_dir, with_audio=section.with_audio or None)
         tokenizer = AutoTokenizer.from_pretrained(section.tokenizer_path or section.model_dir)
+        if section.llama_proj_ckpt:  # asked for explicitly: it replaces the folder's video_projection
+            _overlay_llama_proj(model, section.llama_proj_ckpt)
+            if is_main:
+                print(f"base model: video_projection from {section.llama_proj_ckpt} (MiniGPT-4's projection, as the "
+                      "official llama_proj_model)")
     elif section.llm_path and (section.vit_ckpt or section.qformer_ckpt or section.ckpt):
         model, tokenizer = _build_from_official_files(section, with_audio_vision=with_audio_vision,
                                                       folder=cache_dir / BASE_MODEL, is_main=is_main)
