@@ -17,7 +17,7 @@ from videollama.synthav import generate
 from videollama.synthav.chain import ChainSettings, load_stage_config, run_chain, stage_overrides
 from videollama.synthav.evaluate import match_choice, score, TestItem
 from videollama.synthav.stage0 import (PHRASES, PROJECTION_FILE, MediaCache, audio_image_pairs, frame_description,
-                                       patch_labels, presence_labels)
+                                       kind_targets, patch_labels, presence_labels)
 from videollama.synthav.world import OffscreenSound, Scene, SceneObject, WorldConfig
 
 SHIPPED = Path(__file__).resolve().parents[1] / "videollama" / "assets" / "synthav-model"
@@ -134,6 +134,11 @@ def test_patch_labels_mark_the_object_under_each_patch():
     assert int((labels[..., 0] > 0).sum()) == 5 + 1
     kinds = presence_labels(scene, 0)
     assert kinds.sum() == 2 and kinds[PHRASES.index("large red circle")] == 1 and kinds[PHRASES.index("small blue star")] == 1
+    kinds, where = kind_targets(scene, 0, world)
+    assert torch.equal(kinds, presence_labels(scene, 0))
+    assert where[PHRASES.index("large red circle")].tolist() == [1, 1]  # (24, 24) px -> 8 bins of 14 px
+    assert where[PHRASES.index("small blue star")].tolist() == [6, 6]
+    assert int(where.sum()) == 14
 
 
 def test_vl_stage1_starts_from_stage0s_projection(quick_chain, tmp_path):
