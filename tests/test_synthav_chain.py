@@ -189,6 +189,32 @@ def test_chain_can_share_a_stage0_across_seeds(quick_chain, tmp_path):
     assert frozen and all(torch.equal(shared[k], final[k].to(shared[k].dtype)) for k in frozen)
 
 
+def test_linear_probe_reads_separable_labels_and_not_noise():
+    from videollama.synthav.probe import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    labels = [["red", "blue", "green"][i % 3] for i in range(120)]
+    signal = torch.nn.functional.one_hot(torch.tensor([i % 3 for i in range(120)]), 3).float()
+    separable = torch.cat([signal * 3, torch.randn(120, 5, generator=g)], 1)
+    assert linear_probe(separable, labels)["accuracy"] == 1.0
+    noise = linear_probe(torch.randn(120, 8, generator=g), labels)
+    assert noise["accuracy"] < 0.7 and 0.3 <= noise["majority"] <= 0.45
+
+
+def test_probe_cli_on_the_quick_stage0(quick_chain, tmp_path, capsys):
+    from videollama.cli import main
+
+    out, _ = quick_chain
+    assert main(["synthav", "probe", "--stage0", str(out / "stage0"), "--data", str(out / "data"), "--clips", "12",
+                 "--out", str(tmp_path / "probe.json")]) == 0
+    result = json.loads((tmp_path / "probe.json").read_text())
+    assert set(result["probes"]) == {"image_qformer", "imagebind_vision"}
+    assert set(result["probes"]["image_qformer"]) == {"colour", "shape", "size", "column"}
+    assert {"colour", "shape", "size", "position", "other"} <= set(result["caption_loss"]["picture"])
+    assert all(v > 0 for v in result["caption_loss"]["zero"].values())
+    assert "caption loss by token kind" in capsys.readouterr().out
+
+
 def test_shipped_model_answers_the_shipped_clip():
     from videollama.engine import GenerationConfig
     from videollama.inference import Pipeline

@@ -63,10 +63,10 @@ class ChainSettings:
     workers: int = 2  # render processes
     stage0: Stage0Settings = field(default_factory=Stage0Settings)
     stages: dict[str, StageSteps] = field(default_factory=lambda: {
-        "vl_stage1": StageSteps(400, 16),
-        "vl_stage2": StageSteps(500, 16),
-        "al_stage1": StageSteps(300, 16),
-        "al_stage2": StageSteps(300, 16),
+        "vl_stage1": StageSteps(300, 16),
+        "vl_stage2": StageSteps(300, 16),
+        "al_stage1": StageSteps(200, 16),
+        "al_stage2": StageSteps(200, 16),
     })
     ablation: bool = True
     num_workers: int = 1  # DataLoader workers per stage

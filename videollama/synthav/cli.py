@@ -1,4 +1,4 @@
-"""``videollama synthav generate|stage0|train-all|ship``: the SynthAV world and its reproducible chain.
+"""``videollama synthav generate|stage0|train-all|evaluate|probe|ship``: the SynthAV world and its reproducible chain.
 
     videollama synthav generate --out data/synthav --clips 2000 --seed 0
     videollama synthav stage0 --data data/synthav --out output/synthav/stage0
@@ -68,6 +68,17 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from .probe import format_probe, run_probe, save_probe
+
+    result = run_probe(args.stage0, args.data, clips=args.clips)
+    print(format_probe(result))
+    if args.out:
+        save_probe(result, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_ship(args) -> int:
     from .ship import ship
 
@@ -119,6 +130,13 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.add_argument("--out", required=True, help="folder for results.json and results.png")
     p.add_argument("--limit", type=int, default=None, help="only the first N held-out questions")
     p.set_defaults(synthav_func=cmd_evaluate)
+
+    p = sub.add_parser("probe", help="what the frozen stage-0 parts know: linear probes, caption loss by token kind")
+    p.add_argument("--stage0", required=True, help="a stage-0 folder (model/ + llama_proj.safetensors)")
+    p.add_argument("--data", required=True, help="the SynthAV folder it was trained on (held-out clips are its last)")
+    p.add_argument("--clips", type=int, default=300, help="held-out WebVid clips to probe on")
+    p.add_argument("--out", default=None, help="also write the numbers to this JSON file")
+    p.set_defaults(synthav_func=cmd_probe)
 
     p = sub.add_parser("ship", help="make a chain's model the package default and pick example clips")
     p.add_argument("--run", required=True, help="a train-all output folder (with model/ and data/)")
