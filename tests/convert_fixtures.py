@@ -96,6 +96,18 @@ def write_release(root: Path, tokenizer_dir: Path, *, vocab_size: int, seed: int
     return Release(config=config, llm=root / "llama-2-tiny-chat-hf", states=states, **paths)
 
 
+def write_tiny_release(tmp_path_factory) -> Release:
+    """A tiny sentencepiece tokenizer and every released file on it, in fresh pytest temp folders."""
+    from transformers import AutoTokenizer
+
+    from videollama.tokenizer import train_tiny_tokenizer
+
+    tokenizer_dir = tmp_path_factory.mktemp("spm")
+    train_tiny_tokenizer(tokenizer_dir)
+    vocab = AutoTokenizer.from_pretrained(str(tokenizer_dir)).vocab_size
+    return write_release(tmp_path_factory.mktemp("release"), tokenizer_dir, vocab_size=vocab)
+
+
 def release_args(release: Release) -> dict:
     """Keyword arguments of ``convert`` for every file of a release."""
     return dict(llm_dir=release.llm, vl_ckpt=release.vl, al_ckpt=release.al, eva_vit=release.eva,

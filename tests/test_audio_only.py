@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from convert_fixtures import release_args, write_release
+from convert_fixtures import release_args, write_tiny_release
 from media_fixtures import make_numbered_video, make_tone_audio
 from serve_helpers import running_server
 from videollama.config import VideoLlamaConfig
@@ -233,14 +233,7 @@ def test_full_folder_loads_without_its_vision_branch(tiny_model, tiny_model_dir,
 # ------------------------------------------------------------------------------------------ conversion
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from videollama.tokenizer import train_tiny_tokenizer
-
-    tokenizer_dir = tmp_path_factory.mktemp("spm")
-    train_tiny_tokenizer(tokenizer_dir)
-    vocab = AutoTokenizer.from_pretrained(str(tokenizer_dir)).vocab_size
-    return write_release(tmp_path_factory.mktemp("release"), tokenizer_dir, vocab_size=vocab)
+    return write_tiny_release(tmp_path_factory)
 
 
 def test_convert_audio_language_branch_only(release, tmp_path, media):

@@ -18,10 +18,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from convert_fixtures import write_release
+from convert_fixtures import write_tiny_release
 from videollama.convert.build import convert
 from videollama.convert.safe_load import CheckpointReadError, SafetensorsStateDict
-from videollama.tokenizer import train_tiny_tokenizer
 
 VISION_SIDE = ("vision_model.", "qformer.", "query_tokens")
 OURS_VISION_SIDE = ("vision_model.", "image_qformer.", "image_query_tokens")
@@ -29,12 +28,7 @@ OURS_VISION_SIDE = ("vision_model.", "image_qformer.", "image_query_tokens")
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    tokenizer_dir = tmp_path_factory.mktemp("spm")
-    train_tiny_tokenizer(tokenizer_dir)
-    vocab = AutoTokenizer.from_pretrained(str(tokenizer_dir)).vocab_size
-    return write_release(tmp_path_factory.mktemp("release"), tokenizer_dir, vocab_size=vocab)
+    return write_tiny_release(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -230,6 +230,14 @@ class MediaCache:
     frame_index: list[list[int]]  # per clip, the source frame numbers of the 8 cached frames
     audio: Tensor | None  # (N, 8, 1, 128, 204) float16, or None when not decoded
     scenes: list[Scene]
+    _patch_labels: dict[int, Tensor] = field(default_factory=dict, repr=False)
+
+    def patch_labels(self, world: WorldConfig, grid: int) -> Tensor:
+        """(N, 8, grid*grid, 3) :func:`patch_labels` of every cached frame, computed once per grid."""
+        if grid not in self._patch_labels:
+            self._patch_labels[grid] = torch.stack([torch.stack([patch_labels(scene, i, world, grid) for i in index])
+                                                    for scene, index in zip(self.scenes, self.frame_index)])
+        return self._patch_labels[grid]
 
 
 def decode_media(data: WorldData, count: int, image_size: int, with_audio: bool = True) -> MediaCache:
@@ -258,14 +266,10 @@ def _normalize(frames_uint8: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ training utils
-def _optimizer(params, lr: float, weight_decay: float, steps: int, warmup_fraction: float):
-    """AdamW + warmup/cosine; ``params``: parameters, or param-group dicts (each may set its own "lr")."""
-    params = list(params)
-    if params and isinstance(params[0], dict):
-        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
-    else:
-        params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+def _optimizer(groups: list[dict], lr: float, weight_decay: float, steps: int, warmup_fraction: float):
+    """AdamW (trainable parameters only; a group may set its own "lr") + warmup/cosine."""
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     warmup = max(1, int(steps * warmup_fraction))
 
     def factor(step: int) -> float:
@@ -280,8 +284,9 @@ def _optimizer(params, lr: float, weight_decay: float, steps: int, warmup_fracti
 def _loop(name: str, steps: int, step_fn, params, lr: float, settings: Stage0Settings, log_every: int = 50) -> float:
     """Run ``steps`` optimisation steps of ``step_fn(step) -> loss``; returns the mean loss of the last 20."""
     params = list(params)
-    flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
-    opt, sched = _optimizer(params, lr, settings.weight_decay, steps, settings.warmup_fraction)
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    flat = [p for g in groups for p in g["params"]]
+    opt, sched = _optimizer(groups, lr, settings.weight_decay, steps, settings.warmup_fraction)
     recent: list[float] = []
     started = time.perf_counter()
     for step in range(steps):
@@ -392,8 +397,7 @@ def pretrain_attributes(name: str, encoder: nn.Module, patch_tokens, width: int,
     ``patch_tokens(images) -> (B, grid*grid, width)``.
     """
     encoder.requires_grad_(True).train()
-    labels = torch.stack([torch.stack([patch_labels(scene, i, world, grid) for i in index])
-                          for scene, index in zip(cache.scenes, cache.frame_index)])  # (N, 8, P, 3)
+    labels = cache.patch_labels(world, grid)  # (N, 8, P, 3)
     heads = nn.ModuleList(nn.Linear(width, len(values)) for _, values in ATTRIBUTES)
     objectness = nn.Linear(width, 1)
     n_clips = cache.frames.shape[0]
