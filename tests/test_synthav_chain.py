@@ -16,8 +16,9 @@ import torch
 from videollama.synthav import generate
 from videollama.synthav.chain import ChainSettings, load_stage_config, run_chain, stage_overrides
 from videollama.synthav.evaluate import match_choice, score, TestItem
-from videollama.synthav.stage0 import (PHRASES, PROJECTION_FILE, MediaCache, audio_image_pairs, frame_description,
-                                       kind_targets, patch_labels, presence_labels)
+from videollama.synthav.stage0 import (PHRASES, PICTURE_PREAMBLES, PROJECTION_FILE, MediaCache, audio_image_pairs,
+                                       frame_description, kind_targets, patch_labels, picture_chat, presence_labels,
+                                       splice_prefix)
 from videollama.synthav.world import OffscreenSound, Scene, SceneObject, WorldConfig
 
 SHIPPED = Path(__file__).resolve().parents[1] / "videollama" / "assets" / "synthav-model"
@@ -139,6 +140,41 @@ def test_patch_labels_mark_the_object_under_each_patch():
     assert where[PHRASES.index("large red circle")].tolist() == [1, 1]  # (24, 24) px -> 8 bins of 14 px
     assert where[PHRASES.index("small blue star")].tolist() == [6, 6]
     assert int(where.sum()) == 14
+
+
+def test_frame_description_lists_objects_left_to_right():
+    world = WorldConfig()
+    still = dict(direction="left", speed=0.0, on_frame=0, off_frame=32, sounding=False, size="large")
+    right = SceneObject(shape="star", colour="blue", x0=100.0, y0=20.0, **still)  # created first, seen right
+    left = SceneObject(shape="circle", colour="red", x0=10.0, y0=90.0, **still)
+    middle = SceneObject(shape="square", colour="green", x0=60.0, y0=60.0, **still)
+    text = frame_description(Scene((right, left, middle), (), num_frames=32), 0, world)
+    assert text == ("a large red circle at column 0 row 6, a large green square at column 4 row 4 "
+                    "and a large blue star at column 7 row 1.")
+
+
+def test_picture_chat_splices_the_picture_where_the_prompt_puts_it(tiny_tokenizer):
+    from videollama.tokenizer import IMAGE_PLACEHOLDER
+
+    tokenizer = tiny_tokenizer
+    before, after, answer_len = picture_chat(tokenizer, "sys", PICTURE_PREAMBLES[0], "What colour is the circle?", "red")
+    assert before[0] == tokenizer.bos_token_id and after[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(after[-answer_len:], skip_special_tokens=True).strip() == "red"
+    assert tokenizer.decode(before).endswith(PICTURE_PREAMBLES[0].split(IMAGE_PLACEHOLDER)[0].strip())
+    assert tokenizer.decode(after[:-answer_len]).strip().endswith("[/INST]")
+    embed = torch.nn.Embedding(tokenizer.vocab_size, 6)
+    short = picture_chat(tokenizer, "", PICTURE_PREAMBLES[0], "Describe the image.", "a red circle.")
+    parts = [(before, after, answer_len), short]
+    pictures = torch.randn(2, 3, 6)  # (B, Q, D)
+    inputs, mask, labels = splice_prefix(embed, parts, pictures)
+    lengths = [len(b) + 3 + len(a) for b, a, _ in parts]
+    assert inputs.shape == (2, max(lengths), 6) and mask.sum(1).tolist() == lengths
+    for i, (b, a, n) in enumerate(parts):
+        assert torch.equal(inputs[i, len(b): len(b) + 3], pictures[i])  # the picture right after the preamble's head
+        assert torch.equal(inputs[i, :len(b)], embed(torch.tensor(b)))
+        supervised = labels[i][labels[i] != -100].tolist()
+        assert supervised == a[-n:], "only the answer (and EOS) carries labels"
+        assert int(labels[i, lengths[i] - n - 1]) == -100 and int(labels[i, lengths[i] - 1]) == tokenizer.eos_token_id
 
 
 def test_vl_stage1_starts_from_stage0s_projection(quick_chain, tmp_path):

@@ -62,7 +62,7 @@ from torch import Tensor, nn
 
 from ..templates import AV_MESSAGE, AUDIO_SENTENCE, IMAGE_MESSAGE, LLAMA2_DEFAULT_SYSTEM, VIDEO_MESSAGE, VISUAL_SYSTEM
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, train_tiny_tokenizer
-from .annotate import still_caption
+from .annotate import image_instruction, still_caption
 from .preset import synthav_config
 from .world import COLOURS, SHAPES, SIZES, Scene, WorldConfig
 
@@ -106,8 +106,9 @@ class Stage0Settings:
     attribute_steps: int = 2000  # supervised per-patch pretraining of the image encoder
     attribute_batch: int = 64
     attribute_lr: float = 1e-3
-    vision_steps: int = 800
+    vision_steps: int = 1500
     vision_batch: int = 32
+    qa_batch: int = 16  # picture-question chats per generative step, beside the frame descriptions
     vision_lr: float = 1e-3
     llm_lr: float = 3e-4  # the LLM, trained along in the generative image-encoder stage
     bind_vision_steps: int = 500
@@ -122,7 +123,7 @@ class Stage0Settings:
     @classmethod
     def quick(cls, seed: int = 0) -> "Stage0Settings":
         return cls(seed=seed, vocab_size=600, frame_clips=24, lm_steps=6, lm_batch=4, attribute_steps=4,
-                   attribute_batch=8, vision_steps=4, vision_batch=8, bind_vision_steps=4, bind_batch=16, audio_steps=4,
+                   attribute_batch=8, vision_steps=4, vision_batch=8, qa_batch=4, bind_vision_steps=4, bind_batch=16, audio_steps=4,
                    audio_batch=8)
 
 
@@ -175,11 +176,15 @@ def _bin(value: float, size: int) -> int:
 
 
 def frame_description(scene: Scene, frame: int, world: WorldConfig) -> str:
-    """What one frame shows, with coarse positions: 'a large red circle at column 2 row 5.'"""
-    parts = []
-    for obj in scene.visible_at(frame):
-        x, y = obj.centres(world.num_frames)[frame]
-        parts.append(f"a {obj.phrase} at column {_bin(x, world.size)} row {_bin(y, world.size)}")
+    """What one frame shows, left to right, with coarse positions: 'a large red circle at column 2 row 5.'
+
+    Objects are listed left to right because that order is what one frame shows; the scene's own
+    order (of creation) cannot be told from a picture, and with it the LLM learned to read only size
+    and count from the image Q-Former (docs/synthav.md#diagnosis).
+    """
+    placed = sorted(((obj, *obj.centres(world.num_frames)[frame]) for obj in scene.visible_at(frame)),
+                    key=lambda item: item[1])
+    parts = [f"a {obj.phrase} at column {_bin(x, world.size)} row {_bin(y, world.size)}" for obj, x, y in placed]
     if not parts:
         return "an empty grey background."
     return (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]) + "."
@@ -389,17 +394,21 @@ def kind_targets(scene: Scene, frame: int, world: WorldConfig) -> tuple[Tensor, 
 def pretrain_attributes(name: str, encoder: nn.Module, patch_tokens, width: int, cache: MediaCache,
                         world: WorldConfig, settings: Stage0Settings, rng: random.Random, grid: int) -> float:
     """Supervised dense pretraining of a ViT: each patch token tells whether an object is under it and,
-    if so, its colour, shape and size (linear heads, discarded afterwards).
+    if so, its colour, shape and size, and every patch token tells its own row and column (linear
+    heads, discarded afterwards).
 
     The attribute losses count object patches only (most patches are background), so the shape, the
-    slowest attribute to learn, gets the gradient. Our stand-in for the pretraining EVA's ViT and
-    OpenCLIP's ViT bring into BLIP-2 and ImageBind; a dense one, so positions come along.
-    ``patch_tokens(images) -> (B, grid*grid, width)``.
+    slowest attribute to learn, gets the gradient. The row/column heads keep the position embedding's
+    information in the output tokens: without them no feature downstream told an object's column
+    better than chance (docs/synthav.md#diagnosis). Our stand-in for the pretraining EVA's ViT and
+    OpenCLIP's ViT bring into BLIP-2 and ImageBind. ``patch_tokens(images) -> (B, grid*grid, width)``.
     """
     encoder.requires_grad_(True).train()
     labels = cache.patch_labels(world, grid)  # (N, 8, P, 3)
     heads = nn.ModuleList(nn.Linear(width, len(values)) for _, values in ATTRIBUTES)
     objectness = nn.Linear(width, 1)
+    where = nn.Linear(width, 2 * grid)  # the patch's own row and column
+    patch_rc = torch.stack(torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij"), -1).flatten(0, 1)  # (P, 2)
     n_clips = cache.frames.shape[0]
 
     def step(_: int) -> Tensor:
@@ -409,11 +418,14 @@ def pretrain_attributes(name: str, encoder: nn.Module, patch_tokens, width: int,
         tokens = patch_tokens(images).flatten(0, 1)  # (B*P, W)
         on = target[:, 0] > 0
         loss = F.binary_cross_entropy_with_logits(objectness(tokens)[:, 0], on.float())
+        rc = patch_rc.repeat(len(picks), 1)  # (B*P, 2) row, column
+        rc_logits = where(tokens).view(-1, 2, grid)  # (B*P, 2, grid)
+        loss = loss + F.cross_entropy(rc_logits.flatten(0, 1), rc.flatten())
         if on.any():
             loss = loss + sum(F.cross_entropy(head(tokens[on]), target[on, k] - 1) for k, head in enumerate(heads))
         return loss
 
-    params = list(encoder.parameters()) + list(heads.parameters()) + list(objectness.parameters())
+    params = [*encoder.parameters(), *heads.parameters(), *objectness.parameters(), *where.parameters()]
     loss = _loop(name, settings.attribute_steps, step, params, settings.attribute_lr, settings)
     encoder.requires_grad_(False).eval()
     return loss
@@ -451,6 +463,43 @@ def _caption_batch(tokenizer, captions: list[str]) -> tuple[Tensor, Tensor]:
     return _pad(seqs, tokenizer.pad_token_id or 0)
 
 
+PICTURE_PREAMBLES = (IMAGE_MESSAGE, VIDEO_MESSAGE + TIMESTAMP_EXAMPLE)
+"""Where a picture-question chat shows its picture: as the inference prompts put an image or a video."""
+
+
+def picture_chat(tokenizer, system: str, preamble: str, question: str, answer: str) -> tuple[list[int], list[int], int]:
+    """Token ids of a one-turn llama_2 chat around a picture: (before the picture, after it, answer length).
+
+    The picture's soft tokens go where ``preamble`` has its placeholder, as the inference prompt
+    puts them; the answer (with EOS) ends the second part.
+    """
+    head, tail = preamble.split(IMAGE_PLACEHOLDER)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    before = [tokenizer.bos_token_id] + encode(f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{head}")
+    answer_ids = encode(f" {answer}") + [tokenizer.eos_token_id]
+    return before, encode(f"{tail}{question} [/INST]") + answer_ids, len(answer_ids)
+
+
+def splice_prefix(embed: nn.Embedding, parts: list[tuple[list[int], list[int], int]], pictures: Tensor,
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch of picture chats: (inputs_embeds (B, L, D), attention_mask (B, L), labels (B, L)).
+
+    ``parts`` holds :func:`picture_chat`'s (before, after, answer length) per row and ``pictures``
+    (B, Q, D) the soft tokens to splice between; only the answer tokens carry labels. Right-padded.
+    """
+    rows, labels = [], []
+    for (before, after, answer_len), picture in zip(parts, pictures):
+        ids_before, ids_after = torch.tensor(before), torch.tensor(after)
+        rows.append(torch.cat([embed(ids_before), picture, embed(ids_after)]))  # (L_i, D)
+        label = torch.full((len(rows[-1]),), IGNORE_INDEX, dtype=torch.long)
+        label[-answer_len:] = ids_after[-answer_len:]
+        labels.append(label)
+    lengths = torch.tensor([len(r) for r in rows])
+    mask = (torch.arange(int(lengths.max()))[None] < lengths[:, None]).long()  # (B, L)
+    inputs = nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (B, L, D)
+    return inputs, mask, nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)
+
+
 def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig, settings: Stage0Settings,
                         rng: random.Random, lm_batches: list[list[list[int]]]) -> tuple[float, nn.Linear]:
     """BLIP-2-like generative pre-training of the image Q-Former through the LLM, the ViT frozen.
@@ -460,6 +509,10 @@ def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig,
     does not learn to read soft prefix tokens when frozen (measured: with the prefix, the frame
     descriptions' colour, shape and position tokens kept exactly their no-prefix loss, i.e. chance),
     where the 7B LLMs of the real recipe do. The LLM is frozen again afterwards, as in stages 1-2.
+    Beside the frame descriptions, each step has ``qa_batch`` one-turn chats about a frame (the
+    still's description or a static question, from :func:`annotate.image_instruction`) with the
+    picture spliced in where the inference prompt puts it, so the LLM learns to answer from the soft
+    tokens: what the 7B chat LLMs bring to the real recipe, and MiniGPT-4's image instruction tuning.
     A linear read-out of the query outputs must also tell which object kinds the frame holds and
     where (:func:`kind_targets`; discarded afterwards): at random init the queries attend to all 50
     tokens alike, so only "mass" features (size, count) reach the LLM; the read-out's direct gradient
@@ -484,15 +537,33 @@ def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig,
     embed = llm.get_input_embeddings()
     pad = tokenizer.pad_token_id or 0
 
+    np_rng = np.random.default_rng(settings.seed)
+
+    def chat(c: int, f: int) -> tuple[list[int], list[int], int]:
+        conversation = image_instruction(cache.scenes[c], world, np_rng, cache.frame_index[c][f])
+        k = rng.randrange(len(conversation) // 2)
+        question = conversation[2 * k]["value"].replace("<image>\n", "")
+        return picture_chat(tokenizer, rng.choice(SYSTEMS), rng.choice(PICTURE_PREAMBLES), question,
+                            conversation[2 * k + 1]["value"])
+
     def step(_: int) -> Tensor:
-        picks = [(rng.randrange(n_clips), rng.randrange(FRAMES_PER_CLIP)) for _ in range(settings.vision_batch)]
-        images = _normalize(torch.stack([cache.frames[c, f] for c, f in picks]))  # (B, 3, S, S)
-        captions = [frame_description(cache.scenes[c], cache.frame_index[c][f], world) for c, f in picks]
+        picks = [(rng.randrange(n_clips), rng.randrange(FRAMES_PER_CLIP))
+                 for _ in range(settings.vision_batch + settings.qa_batch)]
+        images = _normalize(torch.stack([cache.frames[c, f] for c, f in picks]))  # (B + B_qa, 3, S, S)
         with torch.no_grad():
-            tokens = model.vision_model(pixel_values=images).last_hidden_state  # (B, 50, W)
+            tokens = model.vision_model(pixel_values=images).last_hidden_state  # (B + B_qa, 50, W)
         queries = model.image_query_tokens.expand(len(picks), -1, -1)
-        query_out = model.image_qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state  # (B, Q, W)
-        prefix = bridge(query_out)  # (B, Q, D_llm)
+        query_out = model.image_qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state  # (B + B_qa, Q, W)
+        pictures = bridge(query_out)  # (B + B_qa, Q, D_llm)
+        qa_loss = torch.zeros(())
+        if settings.qa_batch:
+            qa_picks, picks = picks[settings.vision_batch:], picks[: settings.vision_batch]
+            qa_inputs, qa_mask, qa_labels = splice_prefix(embed, [chat(c, f) for c, f in qa_picks],
+                                                          pictures[settings.vision_batch:])
+            qa_loss = llm(inputs_embeds=qa_inputs, attention_mask=qa_mask, labels=qa_labels).loss
+            query_out, pictures = query_out[: settings.vision_batch], pictures[: settings.vision_batch]
+        captions = [frame_description(cache.scenes[c], cache.frame_index[c][f], world) for c, f in picks]
+        prefix = pictures  # (B, Q, D_llm): the caption's picture goes first, as in BLIP-2
         ids, mask = _caption_batch(tokenizer, captions)
         inputs = torch.cat([prefix, embed(ids)], dim=1)  # (B, Q + L, D_llm)
         attention = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long), mask], dim=1)
@@ -508,7 +579,7 @@ def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig,
         readout_loss = readout_loss + F.cross_entropy(read[..., 1 + POSITION_BINS:][present], where[..., 1][present])
         text, text_mask = _pad(rng.choice(lm_batches), pad)
         text_loss = llm(input_ids=text, attention_mask=text_mask, labels=text.masked_fill(text_mask == 0, IGNORE_INDEX)).loss
-        return caption_loss + text_loss + readout_loss
+        return caption_loss + qa_loss + text_loss + readout_loss
 
     loss = _loop("image-encoder", settings.vision_steps, step, groups, settings.vision_lr, settings)
     model.image_qformer.requires_grad_(False).eval()
