@@ -248,7 +248,32 @@ def test_probe_cli_on_the_quick_stage0(quick_chain, tmp_path, capsys):
     assert set(result["probes"]["image_qformer"]) == {"colour", "shape", "size", "column"}
     assert {"colour", "shape", "size", "position", "other"} <= set(result["caption_loss"]["picture"])
     assert all(v > 0 for v in result["caption_loss"]["zero"].values())
-    assert "caption loss by token kind" in capsys.readouterr().out
+    qa = result["picture_questions"]
+    assert set(qa) == {"picture", "zero", "chance"} and set(qa["picture"]) == set(qa["chance"]) <= {"colour", "shape",
+                                                                                                 "count", "size"}
+    assert all(0 <= v <= 1 for setting in qa.values() for v in setting.values())
+    printed = capsys.readouterr().out
+    assert "caption loss by token kind" in printed and "static questions about one frame" in printed
+
+
+def test_greedy_answer_matches_generate_on_spliced_pictures(tiny_model, tiny_tokenizer):
+    """The probe's greedy loop over padded picture chats picks the tokens HF ``generate`` picks, row by row."""
+    from videollama.synthav.probe import greedy_answer
+
+    llm = tiny_model.language_model.eval()
+    embed = llm.get_input_embeddings()
+    questions = [("What colour is the circle?", "red"), ("How many objects are there?", "two")]
+    parts = [picture_chat(tiny_tokenizer, "", PICTURE_PREAMBLES[i], q, a) for i, (q, a) in enumerate(questions)]
+    pictures = torch.randn(2, 4, llm.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    eos = tiny_tokenizer.eos_token_id
+    got = greedy_answer(llm, embed, parts, pictures, eos, max_tokens=3)
+    for i, (before, after, n) in enumerate(parts):
+        with torch.no_grad():
+            prompt = torch.cat([embed(torch.tensor(before)), pictures[i], embed(torch.tensor(after[:-n]))])[None]
+            want = llm.generate(inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], dtype=torch.long),
+                                max_new_tokens=3, do_sample=False, eos_token_id=eos, pad_token_id=0)[0].tolist()
+        assert got[i] == [t for t in want if t != eos][:3]  # generate returns only the new tokens here
+    assert got[0] != got[1]
 
 
 def test_shipped_model_answers_the_shipped_clip():

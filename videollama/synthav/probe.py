@@ -10,6 +10,9 @@ Two measurements that tell where the SynthAV chain loses the picture (``docs/syn
    ("a large red circle at column 2 row 5."), given the image Q-Former's outputs through stage 0's
    bridge (``llama_proj.safetensors``), against the same with an all-zero prefix. Where the two are
    equal, the LLM reads nothing of that kind from the picture.
+3. **Picture questions**: static questions about single held-out frames (colour, shape, count,
+   size), the picture spliced into the chat as stage 0 trains it, answered greedily by the frozen
+   LLM; accuracy per question type with the picture, with a zero picture, and chance.
 
     videollama synthav probe --stage0 runs/synthav/s0/stage0 --data runs/synthav/s0/data
 """
@@ -21,12 +24,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .stage0 import PROJECTION_FILE, POSITION_BINS, WorldData, _bin, _caption_batch, _normalize, decode_media, \
-    frame_description
+from .annotate import applicable
+from .evaluate import match_choice
+from .stage0 import PICTURE_PREAMBLES, PROJECTION_FILE, POSITION_BINS, TRAIN_SYSTEM, WorldData, _bin, _caption_batch, \
+    _normalize, decode_media, frame_description, picture_chat, splice_prefix
 from .world import COLOURS, SHAPES, SIZES
 
 PROBE_STEPS = 300
@@ -126,6 +132,62 @@ def caption_loss_by_kind(model, tokenizer, bridge: torch.nn.Linear, data: WorldD
             for setting, by_kind in losses.items()}
 
 
+@torch.inference_mode()
+def greedy_answer(llm, embed, parts: list[tuple[list[int], list[int], int]], pictures: Tensor, eos: int,
+                  max_tokens: int = 4) -> list[list[int]]:
+    """Greedy continuations (at most ``max_tokens``, up to EOS) of picture chats whose answer is cut off."""
+    rows = [(before, after[:-n]) for before, after, n in parts]  # the prompt: up to and including [/INST]
+    out: list[list[int]] = [[] for _ in rows]
+    done = [False] * len(rows)
+    for _ in range(max_tokens):
+        batch = [(before, after + out[i] + [eos], 1) for i, (before, after) in enumerate(rows)]  # eos: a slot
+        inputs, mask, _ = splice_prefix(embed, batch, pictures)
+        logits = llm(inputs_embeds=inputs, attention_mask=mask).logits  # (B, L, V)
+        last = mask.sum(1) - 2  # the position before the slot predicts it
+        for i, token in enumerate(logits[torch.arange(len(rows)), last].argmax(-1).tolist()):
+            if not done[i]:
+                done[i] = token == eos
+                if not done[i]:
+                    out[i].append(token)
+        if all(done):
+            break
+    return out
+
+
+def picture_questions(model, tokenizer, bridge: torch.nn.Linear, data: WorldData, clips: int = 100,
+                      seed: int = 0) -> dict[str, dict[str, float]]:
+    """Greedy accuracy on static questions about single held-out frames, with the picture and a zero one."""
+    cache = decode_media(_held_out(data, clips), clips, model.config.vision.image_size, with_audio=False)
+    rng = np.random.default_rng(seed)
+    llm = model.language_model
+    embed = llm.get_input_embeddings()
+    right: dict[str, dict[str, list[float]]] = {"picture": defaultdict(list), "zero": defaultdict(list)}
+    chance: dict[str, list[float]] = defaultdict(list)
+    with torch.inference_mode():
+        for c in range(cache.frames.shape[0]):
+            f = int(rng.integers(cache.frames.shape[1]))
+            items = applicable(cache.scenes[c], data.world, rng, family="static", frame=cache.frame_index[c][f])
+            if not items:
+                continue
+            tokens = model.vision_model(pixel_values=_normalize(cache.frames[c, f][None])).last_hidden_state
+            queries = model.image_qformer(query_embeds=model.image_query_tokens,
+                                          encoder_hidden_states=tokens).last_hidden_state  # (1, Q, W)
+            picture = bridge(queries).expand(len(items), -1, -1)  # (n, Q, D)
+            parts = [picture_chat(tokenizer, TRAIN_SYSTEM, PICTURE_PREAMBLES[1], item.question, item.answer)
+                     for item in items]
+            for setting, given in (("picture", picture), ("zero", torch.zeros_like(picture))):
+                replies = greedy_answer(llm, embed, parts, given, tokenizer.eos_token_id)
+                for item, reply in zip(items, replies):
+                    hit = match_choice(tokenizer.decode(reply, skip_special_tokens=True), item.choices) == item.answer
+                    right[setting][item.qtype].append(float(hit))
+            for item in items:
+                chance[item.qtype].append(item.chance)
+    result = {setting: {q: round(float(np.mean(v)), 3) for q, v in sorted(by_type.items())}
+              for setting, by_type in right.items()}
+    result["chance"] = {q: round(float(np.mean(v)), 3) for q, v in sorted(chance.items())}
+    return result
+
+
 def load_bridge(stage0_dir: Path, model) -> torch.nn.Linear:
     from safetensors.torch import load_file
 
@@ -148,8 +210,9 @@ def run_probe(stage0_dir: str | Path, data_dir: str | Path, clips: int = 300) ->
     data = WorldData.load(data_dir)
     result: dict[str, Any] = {"probes": probe_features(model, data, clips)}
     if (stage0_dir / PROJECTION_FILE).is_file():  # stage-0 folders written before the bridge was kept lack it
-        result["caption_loss"] = caption_loss_by_kind(model, tokenizer, load_bridge(stage0_dir, model), data,
-                                                      max(1, clips // 3))
+        bridge = load_bridge(stage0_dir, model)
+        result["caption_loss"] = caption_loss_by_kind(model, tokenizer, bridge, data, max(1, clips // 3))
+        result["picture_questions"] = picture_questions(model, tokenizer, bridge, data, clips)
     return result
 
 
@@ -163,6 +226,10 @@ def format_probe(result: dict[str, Any]) -> str:
     lines.append("caption loss by token kind (with the picture | zero prefix):")
     picture, zero = result["caption_loss"]["picture"], result["caption_loss"]["zero"]
     lines += [f"  {kind}: {picture[kind]:.3f} | {zero.get(kind, float('nan')):.3f}" for kind in picture]
+    if "picture_questions" in result:  # absent in results saved before it was measured
+        qa = result["picture_questions"]
+        lines.append("static questions about one frame, greedy accuracy (with the picture | zero picture | chance):")
+        lines += [f"  {q}: {qa['picture'][q]:.2f} | {qa['zero'][q]:.2f} | {qa['chance'][q]:.2f}" for q in qa["chance"]]
     return "\n".join(lines)
 
 
