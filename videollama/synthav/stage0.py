@@ -13,13 +13,15 @@ order the real parts were made:
    is what the soft media tokens later exploit.
 2. **Image encoder + image Q-Former** (``Blip2VisionModel`` + ``Blip2QFormerModel``), BLIP-2-like.
    First the ViT is pretrained on its own (EVA arrives pretrained): a *dense* supervised objective,
-   every patch token telling whether an object lies under it and its colour, shape and size
-   (:func:`pretrain_attributes`), so positions are learnt too. Then, with the ViT frozen as in
-   BLIP-2, BLIP-2's generative pre-training with a frozen LLM: the Q-Former's query outputs go
-   through a linear ``bridge`` into the frozen stage-0 LLM, which must generate a *frame
-   description* ("a large red circle at column 2 row 5 ..."; positions because the temporal
-   questions need them). We use only this loss (no ITC/ITM). The bridge is kept
-   (``llama_proj.safetensors``, MiniGPT-4's key names): like MiniGPT-4's ``llama_proj`` in the
+   every patch token telling whether an object lies under it, its colour, shape and size, and its
+   own row and column (:func:`pretrain_attributes`). Then, with the ViT frozen as in BLIP-2, a
+   generative pre-training: the Q-Former's query outputs go through a linear ``bridge`` into the
+   LLM, which must generate a *frame description* ("a large red circle at column 2 row 5 ...",
+   objects left to right; positions because the temporal questions need them) and answer one-turn
+   chats about the frame with the picture spliced in (:func:`train_image_encoder`, then
+   :func:`train_picture_reading`). Unlike BLIP-2 the small LLM trains along (a frozen 4-layer LLM
+   never learned to read the picture), and is frozen afterwards. We use no ITC/ITM. The bridge is
+   kept (``llama_proj.safetensors``, MiniGPT-4's key names): like MiniGPT-4's ``llama_proj`` in the
    official recipe, it initialises the video projection of VL stage 1.
 3. **ImageBind-like pair**: the ImageBind vision trunk gets the same dense pretraining (OpenCLIP's
    encoder arrives pretrained in ImageBind), then is trained image<->text contrastive (CLIP loss,
@@ -33,7 +35,8 @@ order the real parts were made:
    measured by the audio questions about them.
 
 Why the dense pretraining: a linear probe of the frozen features after generative/contrastive
-training alone (400/300 steps) read colour and size perfectly but shape and position at chance.
+training alone (400/300 steps) read colour and size perfectly but shape and position at chance
+(``videollama synthav probe``; docs/synthav.md#diagnosis has each step's measurements).
 
 Frames (8 uniform frames per clip, ``load_video``) and audio (8 two-second 128x204 fbank windows per
 clip, ``load_audio``) are decoded once and cached in memory for all three trainings.
@@ -109,6 +112,7 @@ class Stage0Settings:
     vision_steps: int = 1500
     vision_batch: int = 32
     qa_batch: int = 16  # picture-question chats per generative step, beside the frame descriptions
+    reading_steps: int = 1000  # the second generative phase (picture losses alone)
     vision_lr: float = 1e-3
     llm_lr: float = 3e-4  # the LLM, trained along in the generative image-encoder stage
     bind_vision_steps: int = 500
@@ -123,8 +127,8 @@ class Stage0Settings:
     @classmethod
     def quick(cls, seed: int = 0) -> "Stage0Settings":
         return cls(seed=seed, vocab_size=600, frame_clips=24, lm_steps=6, lm_batch=4, attribute_steps=4,
-                   attribute_batch=8, vision_steps=4, vision_batch=8, qa_batch=4, bind_vision_steps=4, bind_batch=16, audio_steps=4,
-                   audio_batch=8)
+                   attribute_batch=8, vision_steps=4, vision_batch=8, qa_batch=4, reading_steps=4, bind_vision_steps=4,
+                   bind_batch=16, audio_steps=4, audio_batch=8)
 
 
 @dataclass
@@ -271,8 +275,9 @@ def _normalize(frames_uint8: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ training utils
-def _optimizer(groups: list[dict], lr: float, weight_decay: float, steps: int, warmup_fraction: float):
-    """AdamW (trainable parameters only; a group may set its own "lr") + warmup/cosine."""
+def _optimizer(groups: list[dict], lr: float, weight_decay: float, steps: int, warmup_fraction: float,
+               cosine: bool = True):
+    """AdamW (trainable parameters only; a group may set its own "lr") + warmup, then cosine or constant."""
     groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     warmup = max(1, int(steps * warmup_fraction))
@@ -280,18 +285,21 @@ def _optimizer(groups: list[dict], lr: float, weight_decay: float, steps: int, w
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if not cosine:
+            return 1.0
         progress = (step - warmup) / max(1, steps - warmup)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _loop(name: str, steps: int, step_fn, params, lr: float, settings: Stage0Settings, log_every: int = 50) -> float:
+def _loop(name: str, steps: int, step_fn, params, lr: float, settings: Stage0Settings, log_every: int = 50,
+          clip_norm: float | None = 1.0, cosine: bool = True) -> float:
     """Run ``steps`` optimisation steps of ``step_fn(step) -> loss``; returns the mean loss of the last 20."""
     params = list(params)
     groups = params if params and isinstance(params[0], dict) else [{"params": params}]
     flat = [p for g in groups for p in g["params"]]
-    opt, sched = _optimizer(groups, lr, settings.weight_decay, steps, settings.warmup_fraction)
+    opt, sched = _optimizer(groups, lr, settings.weight_decay, steps, settings.warmup_fraction, cosine)
     recent: list[float] = []
     started = time.perf_counter()
     for step in range(steps):
@@ -300,7 +308,8 @@ def _loop(name: str, steps: int, step_fn, params, lr: float, settings: Stage0Set
             raise FloatingPointError(f"stage 0 {name}: loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(flat, 1.0)
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(flat, clip_norm)
         opt.step()
         sched.step()
         recent = (recent + [loss.item()])[-20:]
@@ -500,6 +509,56 @@ def splice_prefix(embed: nn.Embedding, parts: list[tuple[list[int], list[int], i
     return inputs, mask, nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)
 
 
+class PictureLosses:
+    """One step's LM losses of the generative phases: frame descriptions after the picture (BLIP-2's
+    captioning form) and one-turn chats with the picture spliced in where the inference prompt puts it.
+    """
+
+    def __init__(self, model, tokenizer, bridge: nn.Linear, cache: MediaCache, world: WorldConfig,
+                 settings: Stage0Settings, rng: random.Random):
+        self.model, self.tokenizer, self.bridge, self.cache, self.world = model, tokenizer, bridge, cache, world
+        self.settings, self.rng = settings, rng
+        self.np_rng = np.random.default_rng(settings.seed)
+        self.embed = model.language_model.get_input_embeddings()
+
+    def chat(self, c: int, f: int) -> tuple[list[int], list[int], int]:
+        conversation = image_instruction(self.cache.scenes[c], self.world, self.np_rng, self.cache.frame_index[c][f])
+        k = self.rng.randrange(len(conversation) // 2)
+        question = conversation[2 * k]["value"].replace("<image>\n", "")
+        return picture_chat(self.tokenizer, self.rng.choice(SYSTEMS), self.rng.choice(PICTURE_PREAMBLES), question,
+                            conversation[2 * k + 1]["value"])
+
+    def step(self) -> tuple[list[tuple[int, int]], Tensor, Tensor, Tensor]:
+        """(caption picks, their query outputs (B, Q, W), caption loss, chat loss) of a fresh random batch."""
+        model, settings, cache, rng = self.model, self.settings, self.cache, self.rng
+        n_clips = cache.frames.shape[0]
+        picks = [(rng.randrange(n_clips), rng.randrange(FRAMES_PER_CLIP))
+                 for _ in range(settings.vision_batch + settings.qa_batch)]
+        images = _normalize(torch.stack([cache.frames[c, f] for c, f in picks]))  # (B + B_qa, 3, S, S)
+        with torch.no_grad():
+            tokens = model.vision_model(pixel_values=images).last_hidden_state  # (B + B_qa, 50, W)
+        queries = model.image_query_tokens.expand(len(picks), -1, -1)
+        query_out = model.image_qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state  # (B + B_qa, Q, W)
+        pictures = self.bridge(query_out)  # (B + B_qa, Q, D_llm)
+        llm = model.language_model
+        qa_loss = torch.zeros(())
+        if settings.qa_batch:
+            qa_picks, picks = picks[settings.vision_batch:], picks[: settings.vision_batch]
+            qa_inputs, qa_mask, qa_labels = splice_prefix(self.embed, [self.chat(c, f) for c, f in qa_picks],
+                                                          pictures[settings.vision_batch:])
+            qa_loss = llm(inputs_embeds=qa_inputs, attention_mask=qa_mask, labels=qa_labels).loss
+            query_out, pictures = query_out[: settings.vision_batch], pictures[: settings.vision_batch]
+        captions = [frame_description(cache.scenes[c], cache.frame_index[c][f], self.world) for c, f in picks]
+        prefix = pictures  # (B, Q, D_llm): the caption's picture goes first, as in BLIP-2
+        ids, mask = _caption_batch(self.tokenizer, captions)
+        inputs = torch.cat([prefix, self.embed(ids)], dim=1)  # (B, Q + L, D_llm)
+        attention = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long), mask], dim=1)
+        labels = torch.cat([torch.full(prefix.shape[:2], IGNORE_INDEX), ids.masked_fill(mask == 0, IGNORE_INDEX)], 1)
+        labels[:, prefix.shape[1]] = IGNORE_INDEX  # BOS is given, not predicted
+        caption_loss = llm(inputs_embeds=inputs, attention_mask=attention, labels=labels).loss
+        return picks, query_out, caption_loss, qa_loss
+
+
 def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig, settings: Stage0Settings,
                         rng: random.Random, lm_batches: list[list[list[int]]]) -> tuple[float, nn.Linear]:
     """BLIP-2-like generative pre-training of the image Q-Former through the LLM, the ViT frozen.
@@ -533,43 +592,11 @@ def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig,
     params = list(model.image_qformer.parameters()) + [model.image_query_tokens] + list(bridge.parameters())
     params += list(readout.parameters())
     groups = [{"params": params, "lr": settings.vision_lr}, {"params": list(llm.parameters()), "lr": settings.llm_lr}]
-    n_clips = cache.frames.shape[0]
-    embed = llm.get_input_embeddings()
     pad = tokenizer.pad_token_id or 0
-
-    np_rng = np.random.default_rng(settings.seed)
-
-    def chat(c: int, f: int) -> tuple[list[int], list[int], int]:
-        conversation = image_instruction(cache.scenes[c], world, np_rng, cache.frame_index[c][f])
-        k = rng.randrange(len(conversation) // 2)
-        question = conversation[2 * k]["value"].replace("<image>\n", "")
-        return picture_chat(tokenizer, rng.choice(SYSTEMS), rng.choice(PICTURE_PREAMBLES), question,
-                            conversation[2 * k + 1]["value"])
+    picture_losses = PictureLosses(model, tokenizer, bridge, cache, world, settings, rng)
 
     def step(_: int) -> Tensor:
-        picks = [(rng.randrange(n_clips), rng.randrange(FRAMES_PER_CLIP))
-                 for _ in range(settings.vision_batch + settings.qa_batch)]
-        images = _normalize(torch.stack([cache.frames[c, f] for c, f in picks]))  # (B + B_qa, 3, S, S)
-        with torch.no_grad():
-            tokens = model.vision_model(pixel_values=images).last_hidden_state  # (B + B_qa, 50, W)
-        queries = model.image_query_tokens.expand(len(picks), -1, -1)
-        query_out = model.image_qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state  # (B + B_qa, Q, W)
-        pictures = bridge(query_out)  # (B + B_qa, Q, D_llm)
-        qa_loss = torch.zeros(())
-        if settings.qa_batch:
-            qa_picks, picks = picks[settings.vision_batch:], picks[: settings.vision_batch]
-            qa_inputs, qa_mask, qa_labels = splice_prefix(embed, [chat(c, f) for c, f in qa_picks],
-                                                          pictures[settings.vision_batch:])
-            qa_loss = llm(inputs_embeds=qa_inputs, attention_mask=qa_mask, labels=qa_labels).loss
-            query_out, pictures = query_out[: settings.vision_batch], pictures[: settings.vision_batch]
-        captions = [frame_description(cache.scenes[c], cache.frame_index[c][f], world) for c, f in picks]
-        prefix = pictures  # (B, Q, D_llm): the caption's picture goes first, as in BLIP-2
-        ids, mask = _caption_batch(tokenizer, captions)
-        inputs = torch.cat([prefix, embed(ids)], dim=1)  # (B, Q + L, D_llm)
-        attention = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.long), mask], dim=1)
-        labels = torch.cat([torch.full(prefix.shape[:2], IGNORE_INDEX), ids.masked_fill(mask == 0, IGNORE_INDEX)], 1)
-        labels[:, prefix.shape[1]] = IGNORE_INDEX  # BOS is given, not predicted
-        caption_loss = llm(inputs_embeds=inputs, attention_mask=attention, labels=labels).loss
+        picks, query_out, caption_loss, qa_loss = picture_losses.step()
         kinds, where = zip(*(kind_targets(cache.scenes[c], cache.frame_index[c][f], world) for c, f in picks))
         kinds, where = torch.stack(kinds), torch.stack(where)  # (B, K), (B, K, 2)
         read = readout(query_out.flatten(1)).view(len(picks), len(PHRASES), 1 + 2 * POSITION_BINS)  # (B, K, 1 + 2 bins)
@@ -586,6 +613,38 @@ def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig,
     model.image_query_tokens.requires_grad_(False)
     llm.requires_grad_(False).eval()
     return loss, bridge.requires_grad_(False)
+
+
+def train_picture_reading(model, tokenizer, bridge: nn.Linear, cache: MediaCache, world: WorldConfig,
+                          settings: Stage0Settings, rng: random.Random) -> float:
+    """Second generative phase: the frame descriptions and picture chats alone, at a constant rate.
+
+    Measured (docs/synthav.md#diagnosis): after :func:`train_image_encoder` the LLM reads size, count
+    and position from the picture but not colour or shape, and 1,000 more steps of that phase with
+    its text and read-out losses, gradient clipping and cosine decay still did not change it; 1,000
+    steps of the picture losses alone, unclipped at a constant rate, did. Trains the Q-Former, its
+    query tokens, the bridge (in place) and the LLM, as the first phase does.
+    """
+    llm = model.language_model
+    llm.requires_grad_(True).train()
+    model.image_qformer.requires_grad_(True).train()
+    model.image_query_tokens.requires_grad_(True)
+    bridge.requires_grad_(True)
+    params = list(model.image_qformer.parameters()) + [model.image_query_tokens] + list(bridge.parameters())
+    groups = [{"params": params, "lr": settings.vision_lr}, {"params": list(llm.parameters()), "lr": settings.llm_lr}]
+    picture_losses = PictureLosses(model, tokenizer, bridge, cache, world, settings, rng)
+
+    def step(_: int) -> Tensor:
+        _, _, caption_loss, qa_loss = picture_losses.step()
+        return caption_loss + qa_loss
+
+    loss = _loop("picture-reading", settings.reading_steps, step, groups, settings.vision_lr, settings,
+                 clip_norm=None, cosine=False)
+    model.image_qformer.requires_grad_(False).eval()
+    model.image_query_tokens.requires_grad_(False)
+    llm.requires_grad_(False).eval()
+    bridge.requires_grad_(False)
+    return loss
 
 
 # ------------------------------------------------------------------------------------------------ 3. ImageBind-like pair
@@ -736,9 +795,12 @@ def run_stage0(data_dir: str | Path, out_dir: str | Path, settings: Stage0Settin
     lap("image_attributes")
     result.final_loss["image_encoder"], bridge = train_image_encoder(model, tokenizer, cache, data.world, settings, rng,
                                                                      batches)
+    lap("image_encoder")
+    result.final_loss["picture_reading"] = train_picture_reading(model, tokenizer, bridge, cache, data.world, settings,
+                                                                 rng)
     save_file({"llama_proj.weight": bridge.weight.contiguous(), "llama_proj.bias": bridge.bias.contiguous()},
               str(out / PROJECTION_FILE))
-    lap("image_encoder")
+    lap("picture_reading")
     result.final_loss["imagebind_attributes"] = pretrain_imagebind_vision(model, cache, data.world, settings, rng)
     lap("imagebind_attributes")
     result.final_loss["imagebind_vision"] = train_imagebind_vision(model, tokenizer, cache, settings, rng)
