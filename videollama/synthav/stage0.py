@@ -616,14 +616,15 @@ def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig,
 
 
 def train_picture_reading(model, tokenizer, bridge: nn.Linear, cache: MediaCache, world: WorldConfig,
-                          settings: Stage0Settings, rng: random.Random) -> float:
-    """Second generative phase: the frame descriptions and picture chats alone, at a constant rate.
+                          settings: Stage0Settings, rng: random.Random, lm_batches: list[list[list[int]]]) -> float:
+    """Second generative phase: the picture losses and the LLM's own text loss, no read-out, at a constant rate.
 
     Measured (docs/synthav.md#diagnosis): after :func:`train_image_encoder` the LLM reads size, count
     and position from the picture but not colour or shape, and 1,000 more steps of that phase with
-    its text and read-out losses, gradient clipping and cosine decay still did not change it; 1,000
-    steps of the picture losses alone, unclipped at a constant rate, did. Trains the Q-Former, its
-    query tokens, the bridge (in place) and the LLM, as the first phase does.
+    its read-out loss, gradient clipping and cosine decay did not change that; 1,000 steps of the
+    picture losses alone, unclipped at a constant rate, began to. Without its text loss the LLM
+    forgets its language (text loss 1.05 -> 3.15), so that stays. Trains the Q-Former, its query
+    tokens, the bridge (in place) and the LLM, as the first phase does.
     """
     llm = model.language_model
     llm.requires_grad_(True).train()
@@ -633,10 +634,13 @@ def train_picture_reading(model, tokenizer, bridge: nn.Linear, cache: MediaCache
     params = list(model.image_qformer.parameters()) + [model.image_query_tokens] + list(bridge.parameters())
     groups = [{"params": params, "lr": settings.vision_lr}, {"params": list(llm.parameters()), "lr": settings.llm_lr}]
     picture_losses = PictureLosses(model, tokenizer, bridge, cache, world, settings, rng)
+    pad = tokenizer.pad_token_id or 0
 
     def step(_: int) -> Tensor:
         _, _, caption_loss, qa_loss = picture_losses.step()
-        return caption_loss + qa_loss
+        text, text_mask = _pad(rng.choice(lm_batches), pad)
+        text_loss = llm(input_ids=text, attention_mask=text_mask, labels=text.masked_fill(text_mask == 0, IGNORE_INDEX)).loss
+        return caption_loss + qa_loss + text_loss
 
     loss = _loop("picture-reading", settings.reading_steps, step, groups, settings.vision_lr, settings,
                  clip_norm=None, cosine=False)
@@ -797,7 +801,7 @@ def run_stage0(data_dir: str | Path, out_dir: str | Path, settings: Stage0Settin
                                                                      batches)
     lap("image_encoder")
     result.final_loss["picture_reading"] = train_picture_reading(model, tokenizer, bridge, cache, data.world, settings,
-                                                                 rng)
+                                                                 rng, batches)
     save_file({"llama_proj.weight": bridge.weight.contiguous(), "llama_proj.bias": bridge.bias.contiguous()},
               str(out / PROJECTION_FILE))
     lap("picture_reading")
