@@ -97,6 +97,14 @@ def test_choice_matching():
     assert scores["static"]["accuracy"] == 1.0 and scores["static"]["exact"] == 1.0
     assert scores["temporal"]["accuracy"] == 0.0 and scores["temporal"]["chance"] == 0.25
     assert scores["all"]["accuracy"] == 0.5
+    assert scores["all"]["no_choice"] == 0.0  # "left" is a wrong choice, not a wrong type
+    scores = score(items, ["two", "it moves left"])
+    assert scores["static"]["no_choice"] == 1.0 and scores["all"]["no_choice"] == 0.5
+    from videollama.synthav.evaluate import summarize
+
+    per_seed = {"0": {"video": {"families": score(items, ["two", "up"])}},
+                "1": {"video": {"families": score(items, ["red", "up"])}}}
+    assert summarize(per_seed)["video"]["static"]["no_choice_mean"] == 0.5
 
 
 def test_audio_image_pairs_need_the_source_on_screen():

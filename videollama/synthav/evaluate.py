@@ -130,7 +130,8 @@ def answer_items(pipe, items: Sequence[TestItem], setting: str, batch_size: int 
 
 
 def score(items: Sequence[TestItem], replies: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Per family (and 'all'): items, accuracy (choice matched), exact match, chance."""
+    """Per family (and 'all'): items, accuracy (choice matched), exact match, chance, and ``no_choice``: the
+    share of replies that name none of their question's choices (an answer of the wrong type, or none)."""
     out: dict[str, dict[str, float]] = {}
     for family in (*FAMILIES, "all"):
         rows = [(it, r) for it, r in zip(items, replies) if family == "all" or it.family == family]
@@ -141,6 +142,7 @@ def score(items: Sequence[TestItem], replies: Sequence[str]) -> dict[str, dict[s
             "accuracy": float(np.mean([match_choice(r, it.choices) == it.answer for it, r in rows])),
             "exact": float(np.mean([is_exact(r, it.answer) for it, r in rows])),
             "chance": float(np.mean([1.0 / len(it.choices) for it, _ in rows])),
+            "no_choice": float(np.mean([match_choice(r, it.choices) is None for it, r in rows])),
         }
     return out
 
@@ -211,7 +213,7 @@ def evaluate_synthav(
 
 
 def summarize(per_seed: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """{setting: {family: {accuracy_mean, accuracy_std, exact_mean, chance, seeds}}}."""
+    """{setting: {family: {accuracy_mean, accuracy_std, exact_mean, no_choice_mean, chance, seeds}}}."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     settings = {s for runs in per_seed.values() for s in runs}
     for setting in [s for s in SETTINGS if s in settings]:
@@ -226,6 +228,8 @@ def summarize(per_seed: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, 
                 "accuracy_mean": round(float(np.mean(acc)), 4),
                 "accuracy_std": round(float(np.std(acc)), 4),
                 "exact_mean": round(float(np.mean([r["exact"] for r in rows])), 4),
+                **({"no_choice_mean": round(float(np.mean([r["no_choice"] for r in rows])), 4)}
+                   if all("no_choice" in r for r in rows) else {}),  # absent from results saved before it was
                 "chance": round(rows[0]["chance"], 4),
                 "items": rows[0]["items"],
                 "seeds": len(rows),
