@@ -65,6 +65,13 @@ def linear_probe(features: Tensor, labels: list[str], steps: int = PROBE_STEPS, 
     return {"accuracy": round(accuracy, 3), "majority": round(majority, 3), "n": len(y)}
 
 
+def frame_queries(model, images: Tensor) -> Tensor:
+    """The image Q-Former's query outputs (N, Q, W) for normalised frames (N, 3, S, S)."""
+    tokens = model.vision_model(pixel_values=images).last_hidden_state  # (N, P + 1, W)
+    queries = model.image_query_tokens.expand(images.shape[0], -1, -1)
+    return model.image_qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state
+
+
 def _held_out(data: WorldData, clips: int) -> WorldData:
     """The last ``clips`` WebVid clips (stage 0 decodes from the front)."""
     return WorldData(data.root, data.world, data.scenes, data.webvid[-clips:], [], [], [])
@@ -82,10 +89,7 @@ def _single_object_features(model, data: WorldData, clips: int) -> tuple[dict[st
                 continue
             obj = visible[0]
             image = _normalize(cache.frames[c, f][None])  # (1, 3, S, S)
-            tokens = model.vision_model(pixel_values=image).last_hidden_state
-            queries = model.image_qformer(query_embeds=model.image_query_tokens,
-                                          encoder_hidden_states=tokens).last_hidden_state  # (1, Q, W)
-            feats["image_qformer"].append(queries.flatten())
+            feats["image_qformer"].append(frame_queries(model, image).flatten())
             if model.imagebind_vision is not None:
                 feats["imagebind_vision"].append(model.imagebind_vision(image)[0])
             x, _ = obj.centres(data.world.num_frames)[frame]
@@ -110,13 +114,9 @@ def caption_loss_by_kind(model, tokenizer, bridge: torch.nn.Linear, data: WorldD
     llm = model.language_model
     embed = llm.get_input_embeddings()
     losses: dict[str, dict[str, list[float]]] = {"picture": defaultdict(list), "zero": defaultdict(list)}
-    frames_per_clip = cache.frames.shape[1]
     for c in range(cache.frames.shape[0]):
-        images = _normalize(cache.frames[c])  # (8, 3, S, S)
         captions = [frame_description(cache.scenes[c], i, data.world) for i in cache.frame_index[c]]
-        tokens = model.vision_model(pixel_values=images).last_hidden_state
-        queries = model.image_qformer(query_embeds=model.image_query_tokens.expand(frames_per_clip, -1, -1),
-                                      encoder_hidden_states=tokens).last_hidden_state  # (8, Q, W)
+        queries = frame_queries(model, _normalize(cache.frames[c]))  # (8, Q, W)
         ids, mask = _caption_batch(tokenizer, captions)  # (8, L)
         prefix = bridge(queries)  # (8, Q, D)
         for setting, given in (("picture", prefix), ("zero", torch.zeros_like(prefix))):
@@ -169,9 +169,7 @@ def picture_questions(model, tokenizer, bridge: torch.nn.Linear, data: WorldData
             items = applicable(cache.scenes[c], data.world, rng, family="static", frame=cache.frame_index[c][f])
             if not items:
                 continue
-            tokens = model.vision_model(pixel_values=_normalize(cache.frames[c, f][None])).last_hidden_state
-            queries = model.image_qformer(query_embeds=model.image_query_tokens,
-                                          encoder_hidden_states=tokens).last_hidden_state  # (1, Q, W)
+            queries = frame_queries(model, _normalize(cache.frames[c, f][None]))  # (1, Q, W)
             picture = bridge(queries).expand(len(items), -1, -1)  # (n, Q, D)
             parts = [picture_chat(tokenizer, TRAIN_SYSTEM, PICTURE_PREAMBLES[1], item.question, item.answer)
                      for item in items]

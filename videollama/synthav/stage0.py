@@ -338,14 +338,18 @@ def lm_batches(tokenizer, docs: list[str], batch_size: int) -> list[list[list[in
     return [encoded[i: i + batch_size] for i in range(0, len(encoded), batch_size)]
 
 
+def lm_loss(llm, batch: list[list[int]], pad: int) -> Tensor:
+    """The LLM's language-modelling loss on one batch of token-id lists (padding ignored)."""
+    ids, mask = _pad(batch, pad)
+    return llm(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, IGNORE_INDEX)).loss
+
+
 def train_language_model(llm, tokenizer, batches: list[list[list[int]]], settings: Stage0Settings,
                          rng: random.Random) -> float:
     llm.requires_grad_(True).train()
 
     def step(_: int) -> Tensor:
-        ids, mask = _pad(rng.choice(batches), tokenizer.pad_token_id or 0)
-        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
-        return llm(input_ids=ids, attention_mask=mask, labels=labels).loss
+        return lm_loss(llm, rng.choice(batches), tokenizer.pad_token_id or 0)
 
     loss = _loop("llm", settings.lm_steps, step, list(llm.parameters()), settings.lm_lr, settings)
     llm.requires_grad_(False).eval()
@@ -559,6 +563,14 @@ class PictureLosses:
         return picks, query_out, caption_loss, qa_loss
 
 
+def _train_generative_parts(model, bridge: nn.Linear, trainable: bool) -> None:
+    """(Un)freeze what both generative phases train: the image Q-Former, its query tokens, the bridge, the LLM."""
+    for module in (model.image_qformer, model.language_model):
+        module.requires_grad_(trainable).train(trainable)
+    model.image_query_tokens.requires_grad_(trainable)
+    bridge.requires_grad_(trainable)
+
+
 def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig, settings: Stage0Settings,
                         rng: random.Random, lm_batches: list[list[list[int]]]) -> tuple[float, nn.Linear]:
     """BLIP-2-like generative pre-training of the image Q-Former through the LLM, the ViT frozen.
@@ -581,11 +593,9 @@ def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig,
     ``llama_proj`` in the real recipe, which initialises the video projection of VL stage 1.
     """
     llm = model.language_model
-    llm.requires_grad_(True).train()
     bridge = nn.Linear(model.config.image_qformer.hidden_size, model.config.llm_hidden_size)
     model.vision_model.requires_grad_(False).eval()  # BLIP-2 trains its Q-Former on a frozen image encoder
-    model.image_qformer.requires_grad_(True).train()
-    model.image_query_tokens.requires_grad_(True)
+    _train_generative_parts(model, bridge, True)
     # Read-out of what the frame holds from the query outputs: which object kinds, and where each one is.
     num_queries = model.config.image_qformer.num_queries
     readout = nn.Linear(num_queries * model.config.image_qformer.hidden_size, len(PHRASES) * (1 + 2 * POSITION_BINS))
@@ -604,15 +614,12 @@ def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig,
         readout_loss = F.binary_cross_entropy_with_logits(read[..., 0], kinds) * len(PHRASES) / 8
         readout_loss = readout_loss + F.cross_entropy(read[..., 1: 1 + POSITION_BINS][present], where[..., 0][present])
         readout_loss = readout_loss + F.cross_entropy(read[..., 1 + POSITION_BINS:][present], where[..., 1][present])
-        text, text_mask = _pad(rng.choice(lm_batches), pad)
-        text_loss = llm(input_ids=text, attention_mask=text_mask, labels=text.masked_fill(text_mask == 0, IGNORE_INDEX)).loss
+        text_loss = lm_loss(llm, rng.choice(lm_batches), pad)
         return caption_loss + qa_loss + text_loss + readout_loss
 
     loss = _loop("image-encoder", settings.vision_steps, step, groups, settings.vision_lr, settings)
-    model.image_qformer.requires_grad_(False).eval()
-    model.image_query_tokens.requires_grad_(False)
-    llm.requires_grad_(False).eval()
-    return loss, bridge.requires_grad_(False)
+    _train_generative_parts(model, bridge, False)
+    return loss, bridge
 
 
 def train_picture_reading(model, tokenizer, bridge: nn.Linear, cache: MediaCache, world: WorldConfig,
@@ -627,10 +634,7 @@ def train_picture_reading(model, tokenizer, bridge: nn.Linear, cache: MediaCache
     tokens, the bridge (in place) and the LLM, as the first phase does.
     """
     llm = model.language_model
-    llm.requires_grad_(True).train()
-    model.image_qformer.requires_grad_(True).train()
-    model.image_query_tokens.requires_grad_(True)
-    bridge.requires_grad_(True)
+    _train_generative_parts(model, bridge, True)
     params = list(model.image_qformer.parameters()) + [model.image_query_tokens] + list(bridge.parameters())
     groups = [{"params": params, "lr": settings.vision_lr}, {"params": list(llm.parameters()), "lr": settings.llm_lr}]
     picture_losses = PictureLosses(model, tokenizer, bridge, cache, world, settings, rng)
@@ -638,16 +642,12 @@ def train_picture_reading(model, tokenizer, bridge: nn.Linear, cache: MediaCache
 
     def step(_: int) -> Tensor:
         _, _, caption_loss, qa_loss = picture_losses.step()
-        text, text_mask = _pad(rng.choice(lm_batches), pad)
-        text_loss = llm(input_ids=text, attention_mask=text_mask, labels=text.masked_fill(text_mask == 0, IGNORE_INDEX)).loss
+        text_loss = lm_loss(llm, rng.choice(lm_batches), pad)
         return caption_loss + qa_loss + text_loss
 
     loss = _loop("picture-reading", settings.reading_steps, step, groups, settings.vision_lr, settings,
                  clip_norm=None, cosine=False)
-    model.image_qformer.requires_grad_(False).eval()
-    model.image_query_tokens.requires_grad_(False)
-    llm.requires_grad_(False).eval()
-    bridge.requires_grad_(False)
+    _train_generative_parts(model, bridge, False)
     return loss
 
 
