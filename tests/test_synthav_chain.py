@@ -8,6 +8,7 @@ the test checks each product exists, loads, and that its answers parse into the 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -166,24 +167,77 @@ def test_picture_chat_splices_the_picture_where_the_prompt_puts_it(tiny_tokenize
     from videollama.tokenizer import IMAGE_PLACEHOLDER
 
     tokenizer = tiny_tokenizer
-    before, after, answer_len = picture_chat(tokenizer, "sys", PICTURE_PREAMBLES[0], "What colour is the circle?", "red")
+    (before, after), answer_len = picture_chat(tokenizer, "sys", PICTURE_PREAMBLES[0], "What colour is the circle?",
+                                               "red")
     assert before[0] == tokenizer.bos_token_id and after[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(after[-answer_len:], skip_special_tokens=True).strip() == "red"
     assert tokenizer.decode(before).endswith(PICTURE_PREAMBLES[0].split(IMAGE_PLACEHOLDER)[0].strip())
     assert tokenizer.decode(after[:-answer_len]).strip().endswith("[/INST]")
     embed = torch.nn.Embedding(tokenizer.vocab_size, 6)
     short = picture_chat(tokenizer, "", PICTURE_PREAMBLES[0], "Describe the image.", "a red circle.")
-    parts = [(before, after, answer_len), short]
+    parts = [([before, after], answer_len), short]
     pictures = torch.randn(2, 3, 6)  # (B, Q, D)
-    inputs, mask, labels = splice_prefix(embed, parts, pictures)
-    lengths = [len(b) + 3 + len(a) for b, a, _ in parts]
+    inputs, mask, labels = splice_prefix(embed, parts, [[p] for p in pictures])
+    lengths = [len(p[0]) + 3 + len(p[1]) for p, _ in parts]
     assert inputs.shape == (2, max(lengths), 6) and mask.sum(1).tolist() == lengths
-    for i, (b, a, n) in enumerate(parts):
+    for i, ((b, a), n) in enumerate(parts):
         assert torch.equal(inputs[i, len(b): len(b) + 3], pictures[i])  # the picture right after the preamble's head
         assert torch.equal(inputs[i, :len(b)], embed(torch.tensor(b)))
         supervised = labels[i][labels[i] != -100].tolist()
         assert supervised == a[-n:], "only the answer (and EOS) carries labels"
         assert int(labels[i, lengths[i] - n - 1]) == -100 and int(labels[i, lengths[i] - 1]) == tokenizer.eos_token_id
+    with pytest.raises(ValueError, match="1 media slots got 2 pictures"):
+        splice_prefix(embed, parts[:1], [[pictures[0], pictures[1]]])
+
+
+def test_audio_visual_chat_puts_the_sound_slot_first(tiny_tokenizer):
+    """The AV upload message has two slots, the audio one first; each picture lands in its own slot."""
+    from videollama.templates import AV_MESSAGE
+
+    pieces, n = picture_chat(tiny_tokenizer, "", AV_MESSAGE, "Does the red object make a sound?", "yes")
+    assert len(pieces) == 3
+    assert "imagine only based on the sound" in tiny_tokenizer.decode(pieces[0])
+    assert "open your eyes" in tiny_tokenizer.decode(pieces[1]) and "[/INST]" in tiny_tokenizer.decode(pieces[2])
+    embed = torch.nn.Embedding(tiny_tokenizer.vocab_size, 4)
+    sound, video = torch.full((2, 4), 1.0), torch.full((5, 4), 2.0)  # (Q_audio, D), (Q_video, D)
+    inputs, mask, labels = splice_prefix(embed, [(pieces, n)], [[sound, video]])
+    a, b = len(pieces[0]), len(pieces[0]) + 2 + len(pieces[1])
+    assert torch.equal(inputs[0, a: a + 2], sound) and torch.equal(inputs[0, b: b + 5], video)
+    assert int(mask.sum()) == sum(map(len, pieces)) + 7
+    assert tiny_tokenizer.decode(labels[0][labels[0] != -100].tolist(), skip_special_tokens=True).strip() == "yes"
+
+
+def test_generative_step_builds_every_chat_form(quick_chain):
+    """Every stage-0 chat form puts the right number of frames in each slot and asks a question of its kind."""
+    from transformers import AutoTokenizer
+
+    from videollama.model import VideoLlama
+    from videollama.synthav.stage0 import CHAT_FORMS, VIDEO_FRAMES, PictureLosses, Stage0Settings, WorldData, \
+        decode_media
+
+    out, _ = quick_chain
+    data = WorldData.load(out / "data")
+    cache = decode_media(data, 6, 112, with_audio=False)
+    tokenizer = AutoTokenizer.from_pretrained(out / "stage0" / "model")
+    model = VideoLlama.from_pretrained(out / "stage0" / "model")
+    bridge = torch.nn.Linear(model.config.image_qformer.hidden_size, model.config.llm_hidden_size)
+    losses = PictureLosses(model, tokenizer, bridge, cache, data.world, Stage0Settings.quick(), random.Random(0))
+    seen = {}
+    for _ in range(200):
+        chat = losses.chat()
+        text = tokenizer.decode(chat.pieces[0])
+        form = ("audio_video" if len(chat.slots) == 2 else "audio" if "sound that" in text
+                else "video" if "<Video>" in text else "image")
+        seen.setdefault(form, []).append(chat)
+    assert set(seen) == {f.name for f in CHAT_FORMS}
+    for chat in seen["video"] + seen["audio_video"]:
+        c = chat.slots[-1][0][0]
+        assert chat.slots[-1] == [(c, i) for i in VIDEO_FRAMES]
+    assert all(len(ch.slots) == 1 and len(ch.slots[0]) == 1 for ch in seen["image"] + seen["audio"])
+    audio_questions = {tokenizer.decode(ch.pieces[-1][:-ch.answer_len]) for ch in seen["audio"]}
+    assert any("sound" in q or "hear" in q for q in audio_questions)
+    picks, query_out, caption_loss, qa_loss = losses.step()
+    assert query_out.shape[0] == len(picks) and torch.isfinite(caption_loss) and qa_loss.item() > 0
 
 
 def test_vl_stage1_starts_from_stage0s_projection(quick_chain, tmp_path):
@@ -275,8 +329,8 @@ def test_greedy_answer_matches_generate_on_spliced_pictures(tiny_model, tiny_tok
     parts = [picture_chat(tiny_tokenizer, "", PICTURE_PREAMBLES[i], q, a) for i, (q, a) in enumerate(questions)]
     pictures = torch.randn(2, 4, llm.config.hidden_size, generator=torch.Generator().manual_seed(0))
     eos = tiny_tokenizer.eos_token_id
-    got = greedy_answer(llm, embed, parts, pictures, eos, max_tokens=3)
-    for i, (before, after, n) in enumerate(parts):
+    got = greedy_answer(llm, embed, parts, [[p] for p in pictures], eos, max_tokens=3)
+    for i, ((before, after), n) in enumerate(parts):
         with torch.no_grad():
             prompt = torch.cat([embed(torch.tensor(before)), pictures[i], embed(torch.tensor(after[:-n]))])[None]
             want = llm.generate(inputs_embeds=prompt, attention_mask=torch.ones(prompt.shape[:2], dtype=torch.long),

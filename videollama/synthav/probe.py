@@ -133,14 +133,14 @@ def caption_loss_by_kind(model, tokenizer, bridge: torch.nn.Linear, data: WorldD
 
 
 @torch.inference_mode()
-def greedy_answer(llm, embed, parts: list[tuple[list[int], list[int], int]], pictures: Tensor, eos: int,
+def greedy_answer(llm, embed, parts: list[tuple[list[list[int]], int]], pictures: list[list[Tensor]], eos: int,
                   max_tokens: int = 4) -> list[list[int]]:
-    """Greedy continuations (at most ``max_tokens``, up to EOS) of picture chats whose answer is cut off."""
-    rows = [(before, after[:-n]) for before, after, n in parts]  # the prompt: up to and including [/INST]
+    """Greedy continuations (at most ``max_tokens``, up to EOS) of media chats whose answer is cut off."""
+    rows = [(pieces[:-1], pieces[-1][:-n]) for pieces, n in parts]  # the prompt: up to and including [/INST]
     out: list[list[int]] = [[] for _ in rows]
     done = [False] * len(rows)
     for _ in range(max_tokens):
-        batch = [(before, after + out[i] + [eos], 1) for i, (before, after) in enumerate(rows)]  # eos: a slot
+        batch = [([*head, last + out[i] + [eos]], 1) for i, (head, last) in enumerate(rows)]  # eos: a slot
         inputs, mask, _ = splice_prefix(embed, batch, pictures)
         logits = llm(inputs_embeds=inputs, attention_mask=mask).logits  # (B, L, V)
         last = mask.sum(1) - 2  # the position before the slot predicts it
@@ -170,11 +170,11 @@ def picture_questions(model, tokenizer, bridge: torch.nn.Linear, data: WorldData
             if not items:
                 continue
             queries = frame_queries(model, _normalize(cache.frames[c, f][None]))  # (1, Q, W)
-            picture = bridge(queries).expand(len(items), -1, -1)  # (n, Q, D)
+            picture = bridge(queries)[0]  # (Q, D)
             parts = [picture_chat(tokenizer, TRAIN_SYSTEM, PICTURE_PREAMBLES[1], item.question, item.answer)
                      for item in items]
             for setting, given in (("picture", picture), ("zero", torch.zeros_like(picture))):
-                replies = greedy_answer(llm, embed, parts, given, tokenizer.eos_token_id)
+                replies = greedy_answer(llm, embed, parts, [[given]] * len(items), tokenizer.eos_token_id)
                 for item, reply in zip(items, replies):
                     hit = match_choice(tokenizer.decode(reply, skip_special_tokens=True), item.choices) == item.answer
                     right[setting][item.qtype].append(float(hit))

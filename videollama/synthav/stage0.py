@@ -51,7 +51,9 @@ import csv
 import json
 import logging
 import math
+import os
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,9 +65,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..templates import AV_MESSAGE, AUDIO_SENTENCE, IMAGE_MESSAGE, LLAMA2_DEFAULT_SYSTEM, VIDEO_MESSAGE, VISUAL_SYSTEM
+from ..templates import AUDIO_SENTENCE, AV_MESSAGE, IMAGE_MESSAGE, LLAMA2_DEFAULT_SYSTEM, VIDEO_MESSAGE, VISUAL_SYSTEM
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, train_tiny_tokenizer
-from .annotate import image_instruction, still_caption
+from .annotate import WHAT_DO_YOU_HEAR, image_instruction, sample_question, sound_answer, still_caption, video_instruction
 from .preset import synthav_config
 from .world import COLOURS, SHAPES, SIZES, Scene, WorldConfig
 
@@ -101,17 +103,18 @@ class Stage0Settings:
     """Sizes and step counts of the stage-0 trainings (defaults: the full chain)."""
 
     seed: int = 0
+    threads: int = 0  # torch threads while stage 0 trains (0: every core; stage 0 runs alone, with no workers)
     vocab_size: int = 768
     frame_clips: int = 2000  # webvid clips decoded for the frame and audio caches
     lm_steps: int = 1200
     lm_batch: int = 24
     lm_lr: float = 2e-3
-    attribute_steps: int = 2000  # supervised per-patch pretraining of the image encoder
+    attribute_steps: int = 1000  # supervised per-patch pretraining of each ViT (converged: loss ~0.02)
     attribute_batch: int = 64
     attribute_lr: float = 1e-3
     vision_steps: int = 1500
     vision_batch: int = 32
-    qa_batch: int = 16  # picture-question chats per generative step, beside the frame descriptions
+    qa_batch: int = 16  # media chats per generative step, beside the frame descriptions
     reading_steps: int = 1000  # the second generative phase (picture losses alone)
     vision_lr: float = 1e-3
     llm_lr: float = 3e-4  # the LLM, trained along in the generative image-encoder stage
@@ -477,35 +480,70 @@ def _caption_batch(tokenizer, captions: list[str]) -> tuple[Tensor, Tensor]:
 
 
 PICTURE_PREAMBLES = (IMAGE_MESSAGE, VIDEO_MESSAGE + TIMESTAMP_EXAMPLE)
-"""Where a picture-question chat shows its picture: as the inference prompts put an image or a video."""
+"""Where a one-picture chat shows its picture: as the inference prompts put an image or a video."""
+VIDEO_FRAMES = (0, 2, 5, 7)
+"""Cached frames (of 8 uniform ones) a video-form chat shows, in order: 4 x 8 queries = the 32 video tokens."""
+_SLOT = re.compile(f"{re.escape(IMAGE_PLACEHOLDER)}|{re.escape(AUDIO_PLACEHOLDER)}")
 
 
-def picture_chat(tokenizer, system: str, preamble: str, question: str, answer: str) -> tuple[list[int], list[int], int]:
-    """Token ids of a one-turn llama_2 chat around a picture: (before the picture, after it, answer length).
+@dataclass(frozen=True)
+class ChatForm:
+    """How a stage-0 media chat looks: the inference prompt's upload message and what fills its slots.
 
-    The picture's soft tokens go where ``preamble`` has its placeholder, as the inference prompt
-    puts them; the answer (with EOS) ends the second part.
+    ``slots`` gives, per placeholder of ``preamble`` in order, how many frames' query outputs fill it.
     """
-    head, tail = preamble.split(IMAGE_PLACEHOLDER)
+
+    name: str
+    preamble: str
+    slots: tuple[int, ...]
+    weight: float
+
+
+CHAT_FORMS: tuple[ChatForm, ...] = (
+    ChatForm("image", IMAGE_MESSAGE, (1,), 0.4),
+    ChatForm("video", VIDEO_MESSAGE + TIMESTAMP_EXAMPLE, (len(VIDEO_FRAMES),), 0.35),
+    ChatForm("audio", AUDIO_SENTENCE, (1,), 0.125),
+    ChatForm("audio_video", AV_MESSAGE, (1, len(VIDEO_FRAMES)), 0.125),  # the sound's slot comes first
+)
+"""The media chats of the generative phases, one form per inference prompt. The small LLM stands in for
+a chat LLM that answers whatever is asked about whatever fills the media slots; with image chats alone it
+answered every question with media in the prompt with a static word ("Is there a star sound?" -> "one";
+docs/synthav.md#diagnosis). The audio slot holds a frame's picture: stage 0 never shows the LLM audio."""
+
+
+def picture_chat(tokenizer, system: str, preamble: str, question: str, answer: str) -> tuple[list[list[int]], int]:
+    """Token ids of a one-turn llama_2 chat around media: (the text pieces around the slots, answer length).
+
+    ``preamble`` is an upload message with one or two placeholders; the media's soft tokens go
+    between the pieces, where the inference prompt puts them. The answer (with EOS) ends the last piece.
+    """
+    texts = _SLOT.split(preamble)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    before = [tokenizer.bos_token_id] + encode(f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{head}")
+    pieces = [[tokenizer.bos_token_id] + encode(f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{texts[0]}")]
+    pieces += [encode(text) for text in texts[1:-1]]
     answer_ids = encode(f" {answer}") + [tokenizer.eos_token_id]
-    return before, encode(f"{tail}{question} [/INST]") + answer_ids, len(answer_ids)
+    pieces.append(encode(f"{texts[-1]}{question} [/INST]") + answer_ids)
+    return pieces, len(answer_ids)
 
 
-def splice_prefix(embed: nn.Embedding, parts: list[tuple[list[int], list[int], int]], pictures: Tensor,
+def splice_prefix(embed: nn.Embedding, parts: list[tuple[list[list[int]], int]], pictures: list[list[Tensor]],
                   ) -> tuple[Tensor, Tensor, Tensor]:
-    """Batch of picture chats: (inputs_embeds (B, L, D), attention_mask (B, L), labels (B, L)).
+    """Batch of media chats: (inputs_embeds (B, L, D), attention_mask (B, L), labels (B, L)).
 
-    ``parts`` holds :func:`picture_chat`'s (before, after, answer length) per row and ``pictures``
-    (B, Q, D) the soft tokens to splice between; only the answer tokens carry labels. Right-padded.
+    ``parts`` holds :func:`picture_chat`'s (pieces, answer length) per row and ``pictures`` per row the
+    (Q_k, D) soft tokens to splice between consecutive pieces; only the answer tokens carry labels.
+    Right-padded.
     """
     rows, labels = [], []
-    for (before, after, answer_len), picture in zip(parts, pictures):
-        ids_before, ids_after = torch.tensor(before), torch.tensor(after)
-        rows.append(torch.cat([embed(ids_before), picture, embed(ids_after)]))  # (L_i, D)
+    for (pieces, answer_len), slots in zip(parts, pictures):
+        if len(slots) != len(pieces) - 1:
+            raise ValueError(f"a chat with {len(pieces) - 1} media slots got {len(slots)} pictures")
+        row = [embed(torch.tensor(pieces[0]))]
+        for picture, piece in zip(slots, pieces[1:]):
+            row += [picture, embed(torch.tensor(piece))]
+        rows.append(torch.cat(row))  # (L_i, D)
         label = torch.full((len(rows[-1]),), IGNORE_INDEX, dtype=torch.long)
-        label[-answer_len:] = ids_after[-answer_len:]
+        label[-answer_len:] = torch.tensor(pieces[-1][-answer_len:])
         labels.append(label)
     lengths = torch.tensor([len(r) for r in rows])
     mask = (torch.arange(int(lengths.max()))[None] < lengths[:, None]).long()  # (B, L)
@@ -513,9 +551,19 @@ def splice_prefix(embed: nn.Embedding, parts: list[tuple[list[int], list[int], i
     return inputs, mask, nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)
 
 
+@dataclass
+class MediaChat:
+    """One chat of a generative step: its token pieces, answer length and the (clip, frame) of each slot."""
+
+    pieces: list[list[int]]
+    answer_len: int
+    slots: list[list[tuple[int, int]]]
+
+
 class PictureLosses:
     """One step's LM losses of the generative phases: frame descriptions after the picture (BLIP-2's
-    captioning form) and one-turn chats with the picture spliced in where the inference prompt puts it.
+    captioning form) and one-turn media chats (:data:`CHAT_FORMS`) with the pictures spliced in where the
+    inference prompt puts the media.
     """
 
     def __init__(self, model, tokenizer, bridge: nn.Linear, cache: MediaCache, world: WorldConfig,
@@ -525,33 +573,56 @@ class PictureLosses:
         self.np_rng = np.random.default_rng(settings.seed)
         self.embed = model.language_model.get_input_embeddings()
 
-    def chat(self, c: int, f: int) -> tuple[list[int], list[int], int]:
-        conversation = image_instruction(self.cache.scenes[c], self.world, self.np_rng, self.cache.frame_index[c][f])
-        k = self.rng.randrange(len(conversation) // 2)
-        question = conversation[2 * k]["value"].replace("<image>\n", "")
-        return picture_chat(self.tokenizer, self.rng.choice(SYSTEMS), self.rng.choice(PICTURE_PREAMBLES), question,
-                            conversation[2 * k + 1]["value"])
+    def question(self, form: ChatForm, c: int, f: int) -> tuple[str, str]:
+        """A question of the form's kind about clip ``c`` (frame ``f`` for an image) and its answer."""
+        scene, world, np_rng = self.cache.scenes[c], self.world, self.np_rng
+        if form.name == "image":  # the still's description or a static question about it
+            conversation = image_instruction(scene, world, np_rng, self.cache.frame_index[c][f])
+            k = self.rng.randrange(len(conversation) // 2)
+            return conversation[2 * k]["value"].replace("<image>\n", ""), conversation[2 * k + 1]["value"]
+        if form.name == "video":  # the description, what is heard, or a question of any family
+            turn = self.rng.choice(video_instruction(scene, world, np_rng))
+            return turn["q"], turn["a"]
+        family = "audio" if form.name == "audio" else "audio_visual"
+        item = sample_question(scene, world, np_rng, family)
+        if item is None or (form.name == "audio" and self.rng.random() < 0.25):
+            return WHAT_DO_YOU_HEAR, sound_answer(scene)
+        return item.question, item.answer
+
+    def chat(self) -> MediaChat:
+        form = self.rng.choices(CHAT_FORMS, weights=[f.weight for f in CHAT_FORMS])[0]
+        c, f = self.rng.randrange(self.cache.frames.shape[0]), self.rng.randrange(FRAMES_PER_CLIP)
+        question, answer = self.question(form, c, f)
+        pieces, answer_len = picture_chat(self.tokenizer, self.rng.choice(SYSTEMS), form.preamble, question, answer)
+        slots = [[(c, f)] if n == 1 else [(c, i) for i in VIDEO_FRAMES] for n in form.slots]
+        return MediaChat(pieces, answer_len, slots)
 
     def step(self) -> tuple[list[tuple[int, int]], Tensor, Tensor, Tensor]:
         """(caption picks, their query outputs (B, Q, W), caption loss, chat loss) of a fresh random batch."""
         model, settings, cache, rng = self.model, self.settings, self.cache, self.rng
         n_clips = cache.frames.shape[0]
-        picks = [(rng.randrange(n_clips), rng.randrange(FRAMES_PER_CLIP))
-                 for _ in range(settings.vision_batch + settings.qa_batch)]
-        images = _normalize(torch.stack([cache.frames[c, f] for c, f in picks]))  # (B + B_qa, 3, S, S)
+        picks = [(rng.randrange(n_clips), rng.randrange(FRAMES_PER_CLIP)) for _ in range(settings.vision_batch)]
+        chats = [self.chat() for _ in range(settings.qa_batch)]
+        frames = picks + [cf for chat in chats for slot in chat.slots for cf in slot]
+        images = _normalize(torch.stack([cache.frames[c, f] for c, f in frames]))  # (B + F_chat, 3, S, S)
         with torch.no_grad():
-            tokens = model.vision_model(pixel_values=images).last_hidden_state  # (B + B_qa, 50, W)
-        queries = model.image_query_tokens.expand(len(picks), -1, -1)
-        query_out = model.image_qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state  # (B + B_qa, Q, W)
-        pictures = self.bridge(query_out)  # (B + B_qa, Q, D_llm)
+            tokens = model.vision_model(pixel_values=images).last_hidden_state  # (B + F_chat, 50, W)
+        queries = model.image_query_tokens.expand(len(frames), -1, -1)
+        query_out = model.image_qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state  # (B + F_chat, Q, W)
+        pictures = self.bridge(query_out)  # (B + F_chat, Q, D_llm)
         llm = model.language_model
         qa_loss = torch.zeros(())
-        if settings.qa_batch:
-            qa_picks, picks = picks[settings.vision_batch:], picks[: settings.vision_batch]
-            qa_inputs, qa_mask, qa_labels = splice_prefix(self.embed, [self.chat(c, f) for c, f in qa_picks],
-                                                          pictures[settings.vision_batch:])
+        if chats:
+            slot_pictures, k = [], len(picks)
+            for chat in chats:
+                slot_pictures.append([])
+                for slot in chat.slots:
+                    slot_pictures[-1].append(pictures[k: k + len(slot)].flatten(0, 1))  # (n_frames * Q, D_llm)
+                    k += len(slot)
+            qa_inputs, qa_mask, qa_labels = splice_prefix(self.embed, [(ch.pieces, ch.answer_len) for ch in chats],
+                                                          slot_pictures)
             qa_loss = llm(inputs_embeds=qa_inputs, attention_mask=qa_mask, labels=qa_labels).loss
-            query_out, pictures = query_out[: settings.vision_batch], pictures[: settings.vision_batch]
+        query_out, pictures = query_out[: len(picks)], pictures[: len(picks)]
         captions = [frame_description(cache.scenes[c], cache.frame_index[c][f], self.world) for c, f in picks]
         prefix = pictures  # (B, Q, D_llm): the caption's picture goes first, as in BLIP-2
         ids, mask = _caption_batch(self.tokenizer, captions)
@@ -758,7 +829,21 @@ def train_audio_encoder(model, cache: MediaCache, world: WorldConfig, settings: 
 
 # ------------------------------------------------------------------------------------------------ driver
 def run_stage0(data_dir: str | Path, out_dir: str | Path, settings: Stage0Settings = Stage0Settings()) -> Stage0Result:
-    """Train every stage-0 part on ``data_dir`` and write a frozen model folder to ``out_dir``."""
+    """Train every stage-0 part on ``data_dir`` and write a frozen model folder to ``out_dir``.
+
+    Runs on ``settings.threads`` torch threads (default: every core), then restores the caller's count.
+    Stage 0 runs alone and without DataLoader workers, so its threads do not fight other processes
+    (measured on 2 cores, a stage-0 LLM step alone: 0.97 s with 1 thread, 0.62 s with 2).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads or os.cpu_count() or 1)
+    try:
+        return _run_stage0(data_dir, out_dir, settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_stage0(data_dir: str | Path, out_dir: str | Path, settings: Stage0Settings) -> Stage0Result:
     from ..model import VideoLlama
     from ..processor import Processor
 
