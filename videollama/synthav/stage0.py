@@ -109,13 +109,13 @@ class Stage0Settings:
     lm_steps: int = 1200
     lm_batch: int = 24
     lm_lr: float = 2e-3
-    attribute_steps: int = 1000  # supervised per-patch pretraining of each ViT (converged: loss ~0.02)
+    attribute_steps: int = 1500  # supervised per-patch pretraining of each ViT
     attribute_batch: int = 64
     attribute_lr: float = 1e-3
-    vision_steps: int = 1500
-    vision_batch: int = 32
+    vision_steps: int = 1000
+    vision_batch: int = 24
     qa_batch: int = 16  # media chats per generative step, beside the frame descriptions
-    reading_steps: int = 1000  # the second generative phase (picture losses alone)
+    reading_steps: int = 700  # the second generative phase (picture losses + text loss)
     vision_lr: float = 1e-3
     llm_lr: float = 3e-4  # the LLM, trained along in the generative image-encoder stage
     bind_vision_steps: int = 500
@@ -490,20 +490,22 @@ _SLOT = re.compile(f"{re.escape(IMAGE_PLACEHOLDER)}|{re.escape(AUDIO_PLACEHOLDER
 class ChatForm:
     """How a stage-0 media chat looks: the inference prompt's upload message and what fills its slots.
 
-    ``slots`` gives, per placeholder of ``preamble`` in order, how many frames' query outputs fill it.
+    ``slots`` gives, per placeholder of ``preamble`` in order, how many frames' query outputs fill it;
+    ``system`` is the system prompt inference uses with these media (``templates.system_for``).
     """
 
     name: str
     preamble: str
     slots: tuple[int, ...]
+    system: str
     weight: float
 
 
 CHAT_FORMS: tuple[ChatForm, ...] = (
-    ChatForm("image", IMAGE_MESSAGE, (1,), 0.4),
-    ChatForm("video", VIDEO_MESSAGE + TIMESTAMP_EXAMPLE, (len(VIDEO_FRAMES),), 0.35),
-    ChatForm("audio", AUDIO_SENTENCE, (1,), 0.125),
-    ChatForm("audio_video", AV_MESSAGE, (1, len(VIDEO_FRAMES)), 0.125),  # the sound's slot comes first
+    ChatForm("image", IMAGE_MESSAGE, (1,), VISUAL_SYSTEM, 0.4),
+    ChatForm("video", VIDEO_MESSAGE + TIMESTAMP_EXAMPLE, (len(VIDEO_FRAMES),), VISUAL_SYSTEM, 0.35),
+    ChatForm("audio", AUDIO_SENTENCE, (1,), LLAMA2_DEFAULT_SYSTEM, 0.125),
+    ChatForm("audio_video", AV_MESSAGE, (1, len(VIDEO_FRAMES)), "", 0.125),  # the sound's slot comes first
 )
 """The media chats of the generative phases, one form per inference prompt. The small LLM stands in for
 a chat LLM that answers whatever is asked about whatever fills the media slots; with image chats alone it
@@ -593,7 +595,8 @@ class PictureLosses:
         form = self.rng.choices(CHAT_FORMS, weights=[f.weight for f in CHAT_FORMS])[0]
         c, f = self.rng.randrange(self.cache.frames.shape[0]), self.rng.randrange(FRAMES_PER_CLIP)
         question, answer = self.question(form, c, f)
-        pieces, answer_len = picture_chat(self.tokenizer, self.rng.choice(SYSTEMS), form.preamble, question, answer)
+        system = form.system if self.rng.random() < 0.5 else self.rng.choice(SYSTEMS)  # inference's or training's
+        pieces, answer_len = picture_chat(self.tokenizer, system, form.preamble, question, answer)
         slots = [[(c, f)] if n == 1 else [(c, i) for i in VIDEO_FRAMES] for n in form.slots]
         return MediaChat(pieces, answer_len, slots)
 
@@ -619,9 +622,17 @@ class PictureLosses:
                 for slot in chat.slots:
                     slot_pictures[-1].append(pictures[k: k + len(slot)].flatten(0, 1))  # (n_frames * Q, D_llm)
                     k += len(slot)
-            qa_inputs, qa_mask, qa_labels = splice_prefix(self.embed, [(ch.pieces, ch.answer_len) for ch in chats],
-                                                          slot_pictures)
-            qa_loss = llm(inputs_embeds=qa_inputs, attention_mask=qa_mask, labels=qa_labels).loss
+            # Two length buckets (the long default system prompt would pad every row to its length),
+            # their mean losses weighted by answer tokens: the mean over the whole batch's answer tokens.
+            order = sorted(range(len(chats)), key=lambda i: sum(map(len, chats[i].pieces)))
+            answers = sum(ch.answer_len for ch in chats)
+            for bucket in (order[: len(order) // 2], order[len(order) // 2:]):
+                if not bucket:
+                    continue
+                qa_inputs, qa_mask, qa_labels = splice_prefix(
+                    self.embed, [(chats[i].pieces, chats[i].answer_len) for i in bucket], [slot_pictures[i] for i in bucket])
+                weight = sum(chats[i].answer_len for i in bucket) / answers
+                qa_loss = qa_loss + weight * llm(inputs_embeds=qa_inputs, attention_mask=qa_mask, labels=qa_labels).loss
         query_out, pictures = query_out[: len(picks)], pictures[: len(picks)]
         captions = [frame_description(cache.scenes[c], cache.frame_index[c][f], self.world) for c, f in picks]
         prefix = pictures  # (B, Q, D_llm): the caption's picture goes first, as in BLIP-2
