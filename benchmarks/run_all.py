@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "chat": ["--repeats", "3"],
     "convert": [],  # the defaults: full-size frozen encoders, 3-6 minutes, ~10 GB of temporary disk
     "train": ["--steps", "8"],
+    "stage0_threads": ["--steps", "5"],
     "serve_load": [],  # written separately; run with its defaults when present
 }
 

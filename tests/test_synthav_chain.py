@@ -388,3 +388,28 @@ def test_evaluate_cli_on_one_model_folder(quick_chain, tmp_path, capsys):
     assert results["questions"] == 4 and set(results["summary"]) == {"audio+video", "video", "audio", "one_frame"}
     assert "| audio+video |" in capsys.readouterr().out
     assert main(["synthav", "evaluate", "--model", str(out / "model"), "--out", str(tmp_path)]) == 2  # no --data
+
+
+def test_stage0_runs_on_its_own_thread_count_and_restores_the_callers(monkeypatch, tmp_path):
+    """Stage 0 trains on ``Stage0Settings.threads`` (0: every core) and gives the caller back its count, even
+    when a stage fails."""
+    import os
+
+    from videollama.synthav import stage0
+
+    seen = []
+
+    def failing_stage0(data_dir, out_dir, settings):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stage failed")
+
+    monkeypatch.setattr(stage0, "_run_stage0", failing_stage0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for threads, want in ((2, 2), (0, os.cpu_count())):
+            with pytest.raises(RuntimeError, match="stage failed"):
+                stage0.run_stage0(tmp_path, tmp_path / "out", stage0.Stage0Settings(threads=threads))
+            assert seen[-1] == want and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -18,8 +18,10 @@ order the real parts were made:
    generative pre-training: the Q-Former's query outputs go through a linear ``bridge`` into the
    LLM, which must generate a *frame description* ("a large red circle at column 2 row 5 ...",
    objects left to right; positions because the temporal questions need them) and answer one-turn
-   chats about the frame with the picture spliced in (:func:`train_image_encoder`, then
-   :func:`train_picture_reading`). Unlike BLIP-2 the small LLM trains along (a frozen 4-layer LLM
+   media chats in every form the inference prompts take (:data:`CHAT_FORMS`: an image with a static
+   question; 4 frames in order in the video slot with a question of any family; a frame in the audio
+   slot with a question about the sound; both), the pictures spliced where the prompt puts the media
+   (:func:`train_image_encoder`, then :func:`train_picture_reading`). Unlike BLIP-2 the small LLM trains along (a frozen 4-layer LLM
    never learned to read the picture), and is frozen afterwards. We use no ITC/ITM. The bridge is
    kept (``llama_proj.safetensors``, MiniGPT-4's key names): like MiniGPT-4's ``llama_proj`` in the
    official recipe, it initialises the video projection of VL stage 1.
@@ -662,10 +664,10 @@ def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig,
     does not learn to read soft prefix tokens when frozen (measured: with the prefix, the frame
     descriptions' colour, shape and position tokens kept exactly their no-prefix loss, i.e. chance),
     where the 7B LLMs of the real recipe do. The LLM is frozen again afterwards, as in stages 1-2.
-    Beside the frame descriptions, each step has ``qa_batch`` one-turn chats about a frame (the
-    still's description or a static question, from :func:`annotate.image_instruction`) with the
-    picture spliced in where the inference prompt puts it, so the LLM learns to answer from the soft
-    tokens: what the 7B chat LLMs bring to the real recipe, and MiniGPT-4's image instruction tuning.
+    Beside the frame descriptions, each step has ``qa_batch`` one-turn media chats (:data:`CHAT_FORMS`)
+    with the pictures spliced in where the inference prompt puts the media, so the LLM learns to answer
+    whatever is asked from the soft tokens: what the 7B chat LLMs bring to the real recipe, and
+    MiniGPT-4's image instruction tuning.
     A linear read-out of the query outputs must also tell which object kinds the frame holds and
     where (:func:`kind_targets`; discarded afterwards): at random init the queries attend to all 50
     tokens alike, so only "mass" features (size, count) reach the LLM; the read-out's direct gradient
