@@ -1,6 +1,6 @@
 """The whole SynthAV chain, reproducible from nothing: data -> stage 0 -> stages 1-2 -> model -> results.
 
-    python -m videollama.synthav.chain --out output/synthav --seed 0           # full (<= 60 min, 2 CPU cores)
+    python -m videollama.synthav.chain --out output/synthav --seed 0           # full (70 min on 2 CPU cores)
     python -m videollama.synthav.chain --out /tmp/sav --seed 0 --quick         # minutes: CI, same code path
 
 Steps (each writes under ``--out``; ``chain.json`` records the settings and every step's seconds):

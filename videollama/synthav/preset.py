@@ -1,7 +1,7 @@
 """The SynthAV model size: numbers only.
 
 A Video-LLaMA with every branch and every kind of layer of the 7B model, at widths that train on
-2 CPU cores within the chain's hour (see ``docs/synthav.md``). Frames are 112x112 (the world's
+2 CPU cores in about an hour (see ``docs/synthav.md``). Frames are 112x112 (the world's
 native size, so no resizing), cut into 16x16 patches (7x7 = 49 patches + CLS).
 
     from videollama.synthav.preset import synthav_config
