@@ -32,7 +32,7 @@ from torch import Tensor
 from .annotate import applicable
 from .evaluate import match_choice
 from .stage0 import PICTURE_PREAMBLES, PROJECTION_FILE, POSITION_BINS, TRAIN_SYSTEM, WorldData, _bin, _caption_batch, \
-    _normalize, decode_media, frame_description, picture_chat, splice_prefix
+    _normalize, decode_media, frame_description, frame_queries, picture_chat, splice_prefix
 from .world import COLOURS, SHAPES, SIZES
 
 PROBE_STEPS = 300
@@ -63,13 +63,6 @@ def linear_probe(features: Tensor, labels: list[str], steps: int = PROBE_STEPS, 
         accuracy = (head(x[n:]).argmax(1) == y[n:]).float().mean().item()
     majority = max((y[n:] == k).float().mean().item() for k in range(len(classes)))
     return {"accuracy": round(accuracy, 3), "majority": round(majority, 3), "n": len(y)}
-
-
-def frame_queries(model, images: Tensor) -> Tensor:
-    """The image Q-Former's query outputs (N, Q, W) for normalised frames (N, 3, S, S)."""
-    tokens = model.vision_model(pixel_values=images).last_hidden_state  # (N, P + 1, W)
-    queries = model.image_query_tokens.expand(images.shape[0], -1, -1)
-    return model.image_qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state
 
 
 def _held_out(data: WorldData, clips: int) -> WorldData:

@@ -492,22 +492,23 @@ _SLOT = re.compile(f"{re.escape(IMAGE_PLACEHOLDER)}|{re.escape(AUDIO_PLACEHOLDER
 class ChatForm:
     """How a stage-0 media chat looks: the inference prompt's upload message and what fills its slots.
 
-    ``slots`` gives, per placeholder of ``preamble`` in order, how many frames' query outputs fill it;
-    ``system`` is the system prompt inference uses with these media (``templates.system_for``).
+    ``slots`` gives, per placeholder of ``preamble`` in order, what fills it: ``"frame"`` (one frame's
+    query outputs) or ``"clip"`` (those of :data:`VIDEO_FRAMES`, in order); ``system`` is the system
+    prompt inference uses with these media (``templates.system_for``).
     """
 
     name: str
     preamble: str
-    slots: tuple[int, ...]
+    slots: tuple[str, ...]
     system: str
     weight: float
 
 
 CHAT_FORMS: tuple[ChatForm, ...] = (
-    ChatForm("image", IMAGE_MESSAGE, (1,), VISUAL_SYSTEM, 0.4),
-    ChatForm("video", VIDEO_MESSAGE + TIMESTAMP_EXAMPLE, (len(VIDEO_FRAMES),), VISUAL_SYSTEM, 0.35),
-    ChatForm("audio", AUDIO_SENTENCE, (1,), LLAMA2_DEFAULT_SYSTEM, 0.125),
-    ChatForm("audio_video", AV_MESSAGE, (1, len(VIDEO_FRAMES)), "", 0.125),  # the sound's slot comes first
+    ChatForm("image", IMAGE_MESSAGE, ("frame",), VISUAL_SYSTEM, 0.4),
+    ChatForm("video", VIDEO_MESSAGE + TIMESTAMP_EXAMPLE, ("clip",), VISUAL_SYSTEM, 0.35),
+    ChatForm("audio", AUDIO_SENTENCE, ("frame",), LLAMA2_DEFAULT_SYSTEM, 0.125),
+    ChatForm("audio_video", AV_MESSAGE, ("frame", "clip"), "", 0.125),  # the sound's slot comes first
 )
 """The media chats of the generative phases, one form per inference prompt. The small LLM stands in for
 a chat LLM that answers whatever is asked about whatever fills the media slots; with image chats alone it
@@ -555,6 +556,14 @@ def splice_prefix(embed: nn.Embedding, parts: list[tuple[list[list[int]], int]],
     return inputs, mask, nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)
 
 
+def frame_queries(model, images: Tensor) -> Tensor:
+    """The image Q-Former's query outputs (N, Q, W) for normalised frames (N, 3, S, S); the ViT stays frozen."""
+    with torch.no_grad():
+        tokens = model.vision_model(pixel_values=images).last_hidden_state  # (N, P + 1, W)
+    queries = model.image_query_tokens.expand(images.shape[0], -1, -1)
+    return model.image_qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state
+
+
 @dataclass
 class MediaChat:
     """One chat of a generative step: its token pieces, answer length and the (clip, frame) of each slot."""
@@ -599,7 +608,7 @@ class PictureLosses:
         question, answer = self.question(form, c, f)
         system = form.system if self.rng.random() < 0.5 else self.rng.choice(SYSTEMS)  # inference's or training's
         pieces, answer_len = picture_chat(self.tokenizer, system, form.preamble, question, answer)
-        slots = [[(c, f)] if n == 1 else [(c, i) for i in VIDEO_FRAMES] for n in form.slots]
+        slots = [[(c, f)] if slot == "frame" else [(c, i) for i in VIDEO_FRAMES] for slot in form.slots]
         return MediaChat(pieces, answer_len, slots)
 
     def step(self) -> tuple[list[tuple[int, int]], Tensor, Tensor, Tensor]:
@@ -610,20 +619,13 @@ class PictureLosses:
         chats = [self.chat() for _ in range(settings.qa_batch)]
         frames = picks + [cf for chat in chats for slot in chat.slots for cf in slot]
         images = _normalize(torch.stack([cache.frames[c, f] for c, f in frames]))  # (B + F_chat, 3, S, S)
-        with torch.no_grad():
-            tokens = model.vision_model(pixel_values=images).last_hidden_state  # (B + F_chat, 50, W)
-        queries = model.image_query_tokens.expand(len(frames), -1, -1)
-        query_out = model.image_qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state  # (B + F_chat, Q, W)
+        query_out = frame_queries(model, images)  # (B + F_chat, Q, W)
         pictures = self.bridge(query_out)  # (B + F_chat, Q, D_llm)
         llm = model.language_model
         qa_loss = torch.zeros(())
         if chats:
-            slot_pictures, k = [], len(picks)
-            for chat in chats:
-                slot_pictures.append([])
-                for slot in chat.slots:
-                    slot_pictures[-1].append(pictures[k: k + len(slot)].flatten(0, 1))  # (n_frames * Q, D_llm)
-                    k += len(slot)
+            per_slot = iter(pictures[len(picks):].split([len(slot) for chat in chats for slot in chat.slots]))
+            slot_pictures = [[next(per_slot).flatten(0, 1) for _ in chat.slots] for chat in chats]  # (n_frames * Q, D_llm) each
             # Two length buckets (the long default system prompt would pad every row to its length),
             # their mean losses weighted by answer tokens: the mean over the whole batch's answer tokens.
             order = sorted(range(len(chats)), key=lambda i: sum(map(len, chats[i].pieces)))
