@@ -413,3 +413,18 @@ def test_stage0_runs_on_its_own_thread_count_and_restores_the_callers(monkeypatc
             assert seen[-1] == want and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_sound_frames_show_exactly_the_sound_sources():
+    """Audio-slot chats of stage 0 use frames that show every sounding object and no silent one."""
+    from videollama.synthav.stage0 import sound_frames
+
+    obj = dict(colour="red", size="large", direction="left", x0=80.0, y0=50.0, speed=1.0)
+    drum = SceneObject(shape="circle", on_frame=0, off_frame=16, sounding=True, **obj)
+    mute = SceneObject(shape="star", on_frame=8, off_frame=32, sounding=False, **{**obj, "colour": "blue"})
+    frames = list(range(0, 32, 4))  # 0, 4, ..., 28
+    scenes = [Scene((drum, mute), num_frames=32),  # circle alone on frames 0 and 4
+              Scene((drum,), (OffscreenSound("bell", 24, 32),), num_frames=32),  # an unseen sound: never
+              Scene((mute,), num_frames=32)]  # nothing sounds: never
+    cache = MediaCache(torch.zeros(3, 8, 3, 4, 4, dtype=torch.uint8), [frames] * 3, None, scenes)
+    assert sound_frames(cache) == [(0, 0), (0, 1)]

@@ -63,8 +63,8 @@ class ChainSettings:
     workers: int = 2  # render processes
     stage0: Stage0Settings = field(default_factory=Stage0Settings)
     stages: dict[str, StageSteps] = field(default_factory=lambda: {
-        "vl_stage1": StageSteps(300, 16),
-        "vl_stage2": StageSteps(300, 16),
+        "vl_stage1": StageSteps(250, 16),
+        "vl_stage2": StageSteps(260, 16),
         "al_stage1": StageSteps(200, 16),
         "al_stage2": StageSteps(200, 16),
     })

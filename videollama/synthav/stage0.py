@@ -69,7 +69,8 @@ from torch import Tensor, nn
 
 from ..templates import AUDIO_SENTENCE, AV_MESSAGE, IMAGE_MESSAGE, LLAMA2_DEFAULT_SYSTEM, VIDEO_MESSAGE, VISUAL_SYSTEM
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, train_tiny_tokenizer
-from .annotate import WHAT_DO_YOU_HEAR, image_instruction, sample_question, sound_answer, still_caption, video_instruction
+from .annotate import (DESCRIBE_VIDEO, WHAT_DO_YOU_HEAR, image_instruction, sample_question, sound_answer, still_caption,
+                       video_caption)
 from .preset import synthav_config
 from .world import COLOURS, SHAPES, SIZES, Scene, WorldConfig
 
@@ -108,22 +109,22 @@ class Stage0Settings:
     threads: int = 0  # torch threads while stage 0 trains (0: every core; stage 0 runs alone, with no workers)
     vocab_size: int = 768
     frame_clips: int = 2000  # webvid clips decoded for the frame and audio caches
-    lm_steps: int = 1200
+    lm_steps: int = 1000
     lm_batch: int = 24
     lm_lr: float = 2e-3
-    attribute_steps: int = 1500  # supervised per-patch pretraining of each ViT
+    attribute_steps: int = 1200  # supervised per-patch pretraining of each ViT
     attribute_batch: int = 64
     attribute_lr: float = 1e-3
-    vision_steps: int = 1000
+    vision_steps: int = 700
     vision_batch: int = 24
-    qa_batch: int = 16  # media chats per generative step, beside the frame descriptions
-    reading_steps: int = 700  # the second generative phase (picture losses + text loss)
+    qa_batch: int = 12  # media chats per generative step, beside the frame descriptions
+    reading_steps: int = 450  # the second generative phase (picture losses + text loss)
     vision_lr: float = 1e-3
     llm_lr: float = 3e-4  # the LLM, trained along in the generative image-encoder stage
     bind_vision_steps: int = 500
     bind_batch: int = 64
     bind_lr: float = 1e-3
-    audio_steps: int = 500
+    audio_steps: int = 300
     audio_batch: int = 64
     audio_lr: float = 1e-3
     weight_decay: float = 0.01
@@ -513,7 +514,9 @@ CHAT_FORMS: tuple[ChatForm, ...] = (
 """The media chats of the generative phases, one form per inference prompt. The small LLM stands in for
 a chat LLM that answers whatever is asked about whatever fills the media slots; with image chats alone it
 answered every question with media in the prompt with a static word ("Is there a star sound?" -> "one";
-docs/synthav.md#diagnosis). The audio slot holds a frame's picture: stage 0 never shows the LLM audio."""
+docs/synthav.md#diagnosis). The audio slot holds a frame's picture: stage 0 never shows the LLM audio.
+Each chat is answerable from its slots (:meth:`PictureLosses.question`): with questions its media cannot
+answer, the LLM learned to answer from the question alone."""
 
 
 def picture_chat(tokenizer, system: str, preamble: str, question: str, answer: str) -> tuple[list[list[int]], int]:
@@ -564,6 +567,24 @@ def frame_queries(model, images: Tensor) -> Tensor:
     return model.image_qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state
 
 
+def sound_frames(cache: MediaCache) -> list[tuple[int, int]]:
+    """(clip, cached frame) pairs whose frame shows exactly the clip's sound sources.
+
+    The clip has no off-screen sound and at least one sounding object, and the frame shows every sounding
+    object and no silent one: a picture that answers the clip's audio questions ("Is there a star sound?"
+    is "is a star shown"), the stand-in for the sound in stage 0's audio-slot chats.
+    """
+    pairs = []
+    for c, scene in enumerate(cache.scenes):
+        sounding = {i for i, o in enumerate(scene.objects) if o.sounding}
+        if scene.offscreen or not sounding:
+            continue
+        for f, frame in enumerate(cache.frame_index[c]):
+            if {i for i, o in enumerate(scene.objects) if o.on_frame <= frame < o.off_frame} == sounding:
+                pairs.append((c, f))
+    return pairs
+
+
 @dataclass
 class MediaChat:
     """One chat of a generative step: its token pieces, answer length and the (clip, frame) of each slot."""
@@ -585,17 +606,26 @@ class PictureLosses:
         self.settings, self.rng = settings, rng
         self.np_rng = np.random.default_rng(settings.seed)
         self.embed = model.language_model.get_input_embeddings()
+        self.sound_frames = sound_frames(cache)
+        if not self.sound_frames:
+            logger.warning("no cached frame shows exactly its clip's sound sources; audio-slot chats use any frame")
 
     def question(self, form: ChatForm, c: int, f: int) -> tuple[str, str]:
-        """A question of the form's kind about clip ``c`` (frame ``f`` for an image) and its answer."""
+        """A question of the form's kind about clip ``c`` (frame ``f`` for an image) and its answer.
+
+        Every question is answerable from what fills the chat's slots: a still answers static questions,
+        4 frames in order the description, static and temporal ones (not what is heard), and the audio
+        slot's frame shows exactly the clip's sound sources (:func:`sound_frames`).
+        """
         scene, world, np_rng = self.cache.scenes[c], self.world, self.np_rng
         if form.name == "image":  # the still's description or a static question about it
             conversation = image_instruction(scene, world, np_rng, self.cache.frame_index[c][f])
             k = self.rng.randrange(len(conversation) // 2)
             return conversation[2 * k]["value"].replace("<image>\n", ""), conversation[2 * k + 1]["value"]
-        if form.name == "video":  # the description, what is heard, or a question of any family
-            turn = self.rng.choice(video_instruction(scene, world, np_rng))
-            return turn["q"], turn["a"]
+        if form.name == "video":  # what the frames show: the description, a static or a temporal question
+            family = self.rng.choice(("description", "static", "temporal"))
+            item = None if family == "description" else sample_question(scene, world, np_rng, family)
+            return (DESCRIBE_VIDEO, video_caption(scene)) if item is None else (item.question, item.answer)
         family = "audio" if form.name == "audio" else "audio_visual"
         item = sample_question(scene, world, np_rng, family)
         if item is None or (form.name == "audio" and self.rng.random() < 0.25):
@@ -604,7 +634,10 @@ class PictureLosses:
 
     def chat(self) -> MediaChat:
         form = self.rng.choices(CHAT_FORMS, weights=[f.weight for f in CHAT_FORMS])[0]
-        c, f = self.rng.randrange(self.cache.frames.shape[0]), self.rng.randrange(FRAMES_PER_CLIP)
+        if "audio" in form.name and self.sound_frames:  # the audio slot's frame shows what is heard
+            c, f = self.rng.choice(self.sound_frames)
+        else:
+            c, f = self.rng.randrange(self.cache.frames.shape[0]), self.rng.randrange(FRAMES_PER_CLIP)
         question, answer = self.question(form, c, f)
         system = form.system if self.rng.random() < 0.5 else self.rng.choice(SYSTEMS)  # inference's or training's
         pieces, answer_len = picture_chat(self.tokenizer, system, form.preamble, question, answer)
