@@ -1,6 +1,6 @@
 """The whole SynthAV chain, reproducible from nothing: data -> stage 0 -> stages 1-2 -> model -> results.
 
-    python -m videollama.synthav.chain --out output/synthav --seed 0           # full (70 min on 2 CPU cores)
+    python -m videollama.synthav.chain --out output/synthav --seed 0           # full (under an hour on 2 CPU cores)
     python -m videollama.synthav.chain --out /tmp/sav --seed 0 --quick         # minutes: CI, same code path
 
 Steps (each writes under ``--out``; ``chain.json`` records the settings and every step's seconds):
@@ -257,10 +257,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage0", default=None, help="reuse this stage-0 folder (shared frozen parts)")
     parser.add_argument("--quick", action="store_true", help="tiny data and a few steps of everything (CI)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation")
+    parser.add_argument("--stage0-threads", type=int, default=0,
+                        help="torch threads of stage 0 (default 0: every core; 1 when runs share the machine)")
     args = parser.parse_args(argv)
+    if args.stage0_threads < 0:
+        parser.error(f"--stage0-threads must be >= 0, got {args.stage0_threads}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     settings = ChainSettings.quick(args.seed) if args.quick else ChainSettings(stage0=Stage0Settings(seed=args.seed))
+    settings.stage0 = replace(settings.stage0, threads=args.stage0_threads)
     result = run_chain(args.out, args.seed, settings, data_seed=args.data_seed, data_dir=args.data,
                        stage0_dir=args.stage0, evaluate=not args.no_eval)
     print(json.dumps({"model_dir": result.model_dir, "seconds": result.seconds}, indent=1))

@@ -46,6 +46,7 @@ def cmd_train_all(args) -> int:
     argv += (["--data", args.data] if args.data else []) + (["--quick"] if args.quick else [])
     argv += ["--stage0", args.stage0] if args.stage0 else []
     argv += ["--no-eval"] if args.no_eval else []
+    argv += ["--stage0-threads", str(args.stage0_threads)]
     main(argv)
     return 0
 
@@ -119,6 +120,8 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.add_argument("--stage0", default=None, help="reuse a stage-0 folder: the frozen parts shared across seeds")
     p.add_argument("--quick", action="store_true", help="minutes, for CI")
     p.add_argument("--no-eval", action="store_true")
+    p.add_argument("--stage0-threads", type=int, default=0,
+                   help="torch threads of stage 0 (default 0: every core; 1 when runs share the machine)")
     p.set_defaults(synthav_func=cmd_train_all)
 
     p = sub.add_parser("evaluate", help="the claims table over several train-all runs (one training seed each)")

@@ -64,8 +64,9 @@ def ship(run_dir: str | Path, model_dir: Path = MODEL_DIR, examples_dir: Path = 
     examples_dir.mkdir(parents=True)
     manifest = {"source": str(run.name), "examples": []}
     for family, item, reply, tried, total in chosen:
-        name = f"synthav_{family}_{item.video.stem}.mp4"
-        shutil.copyfile(item.video, examples_dir / name)
+        name = f"synthav_{item.video.stem}.mp4"  # one file per clip, though two questions may share it
+        if not (examples_dir / name).exists():
+            shutil.copyfile(item.video, examples_dir / name)
         manifest["examples"].append({
             "file": name, "question": item.question, "choices": list(item.choices), "answer": item.answer,
             "family": family, "reply": reply,
