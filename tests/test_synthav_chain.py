@@ -45,7 +45,7 @@ def test_quick_chain_runs_end_to_end(quick_chain):
     assert ablation["videollama"]["use_frame_position"] is False
     results = json.loads((out / "results" / "results.json").read_text())
     assert (out / "results" / "results.png").stat().st_size > 1000
-    assert set(results["summary"]) == {"audio+video", "video", "audio", "one_frame", "no_frame_pos"}
+    assert set(results["summary"]) == {"audio+video", "video", "audio", "one_frame", "no_frame_pos", "other_audio"}
     for setting, families in results["summary"].items():
         assert 0.0 <= families["all"]["accuracy_mean"] <= 1.0, setting
         assert 0.0 < families["all"]["chance"] < 1.0
@@ -385,7 +385,8 @@ def test_evaluate_cli_on_one_model_folder(quick_chain, tmp_path, capsys):
     assert main(["synthav", "evaluate", "--model", str(out / "model"), "--data", str(out / "data"), "--limit", "4",
                  "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["questions"] == 4 and set(results["summary"]) == {"audio+video", "video", "audio", "one_frame"}
+    assert results["questions"] == 4
+    assert set(results["summary"]) == {"audio+video", "video", "audio", "one_frame", "other_audio"}
     assert "| audio+video |" in capsys.readouterr().out
     assert main(["synthav", "evaluate", "--model", str(out / "model"), "--out", str(tmp_path)]) == 2  # no --data
 
@@ -428,3 +429,56 @@ def test_sound_frames_show_exactly_the_sound_sources():
               Scene((mute,), num_frames=32)]  # nothing sounds: never
     cache = MediaCache(torch.zeros(3, 8, 3, 4, 4, dtype=torch.uint8), [frames] * 3, None, scenes)
     assert sound_frames(cache) == [(0, 0), (0, 1)]
+
+
+def test_other_audio_plays_another_clips_soundtrack(monkeypatch):
+    """The ``other_audio`` control answers each question from a different held-out clip's sound only."""
+    from videollama.synthav import evaluate
+
+    videos = [Path(f"clip{i}.mp4") for i in (0, 0, 1, 2, 2)]
+    other = evaluate.other_clips(videos)
+    assert other == {Path("clip0.mp4"): Path("clip1.mp4"), Path("clip1.mp4"): Path("clip2.mp4"),
+                     Path("clip2.mp4"): Path("clip0.mp4")}
+    with pytest.raises(ValueError, match="at least two"):
+        evaluate.other_clips([Path("a.mp4")] * 3)
+
+    shown = []
+    monkeypatch.setattr(evaluate, "media_features", lambda pipe, path, setting: shown.append((path, setting)) or path)
+
+    class Pipe:  # records what each request was given; replies with the clip it heard
+        engine = type("Engine", (), {"generate_all": staticmethod(lambda reqs: reqs)})()
+
+        @staticmethod
+        def request(media, turns, gen):
+            return media
+
+        @staticmethod
+        def decode_answer(media):
+            return media.stem
+
+    items = [evaluate.TestItem(str(i), v, "Is there a bell sound?", "no", "audio", "hear", ("yes", "no"))
+             for i, v in enumerate(videos)]
+    replies = evaluate.answer_items(Pipe, items, "other_audio")
+    assert replies == ["clip1", "clip1", "clip2", "clip0", "clip0"]
+    assert shown == [(Path("clip1.mp4"), "audio"), (Path("clip2.mp4"), "audio"), (Path("clip0.mp4"), "audio")]
+
+
+def test_combine_runs_evaluates_settings_a_saved_run_lacks(quick_chain, tmp_path):
+    import shutil
+
+    from videollama.synthav.evaluate import combine_runs
+
+    out, _ = quick_chain
+    run = tmp_path / "run"
+    shutil.copytree(out, run, symlinks=True)
+    chain = json.loads((run / "chain.json").read_text())
+    chain["data_dir"] = str(out / "data")
+    (run / "chain.json").write_text(json.dumps(chain))
+    saved = json.loads((run / "results" / "results.json").read_text())
+    for runs in saved["per_seed"].values():
+        del runs["other_audio"]
+    saved["settings"].remove("other_audio")
+    (run / "results" / "results.json").write_text(json.dumps(saved))
+    combined = combine_runs([run], limit=8)
+    assert "other_audio" in combined["summary"] and combined["summary"]["video"] == saved["summary"]["video"]
+    assert "other_audio" in json.loads((run / "results" / "results.json").read_text())["settings"]

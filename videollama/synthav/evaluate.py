@@ -8,6 +8,8 @@ Settings (what the model is given for each held-out question of ``qa/test.json``
 ``audio``           the soundtrack only (the official audio prompt; the video is hidden)
 ``one_frame``       the first frame only (single-frame baseline), no audio
 ``no_frame_pos``    8 frames, no audio, asked of the ablation model trained without frame positions
+``other_audio``     another held-out clip's soundtrack only: the control for ``audio``. What the
+                    question alone gets right; ``audio`` above it is what the sound adds
 ==================  =======================================================================
 
 Answers are decoded greedily. A reply is matched to the question's closed choice set: the choice
@@ -38,7 +40,7 @@ import torch
 
 from .annotate import FAMILIES
 
-SETTINGS: tuple[str, ...] = ("audio+video", "video", "audio", "one_frame", "no_frame_pos")
+SETTINGS: tuple[str, ...] = ("audio+video", "video", "audio", "one_frame", "no_frame_pos", "other_audio")
 NUM_FRAMES = 8
 MAX_NEW_TOKENS = 24
 BATCH_SIZE = 16
@@ -110,19 +112,31 @@ def media_features(pipe, path: Path, setting: str):
         return features
 
 
-def answer_items(pipe, items: Sequence[TestItem], setting: str, batch_size: int = BATCH_SIZE) -> list[str]:
-    """Greedy replies of ``pipe`` to ``items`` under ``setting``."""
+def other_clips(videos: Sequence[Path]) -> dict[Path, Path]:
+    """Each held-out clip -> the next distinct one (in first-seen order, wrapping): whose sound ``other_audio`` plays."""
+    unique = list(dict.fromkeys(videos))
+    if len(unique) < 2:
+        raise ValueError("the other_audio setting needs at least two held-out clips")
+    return {v: unique[(i + 1) % len(unique)] for i, v in enumerate(unique)}
+
+
+def answer_items(pipe, items: Sequence[TestItem], setting: str, batch_size: int = BATCH_SIZE,
+                 clips: Sequence[Path] | None = None) -> list[str]:
+    """Greedy replies of ``pipe`` to ``items`` under ``setting``; ``other_audio`` takes the other clip's sound
+    from ``clips`` (default: the items' own clips), e.g. every held-out clip when ``items`` is a subset."""
     from ..engine import GenerationConfig
 
     gen = GenerationConfig(do_sample=False, max_new_tokens=MAX_NEW_TOKENS)
     cache: dict[Path, Any] = {}
+    other = other_clips([it.video for it in items] if clips is None else clips) if setting == "other_audio" else None
     replies: list[str] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start: start + batch_size]
         requests = []
         for item in chunk:
             if item.video not in cache:
-                cache[item.video] = media_features(pipe, item.video, setting)
+                cache[item.video] = (media_features(pipe, other[item.video], "audio") if other
+                                     else media_features(pipe, item.video, setting))
             requests.append(pipe.request(cache[item.video], [(item.question, None)], gen))
         with torch.inference_mode():
             replies += [pipe.decode_answer(ids) for ids in pipe.engine.generate_all(requests)]
@@ -182,6 +196,7 @@ def evaluate_synthav(
     if "no_frame_pos" in settings and not ablations:
         settings = [s for s in settings if s != "no_frame_pos"]
     items = load_test_items(data_dir, limit)
+    clips = [it.video for it in load_test_items(data_dir)]  # whose sound other_audio plays
     per_seed: dict[str, Any] = {}
     started = time.perf_counter()
     for seed, folder in models.items():
@@ -194,7 +209,7 @@ def evaluate_synthav(
                     continue
                 key = "ablation"
                 pipes.setdefault(key, Pipeline.from_pretrained(ablations[seed]))
-            replies = answer_items(pipes[key], items, setting)
+            replies = answer_items(pipes[key], items, setting, clips=clips)
             per_seed[str(seed)][setting] = {
                 "families": score(items, replies),
                 "examples": [{"question": it.question, "answer": it.answer, "reply": r}
@@ -302,7 +317,8 @@ def combine_runs(run_dirs: Sequence[str | Path], limit: int | None = None) -> di
     """Results over several chain runs (``train-all --out RUN --seed S``), one training seed each.
 
     A run's own ``results/results.json`` is reused when it covers every question; otherwise its
-    ``model/`` (and ``ablation/vl_stage2/export``) are evaluated on the run's ``data/``.
+    ``model/`` (and ``ablation/vl_stage2/export``) are evaluated on the run's ``data/``. Settings that
+    the saved results lack (added to :data:`SETTINGS` after the run) are evaluated and saved into them.
     """
     per_seed: dict[str, Any] = {}
     models, ablations, questions, data_dirs = {}, {}, set(), set()
@@ -314,10 +330,19 @@ def combine_runs(run_dirs: Sequence[str | Path], limit: int | None = None) -> di
         data = Path(chain.get("data_dir") or run / "data")
         saved = run / "results" / "results.json"
         results = json.loads(saved.read_text()) if saved.is_file() else None
+        ablation = run / "ablation" / "vl_stage2" / "export"
+        ablation_dirs = {int(seed): ablation} if (ablation / "config.json").is_file() else None
         if results is None or (limit is None and results["questions"] < len(load_test_items(data))):
-            ablation = run / "ablation" / "vl_stage2" / "export"
-            results = evaluate_synthav({int(seed): run / "model"}, data, ablation_dirs={int(seed): ablation}
-                                       if (ablation / "config.json").is_file() else None, limit=limit)
+            results = evaluate_synthav({int(seed): run / "model"}, data, ablation_dirs=ablation_dirs, limit=limit)
+        else:
+            missing = [s for s in SETTINGS if s not in results["settings"] and (s != "no_frame_pos" or ablation_dirs)]
+            if missing:  # on the same questions: the first ``questions`` of the file
+                extra = evaluate_synthav({int(seed): run / "model"}, data, ablation_dirs=ablation_dirs,
+                                         settings=missing, limit=results["questions"])
+                results["per_seed"][seed].update(extra["per_seed"][seed])
+                results["settings"] = [s for s in SETTINGS if s in results["per_seed"][seed]]
+                results["summary"] = summarize(results["per_seed"])
+                save_results(results, run / "results")
         per_seed.update(results["per_seed"])
         models.update(results["models"])
         ablations.update(results["ablations"])
