@@ -482,3 +482,23 @@ def test_combine_runs_evaluates_settings_a_saved_run_lacks(quick_chain, tmp_path
     combined = combine_runs([run], limit=8)
     assert "other_audio" in combined["summary"] and combined["summary"]["video"] == saved["summary"]["video"]
     assert "other_audio" in json.loads((run / "results" / "results.json").read_text())["settings"]
+
+
+def test_relative_spread_is_zero_for_constant_and_near_one_for_random_rows():
+    from videollama.synthav.spread import relative_spread
+
+    g = torch.Generator().manual_seed(0)
+    assert relative_spread(torch.ones(16, 4, 8)) == 0.0
+    assert 0.9 < relative_spread(torch.randn(256, 512, generator=g)) < 1.1
+    assert relative_spread(torch.ones(16, 64) + 0.01 * torch.randn(16, 64, generator=g)) < 0.02
+
+
+def test_spread_cli_on_the_quick_model(quick_chain, capsys):
+    from videollama.cli import main
+
+    out, _ = quick_chain
+    assert main(["synthav", "spread", "--model", str(out / "model"), "--data", str(out / "data"), "--clips", "4"]) == 0
+    table = capsys.readouterr().out
+    for name in ("frame_queries", "video_tokens", "audio_embeddings", "audio_tokens", "vision_embeddings",
+                 "audio_tokens_from_frames"):
+        assert f"| {name} |" in table

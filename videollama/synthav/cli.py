@@ -1,10 +1,11 @@
-"""``videollama synthav generate|stage0|train-all|evaluate|probe|ship``: the SynthAV world and its reproducible chain.
+"""``videollama synthav generate|stage0|train-all|evaluate|probe|spread|ship``: the SynthAV world and its reproducible chain.
 
     videollama synthav generate --out data/synthav --clips 2000 --seed 0
     videollama synthav stage0 --data data/synthav --out output/synthav/stage0
     videollama synthav train-all --out output/synthav --seed 0 [--quick]
     videollama synthav evaluate --run output/s0 --run output/s1 --run output/s2 --out results/
-    videollama synthav evaluate --model DIR --data data/synthav --out results/   # one model, four settings
+    videollama synthav evaluate --model DIR --data data/synthav --out results/   # one model (no ablation setting)
+    videollama synthav spread --model output/synthav/model --data data/synthav  # do the soft tokens vary by clip?
     videollama synthav ship --run output/synthav          # becomes the default model + examples
 
 (The held-out evaluation is ``videollama eval synthav``, wired to
@@ -65,6 +66,13 @@ def cmd_evaluate(args) -> int:
     json_path, png_path = save_results(results, args.out)
     print(format_table(results))
     print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def cmd_spread(args) -> int:
+    from .spread import branch_spread, format_spread
+
+    print(format_spread(branch_spread(args.model, args.data, clips=args.clips)))
     return 0
 
 
@@ -139,6 +147,12 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.add_argument("--clips", type=int, default=300, help="held-out WebVid clips to probe on")
     p.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     p.set_defaults(synthav_func=cmd_probe)
+
+    p = sub.add_parser("spread", help="how much each representation of a trained model varies from clip to clip")
+    p.add_argument("--model", required=True, help="a model folder (e.g. a train-all run's model/)")
+    p.add_argument("--data", required=True, help="the SynthAV folder whose held-out clips are encoded")
+    p.add_argument("--clips", type=int, default=64, help="distinct held-out clips")
+    p.set_defaults(synthav_func=cmd_spread)
 
     p = sub.add_parser("ship", help="make a chain's model the package default and pick example clips")
     p.add_argument("--run", required=True, help="a train-all output folder (with model/ and data/)")
