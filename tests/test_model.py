@@ -137,3 +137,23 @@ def test_official_7b_parameter_counts():
     assert al == 22_855_680
     assert counts["vision_model"] == 985_952_256  # EVA ViT-g/14, 39 blocks + ln_vision
     assert counts["language_model"] == 6_738_415_616  # LLaMA-2-7B
+
+
+def test_qformer_init_std_and_audio_input_norm_options():
+    """``QFormerConfig.init_std`` sets a fresh Q-Former's weight init; ``audio_branch_input_norm`` makes the audio
+    Q-Former see sound (norm 20) and frames (norm 1) at one norm. The defaults are the official behaviour."""
+    from dataclasses import replace
+
+    from videollama.presets import tiny
+
+    torch.manual_seed(0)
+    official = VideoLlama(tiny()).eval()
+    wide = replace(tiny().audio_qformer, init_std=0.1)
+    torch.manual_seed(0)
+    model = VideoLlama(replace(tiny(), audio_qformer=wide, audio_branch_input_norm=1.0)).eval()
+    weight = lambda m: m.audio_qformer.encoder.layer[0].crossattention.attention.value.weight  # noqa: E731
+    assert 0.015 < weight(official).std().item() < 0.025 and 0.08 < weight(model).std().item() < 0.12
+    emb = torch.nn.functional.normalize(torch.randn(2, 3, model.config.imagebind.embed_dim), dim=-1)
+    with torch.no_grad():
+        assert torch.allclose(model._audio_qformer(emb), model._audio_qformer(20 * emb), atol=1e-5)
+        assert not torch.allclose(official._audio_qformer(emb), official._audio_qformer(20 * emb), atol=1e-3)

@@ -49,6 +49,9 @@ class QFormerConfig:
     num_queries: int = 32
     layer_norm_eps: float = 1e-12
     dropout: float = 0.1  # hidden and attention-probability dropout (BERT-base)
+    # Std of the Linear weights at init (BERT's initializer_range). 0.02 is tuned for width 768; at small
+    # widths it lets almost nothing of the memory through a fresh Q-Former (docs/synthav.md#diagnosis).
+    init_std: float = 0.02
 
 
 @dataclass
@@ -93,6 +96,10 @@ class VideoLlamaConfig:
         default_factory=lambda: QFormerConfig(num_layers=2, encoder_width=1024, cross_attention_every=1, num_queries=8)
     )
     max_audio_clips: int = 8
+    # Norm of the clip embeddings entering the audio Q-Former. None keeps the encoders' own: ImageBind's
+    # audio embeddings have norm 20 and its vision embeddings norm 1, so the official audio branch is
+    # trained (on frames) at norm 1 and run (on sound) at norm 20. A number rescales both to it.
+    audio_branch_input_norm: float | None = None
     with_vision: bool = True  # build the vision-language branch (EVA ViT-g, BLIP-2 and video Q-Formers)
     with_audio: bool = True  # build the audio-language branch
     with_imagebind_vision: bool = False  # build ImageBind's vision trunk (needed to train the audio branch)

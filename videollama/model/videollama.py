@@ -41,6 +41,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel
@@ -88,6 +89,7 @@ def qformer_config(cfg: QFormerConfig) -> Blip2QFormerConfig:
         cross_attention_frequency=cfg.cross_attention_every,
         encoder_hidden_size=cfg.encoder_width,
         use_qformer_text_input=False,
+        initializer_range=cfg.init_std,
     )
 
 
@@ -215,7 +217,10 @@ class VideoLlama(nn.Module):
         if num_clips > self.config.max_audio_clips:
             raise ValueError(f"{num_clips} audio clips given; the audio position table holds {self.config.max_audio_clips}")
         positions = self.audio_position_embedding(torch.arange(num_clips, device=clip_embeddings.device))
-        memory = clip_embeddings.to(positions.dtype) + positions[None]  # (B, S, 1024)
+        clip_embeddings = clip_embeddings.to(positions.dtype)
+        if self.config.audio_branch_input_norm is not None:  # the same norm for sound and frames
+            clip_embeddings = F.normalize(clip_embeddings, dim=-1) * self.config.audio_branch_input_norm
+        memory = clip_embeddings + positions[None]  # (B, S, 1024)
         queries = self.audio_query_tokens.expand(batch, -1, -1)
         audio = self.audio_qformer(query_embeds=queries, encoder_hidden_states=memory).last_hidden_state
         return self.audio_projection(audio.to(self.audio_projection.weight.dtype))  # (B, 8, D_llm)
