@@ -195,8 +195,9 @@ def evaluate_synthav(
         models = {s: models[s] for s in seeds if s in models}
     if "no_frame_pos" in settings and not ablations:
         settings = [s for s in settings if s != "no_frame_pos"]
-    items = load_test_items(data_dir, limit)
-    clips = [it.video for it in load_test_items(data_dir)]  # whose sound other_audio plays
+    every_item = load_test_items(data_dir)
+    items = every_item[:limit] if limit else every_item
+    clips = [it.video for it in every_item]  # whose sound other_audio plays
     per_seed: dict[str, Any] = {}
     started = time.perf_counter()
     for seed, folder in models.items():

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .evaluate import NUM_FRAMES, load_test_items
+from .stage0 import frame_queries
 
 
 def relative_spread(x: Tensor) -> float:
@@ -50,10 +51,7 @@ def branch_spread(model_dir: str | Path, data_dir: str | Path, clips: int = 64) 
         frames = frames.to(device, dtype)  # (N, T, 3, S, S)
         flat = frames.flatten(0, 1)  # (N*T, 3, S, S)
         if model.config.with_vision:
-            tokens = model.vision_model(pixel_values=flat).last_hidden_state  # (N*T, P + 1, W)
-            queries = model.image_query_tokens.expand(flat.shape[0], -1, -1)
-            frame_queries = model.image_qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state
-            out["frame_queries"] = relative_spread(frame_queries.view(len(videos), -1))
+            out["frame_queries"] = relative_spread(frame_queries(model, flat).view(len(videos), -1))  # (N, T*Q*W)
             out["video_tokens"] = relative_spread(model.encode_video(frames))
         if model.config.with_audio:
             mel = torch.stack([load_audio(v) for v in videos]).to(device, dtype)  # (N, S, 1, M, F)

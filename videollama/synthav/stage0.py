@@ -19,8 +19,9 @@ order the real parts were made:
    LLM, which must generate a *frame description* ("a large red circle at column 2 row 5 ...",
    objects left to right; positions because the temporal questions need them) and answer one-turn
    media chats in every form the inference prompts take (:data:`CHAT_FORMS`: an image with a static
-   question; 4 frames in order in the video slot with a question of any family; a frame in the audio
-   slot with a question about the sound; both), the pictures spliced where the prompt puts the media
+   question; 4 frames in order in the video slot with the description, a static or a temporal question;
+   a frame showing exactly the clip's sound sources in the audio slot with a question about the sound;
+   both), the pictures spliced where the prompt puts the media
    (:func:`train_image_encoder`, then :func:`train_picture_reading`). Unlike BLIP-2 the small LLM trains along (a frozen 4-layer LLM
    never learned to read the picture), and is frozen afterwards. We use no ITC/ITM. The bridge is
    kept (``llama_proj.safetensors``, MiniGPT-4's key names): like MiniGPT-4's ``llama_proj`` in the
@@ -576,12 +577,11 @@ def sound_frames(cache: MediaCache) -> list[tuple[int, int]]:
     """
     pairs = []
     for c, scene in enumerate(cache.scenes):
-        sounding = {i for i, o in enumerate(scene.objects) if o.sounding}
+        sounding = {id(o) for o in scene.objects if o.sounding}
         if scene.offscreen or not sounding:
             continue
-        for f, frame in enumerate(cache.frame_index[c]):
-            if {i for i, o in enumerate(scene.objects) if o.on_frame <= frame < o.off_frame} == sounding:
-                pairs.append((c, f))
+        pairs += [(c, f) for f, frame in enumerate(cache.frame_index[c])
+                  if {id(o) for o in scene.visible_at(frame)} == sounding]
     return pairs
 
 
