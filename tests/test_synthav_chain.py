@@ -502,3 +502,21 @@ def test_spread_cli_on_the_quick_model(quick_chain, capsys):
     for name in ("frame_queries", "video_tokens", "audio_embeddings", "audio_tokens", "vision_embeddings",
                  "audio_tokens_from_frames"):
         assert f"| {name} |" in table
+
+
+def test_train_all_passes_stage0_threads_and_refuses_negative(monkeypatch):
+    """``train-all --stage0-threads N`` reaches stage 0's settings; a negative count is a clear usage error."""
+    from videollama.synthav import chain
+
+    seen = {}
+
+    def fake_run_chain(out_dir, seed, settings, **kwargs):
+        seen["threads"] = settings.stage0.threads
+        return chain.ChainResult(out_dir=str(out_dir), model_dir="m", data_dir="d")
+
+    monkeypatch.setattr(chain, "run_chain", fake_run_chain)
+    chain.main(["--out", "/tmp/unused", "--quick", "--stage0-threads", "1"])
+    assert seen["threads"] == 1
+    with pytest.raises(SystemExit) as exit_info:
+        chain.main(["--out", "/tmp/unused", "--stage0-threads", "-1"])
+    assert exit_info.value.code == 2
