@@ -17,8 +17,8 @@ import torch
 from videollama.synthav.chain import ChainSettings, load_stage_config, run_chain, stage_overrides
 from videollama.synthav.evaluate import match_choice, score, TestItem
 from videollama.synthav.stage0 import (PHRASES, PICTURE_PREAMBLES, PROJECTION_FILE, MediaCache, audio_image_pairs,
-                                       frame_description, kind_targets, patch_labels, picture_chat, presence_labels,
-                                       splice_prefix)
+                                       frame_description, patch_labels, picture_chat, presence_labels, slot_targets,
+                                       splice_prefix, SlotReadout)
 from videollama.synthav.world import OffscreenSound, Scene, SceneObject, WorldConfig
 
 SHIPPED = Path(__file__).resolve().parents[1] / "videollama" / "assets" / "synthav-model"
@@ -145,11 +145,42 @@ def test_patch_labels_mark_the_object_under_each_patch():
     assert int((labels[..., 0] > 0).sum()) == 5 + 1
     kinds = presence_labels(scene, 0)
     assert kinds.sum() == 2 and kinds[PHRASES.index("large red circle")] == 1 and kinds[PHRASES.index("small blue star")] == 1
-    kinds, where = kind_targets(scene, 0, world)
-    assert torch.equal(kinds, presence_labels(scene, 0))
-    assert where[PHRASES.index("large red circle")].tolist() == [1, 1]  # (24, 24) px -> 8 bins of 14 px
-    assert where[PHRASES.index("small blue star")].tolist() == [6, 6]
-    assert int(where.sum()) == 14
+    present, attributes = slot_targets(scene, 0, world)  # one slot per shape: circle, square, triangle, star
+    assert present.tolist() == [1, 0, 0, 1]  # the square is not on screen yet, there is no triangle
+    assert attributes[0].tolist() == [0, 1, 1, 1]  # red, large, (24, 24) px -> column/row 1 of 8 bins of 14 px
+    assert attributes[3].tolist() == [2, 0, 6, 6]  # blue, small, (88, 88) px -> 6, 6
+    assert attributes[1].tolist() == attributes[2].tolist() == [0, 0, 0, 0]
+    present, attributes = slot_targets(scene, 20, world)
+    assert present.tolist() == [1, 1, 0, 1] and attributes[1].tolist() == [4, 1, 6, 1]  # the white square came
+
+
+def test_slot_readout_scores_only_the_slots_whose_object_is_there():
+    """Attribute losses count where a slot's object is present; what absent slots hold does not matter."""
+    torch.manual_seed(0)
+    readout = SlotReadout(width=16)
+    query_out = torch.randn(3, 8, 16)  # (B, Q, W); queries 4-7 are not slots
+    present = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 0, 0]])
+    attributes = torch.randint(0, 2, (3, 4, 4))
+    loss = readout.loss(query_out, present, attributes)
+    shuffled = attributes.clone()
+    shuffled[present == 0] = torch.randint(0, 2, (int((present == 0).sum()), 4))
+    assert torch.equal(loss, readout.loss(query_out, present, shuffled))
+    other = query_out.clone()
+    other[:, 4:] = torch.randn(3, 4, 16)
+    assert torch.equal(loss, readout.loss(other, present, attributes))
+    moved = attributes.clone()
+    moved[0, 0, 0] = 1 - moved[0, 0, 0]  # the first row's circle changes colour
+    assert not torch.equal(loss, readout.loss(query_out, present, moved))
+    # A read-out trained on slots that carry their object's attributes reaches a low loss.
+    opt = torch.optim.Adam(readout.parameters(), lr=0.05)
+    slots = torch.zeros(3, 8, 16)
+    slots[:, :4, :4] = attributes.float() * present[..., None]  # slot k's (B, 4) attributes in features 0-3
+    slots[:, :4, 4] = present
+    for _ in range(300):
+        opt.zero_grad()
+        readout.loss(slots, present, attributes).backward()
+        opt.step()
+    assert readout.loss(slots, present, attributes).item() < 0.05
 
 
 def test_frame_description_lists_objects_left_to_right():
@@ -312,11 +343,42 @@ def test_probe_cli_on_the_quick_stage0(quick_chain, tmp_path, capsys):
     assert {"colour", "shape", "size", "position", "other"} <= set(result["caption_loss"]["picture"])
     assert all(v > 0 for v in result["caption_loss"]["zero"].values())
     qa = result["picture_questions"]
-    assert set(qa) == {"picture", "zero", "chance"} and set(qa["picture"]) == set(qa["chance"]) <= {"colour", "shape",
-                                                                                                 "count", "size"}
+    assert set(qa) == {"picture", "zero", "text", "chance"}
+    assert set(qa["picture"]) == set(qa["text"]) == set(qa["chance"]) <= {"colour", "shape", "count", "size"}
     assert all(0 <= v <= 1 for setting in qa.values() for v in setting.values())
     printed = capsys.readouterr().out
     assert "caption loss by token kind" in printed and "static questions about one frame" in printed
+    assert "description written out" in printed
+
+
+def test_picture_questions_put_the_written_description_in_the_slot(quick_chain, monkeypatch):
+    """The probe's "text" setting fills the picture's slot with the frame description's token embeddings."""
+    from transformers import AutoTokenizer
+
+    from videollama.model import VideoLlama
+    from videollama.synthav import probe as probe_module
+    from videollama.synthav.stage0 import WorldData, decode_media, frame_description
+
+    out, _ = quick_chain
+    data = WorldData.load(out / "data")
+    tokenizer = AutoTokenizer.from_pretrained(out / "stage0" / "model")
+    model = VideoLlama.from_pretrained(out / "stage0" / "model").eval()
+    bridge = probe_module.load_bridge(out / "stage0", model)
+    embed = model.language_model.get_input_embeddings()
+    calls = []
+    real = probe_module.greedy_answer
+    monkeypatch.setattr(probe_module, "greedy_answer",
+                        lambda llm, emb, parts, pictures, eos: calls.append(pictures) or real(llm, emb, parts, pictures, eos))
+    result = probe_module.picture_questions(model, tokenizer, bridge, data, clips=4)
+    assert calls and len(calls) % 3 == 0 and set(result) == {"picture", "zero", "text", "chance"}
+    cache = decode_media(probe_module._held_out(data, 4), 4, 112, with_audio=False)
+    descriptions = {frame_description(scene, frame, data.world) for scene, index in zip(cache.scenes, cache.frame_index)
+                    for frame in index}
+    written = [embed(torch.tensor(tokenizer(d, add_special_tokens=False)["input_ids"])) for d in descriptions]
+    for picture, zero, text in zip(calls[0::3], calls[1::3], calls[2::3]):
+        assert picture[0][0].shape == (model.config.image_qformer.num_queries, model.config.llm_hidden_size)
+        assert not zero[0][0].any()
+        assert any(w.shape == text[0][0].shape and torch.equal(w, text[0][0]) for w in written)
 
 
 def test_greedy_answer_matches_generate_on_spliced_pictures(tiny_model, tiny_tokenizer):

@@ -12,7 +12,9 @@ Two measurements that tell where the SynthAV chain loses the picture (``docs/syn
    equal, the LLM reads nothing of that kind from the picture.
 3. **Picture questions**: static questions about single held-out frames (colour, shape, count,
    size), the picture spliced into the chat as stage 0 trains it, answered greedily by the frozen
-   LLM; accuracy per question type with the picture, with a zero picture, and chance.
+   LLM; accuracy per question type with the picture, with a zero picture, with the frame's
+   description *written out* in the slot instead of the picture (can the LLM answer from its
+   context at all?), and chance.
 
     videollama synthav probe --stage0 runs/synthav/s0/stage0 --data runs/synthav/s0/data
 """
@@ -149,12 +151,13 @@ def greedy_answer(llm, embed, parts: list[tuple[list[list[int]], int]], pictures
 
 def picture_questions(model, tokenizer, bridge: torch.nn.Linear, data: WorldData, clips: int = 100,
                       seed: int = 0) -> dict[str, dict[str, float]]:
-    """Greedy accuracy on static questions about single held-out frames, with the picture and a zero one."""
+    """Greedy accuracy on static questions about single held-out frames: with the picture, a zero picture,
+    and the frame's description as text in the picture's place."""
     cache = decode_media(_held_out(data, clips), clips, model.config.vision.image_size, with_audio=False)
     rng = np.random.default_rng(seed)
     llm = model.language_model
     embed = llm.get_input_embeddings()
-    right: dict[str, dict[str, list[float]]] = {"picture": defaultdict(list), "zero": defaultdict(list)}
+    right: dict[str, dict[str, list[float]]] = {setting: defaultdict(list) for setting in ("picture", "zero", "text")}
     chance: dict[str, list[float]] = defaultdict(list)
     with torch.inference_mode():
         for c in range(cache.frames.shape[0]):
@@ -164,9 +167,11 @@ def picture_questions(model, tokenizer, bridge: torch.nn.Linear, data: WorldData
                 continue
             queries = frame_queries(model, _normalize(cache.frames[c, f][None]))  # (1, Q, W)
             picture = bridge(queries)[0]  # (Q, D)
+            description = frame_description(cache.scenes[c], cache.frame_index[c][f], data.world)
+            text = embed(torch.tensor(tokenizer(description, add_special_tokens=False)["input_ids"]))  # (T, D)
             parts = [picture_chat(tokenizer, TRAIN_SYSTEM, PICTURE_PREAMBLES[1], item.question, item.answer)
                      for item in items]
-            for setting, given in (("picture", picture), ("zero", torch.zeros_like(picture))):
+            for setting, given in (("picture", picture), ("zero", torch.zeros_like(picture)), ("text", text)):
                 replies = greedy_answer(llm, embed, parts, [[given]] * len(items), tokenizer.eos_token_id)
                 for item, reply in zip(items, replies):
                     hit = match_choice(tokenizer.decode(reply, skip_special_tokens=True), item.choices) == item.answer
@@ -219,8 +224,11 @@ def format_probe(result: dict[str, Any]) -> str:
     lines += [f"  {kind}: {picture[kind]:.3f} | {zero.get(kind, float('nan')):.3f}" for kind in picture]
     if "picture_questions" in result:  # absent in results saved before it was measured
         qa = result["picture_questions"]
-        lines.append("static questions about one frame, greedy accuracy (with the picture | zero picture | chance):")
-        lines += [f"  {q}: {qa['picture'][q]:.2f} | {qa['zero'][q]:.2f} | {qa['chance'][q]:.2f}" for q in qa["chance"]]
+        written = "text" in qa  # absent in results saved before it was measured
+        lines.append("static questions about one frame, greedy accuracy (with the picture | zero picture | "
+                     + ("description written out | " if written else "") + "chance):")
+        lines += [f"  {q}: {qa['picture'][q]:.2f} | {qa['zero'][q]:.2f} | "
+                  + (f"{qa['text'][q]:.2f} | " if written else "") + f"{qa['chance'][q]:.2f}" for q in qa["chance"]]
     return "\n".join(lines)
 
 

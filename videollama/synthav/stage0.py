@@ -2,15 +2,16 @@
 
 The real Video-LLaMA starts from downloaded weights: an LLM with its tokenizer, BLIP-2's EVA ViT +
 Q-Former, and ImageBind's vision and audio encoders. None can be downloaded here, so this module
-trains small stand-ins with the project's own model code on a generated SynthAV folder, in the
-order the real parts were made:
+trains small stand-ins with the project's own model code on a generated SynthAV folder:
 
-1. **Tokenizer + LLM** (``train_tiny_tokenizer`` + ``LlamaForCausalLM``): a plain language model on
-   the world's text: captions, frame descriptions and the instruction conversations rendered
-   with the ``llama_2`` template, with the system prompts and media preambles used at training and
-   inference time (media placeholders removed). The shuffled instruction conversations often put
-   the description before a question about it, so the LM learns to answer from its context, which
-   is what the soft media tokens later exploit.
+1. **Tokenizer + LLM** (``train_tiny_tokenizer`` + ``LlamaForCausalLM``): the LLM's documents are the
+   world's text: captions, frame descriptions and the instruction conversations rendered with the
+   ``llama_2`` template, with the system prompts and media preambles used at training and inference
+   time (media placeholders removed). Unlike the real LLM, it does not learn this text alone first: it
+   starts from random weights in the generative phases of step 2 and learns language and pictures
+   together. Measured (docs/synthav.md#diagnosis): an LLM pretrained on the text first never learned to
+   read the picture, nor even to answer from a description written out in its context, and after text
+   pretraining it did not learn to read even ideal object tokens in 300 steps, which a fresh one did in 150.
 2. **Image encoder + image Q-Former** (``Blip2VisionModel`` + ``Blip2QFormerModel``), BLIP-2-like.
    First the ViT is pretrained on its own (EVA arrives pretrained): a *dense* supervised objective,
    every patch token telling whether an object lies under it, its colour, shape and size, and its
@@ -22,8 +23,9 @@ order the real parts were made:
    question; 4 frames in order in the video slot with the description, a static or a temporal question;
    a frame showing exactly the clip's sound sources in the audio slot with a question about the sound;
    both), the pictures spliced where the prompt puts the media
-   (:func:`train_image_encoder`, then :func:`train_picture_reading`). Unlike BLIP-2 the small LLM trains along (a frozen 4-layer LLM
-   never learned to read the picture), and is frozen afterwards. We use no ITC/ITM. The bridge is
+   (:func:`train_image_encoder`, then :func:`train_picture_reading`). Unlike BLIP-2 the small LLM trains
+   along (from scratch, see 1), and is frozen afterwards. The first four query outputs are also
+   object slots, one per shape (:class:`SlotReadout`). We use no ITC/ITM. The bridge is
    kept (``llama_proj.safetensors``, MiniGPT-4's key names): like MiniGPT-4's ``llama_proj`` in the
    official recipe, it initialises the video projection of VL stage 1.
 3. **ImageBind-like pair**: the ImageBind vision trunk gets the same dense pretraining (OpenCLIP's
@@ -110,9 +112,7 @@ class Stage0Settings:
     threads: int = 0  # torch threads while stage 0 trains (0: every core; stage 0 runs alone, with no workers)
     vocab_size: int = 768
     frame_clips: int = 2000  # webvid clips decoded for the frame and audio caches
-    lm_steps: int = 1000
-    lm_batch: int = 24
-    lm_lr: float = 2e-3
+    lm_batch: int = 24  # text documents per generative step (the LLM's language-modelling loss)
     attribute_steps: int = 1200  # supervised per-patch pretraining of each ViT
     attribute_batch: int = 64
     attribute_lr: float = 1e-3
@@ -121,7 +121,7 @@ class Stage0Settings:
     qa_batch: int = 12  # media chats per generative step, beside the frame descriptions
     reading_steps: int = 450  # the second generative phase (picture losses + text loss)
     vision_lr: float = 1e-3
-    llm_lr: float = 3e-4  # the LLM, trained along in the generative image-encoder stage
+    llm_lr: float = 1e-3  # the LLM, trained from scratch in the generative phases
     bind_vision_steps: int = 500
     bind_batch: int = 64
     bind_lr: float = 1e-3
@@ -133,7 +133,7 @@ class Stage0Settings:
 
     @classmethod
     def quick(cls, seed: int = 0) -> "Stage0Settings":
-        return cls(seed=seed, vocab_size=600, frame_clips=24, lm_steps=6, lm_batch=4, attribute_steps=4,
+        return cls(seed=seed, vocab_size=600, frame_clips=24, lm_batch=4, attribute_steps=4,
                    attribute_batch=8, vision_steps=4, vision_batch=8, qa_batch=4, reading_steps=4, bind_vision_steps=4,
                    bind_batch=16, audio_steps=4, audio_batch=8)
 
@@ -351,18 +351,6 @@ def lm_loss(llm, batch: list[list[int]], pad: int) -> Tensor:
     return llm(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, IGNORE_INDEX)).loss
 
 
-def train_language_model(llm, tokenizer, batches: list[list[list[int]]], settings: Stage0Settings,
-                         rng: random.Random) -> float:
-    llm.requires_grad_(True).train()
-
-    def step(_: int) -> Tensor:
-        return lm_loss(llm, rng.choice(batches), tokenizer.pad_token_id or 0)
-
-    loss = _loop("llm", settings.lm_steps, step, list(llm.parameters()), settings.lm_lr, settings)
-    llm.requires_grad_(False).eval()
-    return loss
-
-
 # ------------------------------------------------------------------------------------------------ 2. vision + Q-Former
 ATTRIBUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", tuple(SIZES)))
@@ -402,13 +390,52 @@ def presence_labels(scene: Scene, frame: int) -> Tensor:
     return target
 
 
-def kind_targets(scene: Scene, frame: int, world: WorldConfig) -> tuple[Tensor, Tensor]:
-    """(K,) 1.0 per object kind visible in ``frame``, and (K, 2) its column/row bin (0 where absent)."""
-    where = torch.zeros(len(PHRASES), 2, dtype=torch.long)
+SLOT_ATTRIBUTES: tuple[tuple[str, int], ...] = (("colour", len(COLOURS)), ("size", len(SIZES)),
+                                                ("column", POSITION_BINS), ("row", POSITION_BINS))
+"""What a shape slot tells about its object, and each attribute's number of classes."""
+
+
+def slot_targets(scene: Scene, frame: int, world: WorldConfig) -> tuple[Tensor, Tensor]:
+    """Per shape (the slots): (S,) 1.0 where an object of that shape is visible in ``frame``, and (S, 4) its
+    colour, size, column and row classes (:data:`SLOT_ATTRIBUTES`; 0 where absent).
+
+    Shapes are distinct within a scene, so each shape names at most one object: a slot per shape holds one
+    object with its attributes bound together.
+    """
+    present = torch.zeros(len(SHAPES))
+    attributes = torch.zeros(len(SHAPES), len(SLOT_ATTRIBUTES), dtype=torch.long)
     for obj in scene.visible_at(frame):
         x, y = obj.centres(world.num_frames)[frame]
-        where[PHRASES.index(obj.phrase)] = torch.tensor([_bin(x, world.size), _bin(y, world.size)])
-    return presence_labels(scene, frame), where
+        k = SHAPES.index(obj.shape)
+        present[k] = 1.0
+        attributes[k] = torch.tensor([list(COLOURS).index(obj.colour), list(SIZES).index(obj.size), _bin(x, world.size),
+                                      _bin(y, world.size)])
+    return present, attributes
+
+
+class SlotReadout(nn.Module):
+    """Linear read-out of the first ``len(SHAPES)`` query outputs as object slots, one per shape.
+
+    Query k must tell whether an object of shape k is in the frame and, if so, its colour, size, column
+    and row (:func:`slot_targets`). Discarded after stage 0; what stays is a Q-Former whose outputs hold
+    one object per token with its attributes bound, which a small LLM reads in one attention hop
+    (docs/synthav.md#diagnosis has the measurements that led here).
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.classes = [n for _, n in SLOT_ATTRIBUTES]
+        self.heads = nn.ModuleList(nn.Linear(width, 1 + sum(self.classes)) for _ in SHAPES)
+
+    def loss(self, query_out: Tensor, present: Tensor, attributes: Tensor) -> Tensor:
+        """query_out (B, Q, W); present (B, S); attributes (B, S, A): presence BCE + attribute CE where present."""
+        read = torch.stack([head(query_out[:, k]) for k, head in enumerate(self.heads)], 1)  # (B, S, 1 + sum(classes))
+        loss = F.binary_cross_entropy_with_logits(read[..., 0], present)
+        mask = present > 0
+        logits = read[..., 1:][mask].split(self.classes, dim=-1)  # per attribute (N_present, classes)
+        for a, attribute_logits in enumerate(logits):
+            loss = loss + F.cross_entropy(attribute_logits, attributes[..., a][mask])
+        return loss
 
 
 def pretrain_attributes(name: str, encoder: nn.Module, patch_tokens, width: int, cache: MediaCache,
@@ -594,18 +621,26 @@ class MediaChat:
     slots: list[list[tuple[int, int]]]
 
 
-class PictureLosses:
-    """One step's LM losses of the generative phases: frame descriptions after the picture (BLIP-2's
-    captioning form) and one-turn media chats (:data:`CHAT_FORMS`) with the pictures spliced in where the
-    inference prompt puts the media.
+@dataclass
+class ChatDraw:
+    """One sampled media chat, before tokenisation: its form, clip ``c``, cached frame ``f``, text and system."""
+
+    form: ChatForm
+    c: int
+    f: int
+    question: str
+    answer: str
+    system: str
+
+
+class ChatSampler:
+    """Draws the media chats of stage 0 (:data:`CHAT_FORMS`), each answerable from what fills its slots.
+
+    :class:`PictureLosses` fills the slots with pictures; :meth:`slot_texts` writes what they show as text.
     """
 
-    def __init__(self, model, tokenizer, bridge: nn.Linear, cache: MediaCache, world: WorldConfig,
-                 settings: Stage0Settings, rng: random.Random):
-        self.model, self.tokenizer, self.bridge, self.cache, self.world = model, tokenizer, bridge, cache, world
-        self.settings, self.rng = settings, rng
-        self.np_rng = np.random.default_rng(settings.seed)
-        self.embed = model.language_model.get_input_embeddings()
+    def __init__(self, cache: MediaCache, world: WorldConfig, rng: random.Random, np_rng: np.random.Generator):
+        self.cache, self.world, self.rng, self.np_rng = cache, world, rng, np_rng
         self.sound_frames = sound_frames(cache)
         if not self.sound_frames:
             logger.warning("no cached frame shows exactly its clip's sound sources; audio-slot chats use any frame")
@@ -632,7 +667,7 @@ class PictureLosses:
             return WHAT_DO_YOU_HEAR, sound_answer(scene)
         return item.question, item.answer
 
-    def chat(self) -> MediaChat:
+    def draw(self) -> ChatDraw:
         form = self.rng.choices(CHAT_FORMS, weights=[f.weight for f in CHAT_FORMS])[0]
         if "audio" in form.name and self.sound_frames:  # the audio slot's frame shows what is heard
             c, f = self.rng.choice(self.sound_frames)
@@ -640,8 +675,33 @@ class PictureLosses:
             c, f = self.rng.randrange(self.cache.frames.shape[0]), self.rng.randrange(FRAMES_PER_CLIP)
         question, answer = self.question(form, c, f)
         system = form.system if self.rng.random() < 0.5 else self.rng.choice(SYSTEMS)  # inference's or training's
-        pieces, answer_len = picture_chat(self.tokenizer, system, form.preamble, question, answer)
-        slots = [[(c, f)] if slot == "frame" else [(c, i) for i in VIDEO_FRAMES] for slot in form.slots]
+        return ChatDraw(form, c, f, question, answer, system)
+
+    def slot_texts(self, draw: ChatDraw) -> list[str]:
+        """What fills each slot, written out: the frame's description, or the clip's caption for 4 frames."""
+        scene = self.cache.scenes[draw.c]
+        return [frame_description(scene, self.cache.frame_index[draw.c][draw.f], self.world) if slot == "frame"
+                else video_caption(scene) for slot in draw.form.slots]
+
+
+class PictureLosses:
+    """One step's LM losses of the generative phases: frame descriptions after the picture (BLIP-2's
+    captioning form) and one-turn media chats (:data:`CHAT_FORMS`) with the pictures spliced in where the
+    inference prompt puts the media.
+    """
+
+    def __init__(self, model, tokenizer, bridge: nn.Linear, cache: MediaCache, world: WorldConfig,
+                 settings: Stage0Settings, rng: random.Random):
+        self.model, self.tokenizer, self.bridge, self.cache, self.world = model, tokenizer, bridge, cache, world
+        self.settings, self.rng = settings, rng
+        self.sampler = ChatSampler(cache, world, rng, np.random.default_rng(settings.seed))
+        self.embed = model.language_model.get_input_embeddings()
+
+    def chat(self) -> MediaChat:
+        draw = self.sampler.draw()
+        pieces, answer_len = picture_chat(self.tokenizer, draw.system, draw.form.preamble, draw.question, draw.answer)
+        c, f = draw.c, draw.f
+        slots = [[(c, f)] if slot == "frame" else [(c, i) for i in VIDEO_FRAMES] for slot in draw.form.slots]
         return MediaChat(pieces, answer_len, slots)
 
     def step(self) -> tuple[list[tuple[int, int]], Tensor, Tensor, Tensor]:
@@ -694,19 +754,19 @@ def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig,
                         rng: random.Random, lm_batches: list[list[list[int]]]) -> tuple[float, nn.Linear]:
     """BLIP-2-like generative pre-training of the image Q-Former through the LLM, the ViT frozen.
 
-    Unlike BLIP-2, the stage-0 LLM is trained here too (at ``llm_lr``, with its language-modelling
-    loss on ``lm_batches`` alongside so it keeps its language): a 4-layer LLM trained on text alone
-    does not learn to read soft prefix tokens when frozen (measured: with the prefix, the frame
-    descriptions' colour, shape and position tokens kept exactly their no-prefix loss, i.e. chance),
-    where the 7B LLMs of the real recipe do. The LLM is frozen again afterwards, as in stages 1-2.
+    Unlike BLIP-2, the stage-0 LLM is trained here too, from random weights (at ``llm_lr``, with its
+    language-modelling loss on ``lm_batches`` alongside, which is where it learns its language): a
+    4-layer LLM pretrained on text alone did not learn to read soft prefix tokens, frozen or trained
+    along (docs/synthav.md#diagnosis), where the 7B LLMs of the real recipe do. The LLM is frozen again
+    afterwards, as in stages 1-2.
     Beside the frame descriptions, each step has ``qa_batch`` one-turn media chats (:data:`CHAT_FORMS`)
     with the pictures spliced in where the inference prompt puts the media, so the LLM learns to answer
     whatever is asked from the soft tokens: what the 7B chat LLMs bring to the real recipe, and
     MiniGPT-4's image instruction tuning.
-    A linear read-out of the query outputs must also tell which object kinds the frame holds and
-    where (:func:`kind_targets`; discarded afterwards): at random init the queries attend to all 50
-    tokens alike, so only "mass" features (size, count) reach the LLM; the read-out's direct gradient
-    makes them attend to the objects.
+    The first four query outputs must also be object slots, one per shape, each telling its object's
+    colour, size and position (:class:`SlotReadout`; discarded afterwards): at random init the queries
+    attend to all 50 tokens alike, so only "mass" features (size, count) reach the LLM; the read-out's
+    direct gradient makes them attend to the objects, one object per token.
 
     Returns the last loss and the trained Q-Former -> LLM projection (``bridge``): MiniGPT-4's
     ``llama_proj`` in the real recipe, which initialises the video projection of VL stage 1.
@@ -715,9 +775,7 @@ def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig,
     bridge = nn.Linear(model.config.image_qformer.hidden_size, model.config.llm_hidden_size)
     model.vision_model.requires_grad_(False).eval()  # BLIP-2 trains its Q-Former on a frozen image encoder
     _train_generative_parts(model, bridge, True)
-    # Read-out of what the frame holds from the query outputs: which object kinds, and where each one is.
-    num_queries = model.config.image_qformer.num_queries
-    readout = nn.Linear(num_queries * model.config.image_qformer.hidden_size, len(PHRASES) * (1 + 2 * POSITION_BINS))
+    readout = SlotReadout(model.config.image_qformer.hidden_size)  # queries 0-3: one object slot per shape
     params = list(model.image_qformer.parameters()) + [model.image_query_tokens] + list(bridge.parameters())
     params += list(readout.parameters())
     groups = [{"params": params, "lr": settings.vision_lr}, {"params": list(llm.parameters()), "lr": settings.llm_lr}]
@@ -726,13 +784,8 @@ def train_image_encoder(model, tokenizer, cache: MediaCache, world: WorldConfig,
 
     def step(_: int) -> Tensor:
         picks, query_out, caption_loss, qa_loss = picture_losses.step()
-        kinds, where = zip(*(kind_targets(cache.scenes[c], cache.frame_index[c][f], world) for c, f in picks))
-        kinds, where = torch.stack(kinds), torch.stack(where)  # (B, K), (B, K, 2)
-        read = readout(query_out.flatten(1)).view(len(picks), len(PHRASES), 1 + 2 * POSITION_BINS)  # (B, K, 1 + 2 bins)
-        present = kinds > 0
-        readout_loss = F.binary_cross_entropy_with_logits(read[..., 0], kinds) * len(PHRASES) / 8
-        readout_loss = readout_loss + F.cross_entropy(read[..., 1: 1 + POSITION_BINS][present], where[..., 0][present])
-        readout_loss = readout_loss + F.cross_entropy(read[..., 1 + POSITION_BINS:][present], where[..., 1][present])
+        present, attributes = zip(*(slot_targets(cache.scenes[c], cache.frame_index[c][f], world) for c, f in picks))
+        readout_loss = readout.loss(query_out, torch.stack(present), torch.stack(attributes))
         text_loss = lm_loss(llm, rng.choice(lm_batches), pad)
         return caption_loss + qa_loss + text_loss + readout_loss
 
@@ -926,8 +979,6 @@ def _run_stage0(data_dir: str | Path, out_dir: str | Path, settings: Stage0Setti
     lap("tokenizer")
 
     batches = lm_batches(tokenizer, docs, settings.lm_batch)
-    result.final_loss["llm"] = train_language_model(model.language_model, tokenizer, batches, settings, rng)
-    lap("llm")
     result.final_loss["image_attributes"] = pretrain_image_encoder(model, cache, data.world, settings, rng)
     lap("image_attributes")
     result.final_loss["image_encoder"], bridge = train_image_encoder(model, tokenizer, cache, data.world, settings, rng,
