@@ -636,7 +636,7 @@ class ChatDraw:
 class ChatSampler:
     """Draws the media chats of stage 0 (:data:`CHAT_FORMS`), each answerable from what fills its slots.
 
-    :class:`PictureLosses` fills the slots with pictures; :meth:`slot_texts` writes what they show as text.
+    :class:`PictureLosses` tokenises each draw and fills its slots with the pictures.
     """
 
     def __init__(self, cache: MediaCache, world: WorldConfig, rng: random.Random, np_rng: np.random.Generator):
@@ -676,12 +676,6 @@ class ChatSampler:
         question, answer = self.question(form, c, f)
         system = form.system if self.rng.random() < 0.5 else self.rng.choice(SYSTEMS)  # inference's or training's
         return ChatDraw(form, c, f, question, answer, system)
-
-    def slot_texts(self, draw: ChatDraw) -> list[str]:
-        """What fills each slot, written out: the frame's description, or the clip's caption for 4 frames."""
-        scene = self.cache.scenes[draw.c]
-        return [frame_description(scene, self.cache.frame_index[draw.c][draw.f], self.world) if slot == "frame"
-                else video_caption(scene) for slot in draw.form.slots]
 
 
 class PictureLosses:
