@@ -346,9 +346,14 @@ def test_probe_cli_on_the_quick_stage0(quick_chain, tmp_path, capsys):
     assert set(qa) == {"picture", "zero", "text", "chance"}
     assert set(qa["picture"]) == set(qa["text"]) == set(qa["chance"]) <= {"colour", "shape", "count", "size"}
     assert all(0 <= v <= 1 for setting in qa.values() for v in setting.values())
+    assert "binding" in result  # the quick world may have too few paired windows for the numbers
+    media = result["media_questions"]
+    assert set(media) == {"picture", "reversed", "zero", "chance", "questions"}
+    assert set(media["chance"]) == set(media["questions"]) <= {"temporal", "audio", "audio_visual"}
+    assert all(0 <= v <= 1 for setting in ("picture", "reversed", "zero") for v in media[setting].values())
     printed = capsys.readouterr().out
     assert "caption loss by token kind" in printed and "static questions about one frame" in printed
-    assert "description written out" in printed
+    assert "description written out" in printed and "video frames reversed" in printed
 
 
 def test_picture_questions_put_the_written_description_in_the_slot(quick_chain, monkeypatch):
@@ -379,6 +384,86 @@ def test_picture_questions_put_the_written_description_in_the_slot(quick_chain, 
         assert picture[0][0].shape == (model.config.image_qformer.num_queries, model.config.llm_hidden_size)
         assert not zero[0][0].any()
         assert any(w.shape == text[0][0].shape and torch.equal(w, text[0][0]) for w in written)
+
+
+def test_media_questions_fill_each_chat_form_slots(quick_chain, monkeypatch):
+    """Temporal questions get the 4 video frames in order (and reversed), audio questions the sound frame,
+    audio-visual ones both, as stage 0's chat forms place them; the zero setting zeroes every slot."""
+    from transformers import AutoTokenizer
+
+    from videollama.model import VideoLlama
+    from videollama.synthav import probe as probe_module
+    from videollama.synthav.stage0 import VIDEO_FRAMES, WorldData, decode_media, frame_queries, _normalize
+
+    out, _ = quick_chain
+    data = WorldData.load(out / "data")
+    tokenizer = AutoTokenizer.from_pretrained(out / "stage0" / "model")
+    model = VideoLlama.from_pretrained(out / "stage0" / "model").eval()
+    bridge = probe_module.load_bridge(out / "stage0", model)
+    # every held-out clip's frame 1 "shows exactly what is heard", so all three families are asked
+    monkeypatch.setattr(probe_module, "sound_frames", lambda cache: [(c, 1) for c in range(cache.frames.shape[0])])
+    calls = []
+    real = probe_module.greedy_answer
+    monkeypatch.setattr(probe_module, "greedy_answer", lambda llm, emb, parts, pictures, eos: calls.append(
+        (tokenizer.decode(parts[0][0][-1]), pictures[0])) or real(llm, emb, parts, pictures, eos))
+    result = probe_module.media_questions(model, tokenizer, bridge, data, clips=4)
+    assert calls and len(calls) % 3 == 0
+    assert sum(result["questions"].values()) > 0
+    cache = decode_media(probe_module._held_out(data, 4), 4, 112, with_audio=False)
+    q = model.config.image_qformer.num_queries
+    with torch.no_grad():
+        firsts = {c: bridge(frame_queries(model, _normalize(cache.frames[c])))[list(VIDEO_FRAMES)] for c in range(4)}
+    seen_slots = set()
+    for (_, picture), (_, reversed_), (_, zero) in zip(calls[0::3], calls[1::3], calls[2::3]):
+        seen_slots.add(len(picture))
+        video = picture[-1]
+        if video.shape[0] == len(VIDEO_FRAMES) * q:  # a video slot: 4 frames in order, then reversed
+            frames = video.reshape(len(VIDEO_FRAMES), q, -1)
+            assert any(torch.allclose(frames, f, atol=1e-5) for f in firsts.values())
+            assert torch.equal(reversed_[-1].reshape(len(VIDEO_FRAMES), q, -1), frames.flip(0))
+        else:  # the audio slot alone: one frame
+            assert video.shape[0] == q and len(picture) == 1
+        assert all(not slot.any() for slot in zero) and len(zero) == len(picture)
+    assert seen_slots <= {1, 2}
+
+
+def test_binding_reads_audio_that_is_its_frames_embedding_perfectly(quick_chain, monkeypatch):
+    """With an audio encoder that returns exactly its paired frame's vision embedding (at ImageBind's audio norm
+    20), the vision-fitted read-out scores the same on audio as on the paired frames, and every audio window's
+    nearest frame is its own (cosine 1)."""
+    from videollama.model import VideoLlama
+    from videollama.synthav import probe as probe_module
+    from videollama.synthav.stage0 import WorldData, _normalize, audio_image_pairs
+
+    out, _ = quick_chain
+    data = WorldData.load(out / "data")
+    model = VideoLlama.from_pretrained(out / "stage0" / "model").eval()
+    real_decode = probe_module.decode_media
+    table = {}
+
+    def decode_with_indexed_audio(*args, **kwargs):
+        cache = real_decode(*args, **kwargs)
+        with torch.no_grad():
+            table["vision"] = model.imagebind_vision(_normalize(cache.frames.flatten(0, 1)))  # (N*8, E)
+        cache.audio = torch.zeros_like(cache.audio)
+        for c, k, f in audio_image_pairs(cache, data.world):
+            cache.audio[c, k] = c * cache.frames.shape[1] + f  # the window "sounds like" frame f of clip c
+        return cache
+
+    class FrameAudio(torch.nn.Module):
+        def forward(self, mel):
+            index = mel[:, 0, 0, 0].long()
+            return None, torch.nn.functional.normalize(table["vision"][index], dim=-1) * 20
+
+    monkeypatch.setattr(probe_module, "decode_media", decode_with_indexed_audio)
+    monkeypatch.setattr(model, "audio_encoder", FrameAudio())
+    result = probe_module.binding(model, data, clips=16)
+    assert result["pairs"] >= 2, result
+    assert result["shapes_heard_from_audio"] == result["shapes_heard_from_paired_frames"]
+    assert result["cosine"]["own_frame"] == pytest.approx(1.0, abs=1e-3)
+    assert result["nearest_frame_same_sources"]["rate"] == 1.0
+    assert 0 < result["nearest_frame_same_sources"]["chance"] <= 1
+    assert 0 <= result["shapes_from_vision"]["majority"] <= 1
 
 
 def test_greedy_answer_matches_generate_on_spliced_pictures(tiny_model, tiny_tokenizer):

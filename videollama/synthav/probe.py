@@ -15,6 +15,19 @@ Two measurements that tell where the SynthAV chain loses the picture (``docs/syn
    LLM; accuracy per question type with the picture, with a zero picture, with the frame's
    description *written out* in the slot instead of the picture (can the LLM answer from its
    context at all?), and chance.
+4. **Media questions by chat form**: the held-out question families that need more than one frame,
+   asked the way stage 0 trains its media chats (:data:`~.stage0.CHAT_FORMS`) with the stand-in
+   pictures in the slots: temporal questions with 4 frames in order in the video slot (and the same
+   frames *reversed*: an LLM that reads the order answers differently), audio questions with a frame
+   showing exactly the clip's sound sources in the audio slot (:func:`~.stage0.sound_frames`),
+   audio-visual ones with that frame and the 4 frames. This is the ceiling the trained branches can
+   reach: a family the frozen LLM cannot answer from ideal pictures, no branch will teach it.
+5. **Binding**: the premise of the audio branch (trained on vision embeddings, run on audio ones).
+   A linear read-out of which shapes a frame shows is fitted on ImageBind-like *vision* embeddings of
+   held-out frames and then applied to the *audio* embeddings of 2-s windows whose sound sources are all
+   on screen (:func:`~.stage0.audio_image_pairs`), against the shapes heard. Also: how often an audio
+   window's nearest frame embedding (cosine) shows the same set of sounding shapes, and the cosine to its
+   own frame against any frame.
 
     videollama synthav probe --stage0 runs/synthav/s0/stage0 --data runs/synthav/s0/data
 """
@@ -33,9 +46,10 @@ from torch import Tensor
 
 from .annotate import applicable
 from .evaluate import match_choice
-from .stage0 import PICTURE_PREAMBLES, PROJECTION_FILE, POSITION_BINS, TRAIN_SYSTEM, WorldData, _bin, _caption_batch, \
-    _normalize, decode_media, frame_description, frame_queries, picture_chat, splice_prefix
-from .world import COLOURS, SHAPES, SIZES
+from .stage0 import CHAT_FORMS, audio_image_pairs, PICTURE_PREAMBLES, PROJECTION_FILE, POSITION_BINS, TRAIN_SYSTEM, VIDEO_FRAMES, WorldData, \
+    _bin, _caption_batch, _normalize, decode_media, frame_description, frame_queries, picture_chat, sound_frames, \
+    splice_prefix
+from .world import COLOURS, SHAPES, SIZES, Scene
 
 PROBE_STEPS = 300
 TRAIN_FRACTION = 0.75
@@ -184,6 +198,116 @@ def picture_questions(model, tokenizer, bridge: torch.nn.Linear, data: WorldData
     return result
 
 
+MEDIA_FAMILIES = {"temporal": "video", "audio": "audio", "audio_visual": "audio_video"}
+"""Question family -> the stage-0 chat form that asks it."""
+
+
+def media_questions(model, tokenizer, bridge: torch.nn.Linear, data: WorldData, clips: int = 100,
+                    seed: int = 0) -> dict[str, dict[str, float]]:
+    """Greedy accuracy per family of :data:`MEDIA_FAMILIES` with the stand-in pictures in the chat form's
+    slots, with the video slot's frames reversed, with zero pictures, and chance.
+
+    Audio and audio-visual questions are asked only about clips with a frame that shows exactly their
+    sound sources (no off-screen sound), the clips stage 0's audio-slot chats are drawn from.
+    """
+    cache = decode_media(_held_out(data, clips), clips, model.config.vision.image_size, with_audio=False)
+    sound = dict(reversed(sound_frames(cache)))  # clip -> its first frame that shows exactly what is heard
+    forms = {form.name: form for form in CHAT_FORMS}
+    rng = np.random.default_rng(seed)
+    llm = model.language_model
+    embed = llm.get_input_embeddings()
+    settings = ("picture", "reversed", "zero")
+    right: dict[str, dict[str, list[float]]] = {setting: defaultdict(list) for setting in settings}
+    chance: dict[str, list[float]] = defaultdict(list)
+    with torch.inference_mode():
+        for c in range(cache.frames.shape[0]):
+            pictures = bridge(frame_queries(model, _normalize(cache.frames[c])))  # (8 cached frames, Q, D)
+            clip = pictures[list(VIDEO_FRAMES)].flatten(0, 1)  # (4 * Q, D): the video slot
+            backwards = pictures[list(reversed(VIDEO_FRAMES))].flatten(0, 1)
+            for family, form_name in MEDIA_FAMILIES.items():
+                form = forms[form_name]
+                if "frame" in form.slots and c not in sound:
+                    continue
+                items = applicable(cache.scenes[c], data.world, rng, family=family)
+                if not items:
+                    continue
+                parts = [picture_chat(tokenizer, form.system, form.preamble, item.question, item.answer) for item in items]
+                for setting in settings:
+                    video = backwards if setting == "reversed" else clip
+                    slots = [pictures[sound[c]] if slot == "frame" else video for slot in form.slots]
+                    if setting == "zero":
+                        slots = [torch.zeros_like(s) for s in slots]
+                    replies = greedy_answer(llm, embed, parts, [slots] * len(items), tokenizer.eos_token_id)
+                    for item, reply in zip(items, replies):
+                        hit = match_choice(tokenizer.decode(reply, skip_special_tokens=True), item.choices) == item.answer
+                        right[setting][family].append(float(hit))
+                for item in items:
+                    chance[family].append(item.chance)
+    result = {setting: {f: round(float(np.mean(v)), 3) for f, v in sorted(by_family.items())}
+              for setting, by_family in right.items()}
+    result["chance"] = {f: round(float(np.mean(v)), 3) for f, v in sorted(chance.items())}
+    result["questions"] = {f: len(v) for f, v in sorted(chance.items())}
+    return result
+
+
+def _shapes(scene: Scene, frame: int, sounding_only: bool) -> list[float]:
+    """Per shape, 1.0 if an object of that shape is visible in ``frame`` (and sounding, if asked)."""
+    return [float(any(o.shape == shape and (o.sounding or not sounding_only) for o in scene.visible_at(frame)))
+            for shape in SHAPES]
+
+
+@torch.no_grad()
+def binding(model, data: WorldData, clips: int = 100, steps: int = PROBE_STEPS, seed: int = 0) -> dict[str, Any]:
+    """How far a read-out of the shapes shown, fitted on vision embeddings, reads the shapes heard from audio ones."""
+    cache = decode_media(_held_out(data, clips), clips, model.config.vision.image_size, with_audio=True)
+    pairs = audio_image_pairs(cache, data.world)  # (clip, audio window, cached frame): every source on screen
+    if len(pairs) < 2 or cache.frames.shape[0] < 2:
+        return {"pairs": len(pairs)}
+    n, per_clip = cache.frames.shape[:2]
+    flat = cache.frames.flatten(0, 1)  # (N*8, 3, S, S)
+    vision = torch.cat([model.imagebind_vision(_normalize(flat[i: i + 128])) for i in range(0, len(flat), 128)])
+    vision = F.normalize(vision, dim=-1).view(n, per_clip, -1)  # (N, 8, E)
+    mel = torch.stack([cache.audio[c, k] for c, k, _ in pairs]).float()  # (P, 1, 128, 204)
+    audio = F.normalize(torch.cat([model.audio_encoder(mel[i: i + 64])[1] for i in range(0, len(mel), 64)]), dim=-1)
+    shown = torch.tensor([_shapes(cache.scenes[c], cache.frame_index[c][f], False) for c in range(n)
+                          for f in range(per_clip)])  # (N*8, S)
+    heard = torch.tensor([_shapes(cache.scenes[c], cache.frame_index[c][f], True) for c, _, f in pairs])  # (P, S)
+    paired_frames = torch.stack([vision[c, f] for c, _, f in pairs])  # (P, E)
+    cut = max(1, int(n * TRAIN_FRACTION)) * per_clip  # fit on the first clips' frames
+    x = vision.flatten(0, 1)
+    generator = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(x.shape[1], len(SHAPES))
+    head.weight.normal_(0, 0.01, generator=generator)
+    head.bias.zero_()
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    scale = x.shape[1] ** 0.5  # unit-norm embeddings -> unit-variance coordinates
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            F.binary_cross_entropy_with_logits(head(x[:cut] * scale), shown[:cut]).backward()
+            opt.step()
+
+    def accuracy(features: Tensor, labels: Tensor) -> float:
+        return round(((head(features * scale) > 0).float() == labels).float().mean().item(), 3)
+
+    def majority(labels: Tensor) -> float:
+        rate = labels.mean(0)
+        return round(torch.maximum(rate, 1 - rate).mean().item(), 3)
+
+    nearest = (audio @ paired_frames.T).argmax(1)  # (P,): each audio window's nearest paired frame
+    same_set = [heard[i].tolist() == heard[j].tolist() for i, j in enumerate(nearest.tolist())]
+    any_set = (heard[:, None, :] == heard[None, :, :]).all(-1).float().mean().item()
+    return {
+        "pairs": len(pairs),
+        "shapes_from_vision": {"accuracy": accuracy(x[cut:], shown[cut:]), "majority": majority(shown[cut:])},
+        "shapes_heard_from_paired_frames": {"accuracy": accuracy(paired_frames, heard), "majority": majority(heard)},
+        "shapes_heard_from_audio": {"accuracy": accuracy(audio, heard), "majority": majority(heard)},
+        "nearest_frame_same_sources": {"rate": round(float(np.mean(same_set)), 3), "chance": round(any_set, 3)},
+        "cosine": {"own_frame": round((audio * paired_frames).sum(-1).mean().item(), 3),
+                   "any_frame": round((audio @ paired_frames.T).mean().item(), 3)},
+    }
+
+
 def load_bridge(stage0_dir: Path, model) -> torch.nn.Linear:
     from safetensors.torch import load_file
 
@@ -205,10 +329,13 @@ def run_probe(stage0_dir: str | Path, data_dir: str | Path, clips: int = 300) ->
     tokenizer = AutoTokenizer.from_pretrained(str(stage0_dir / "model"))
     data = WorldData.load(data_dir)
     result: dict[str, Any] = {"probes": probe_features(model, data, clips)}
+    if model.config.with_audio and model.imagebind_vision is not None:
+        result["binding"] = binding(model, data, clips)
     if (stage0_dir / PROJECTION_FILE).is_file():  # stage-0 folders written before the bridge was kept lack it
         bridge = load_bridge(stage0_dir, model)
         result["caption_loss"] = caption_loss_by_kind(model, tokenizer, bridge, data, max(1, clips // 3))
         result["picture_questions"] = picture_questions(model, tokenizer, bridge, data, clips)
+        result["media_questions"] = media_questions(model, tokenizer, bridge, data, clips)
     return result
 
 
@@ -217,6 +344,16 @@ def format_probe(result: dict[str, Any]) -> str:
     for part, probes in result["probes"].items():
         cells = ", ".join(f"{name} {p['accuracy']:.2f}/{p['majority']:.2f}" for name, p in probes.items())
         lines.append(f"  {part}: {cells}")
+    bound = result.get("binding", {})
+    if "cosine" in bound:  # absent in results saved before it was measured, or with too few pairs
+        lines.append(f"binding ({bound['pairs']} audio windows with every source on screen; accuracy / majority rate):")
+        for key, label in (("shapes_from_vision", "shapes shown, read from held-out frames' vision embeddings"),
+                           ("shapes_heard_from_paired_frames", "shapes heard, the same read-out on the paired frames"),
+                           ("shapes_heard_from_audio", "shapes heard, the same read-out on the audio embeddings")):
+            lines.append(f"  {label}: {bound[key]['accuracy']:.2f}/{bound[key]['majority']:.2f}")
+        near, cos = bound["nearest_frame_same_sources"], bound["cosine"]
+        lines.append(f"  nearest frame to the audio shows the same sound sources: {near['rate']:.2f} (chance "
+                     f"{near['chance']:.2f}); cosine to its own frame {cos['own_frame']:.2f}, to any {cos['any_frame']:.2f}")
     if "caption_loss" not in result:
         return "\n".join(lines + [f"(no {PROJECTION_FILE}: caption loss not measured)"])
     lines.append("caption loss by token kind (with the picture | zero prefix):")
@@ -229,6 +366,12 @@ def format_probe(result: dict[str, Any]) -> str:
                      + ("description written out | " if written else "") + "chance):")
         lines += [f"  {q}: {qa['picture'][q]:.2f} | {qa['zero'][q]:.2f} | "
                   + (f"{qa['text'][q]:.2f} | " if written else "") + f"{qa['chance'][q]:.2f}" for q in qa["chance"]]
+    if "media_questions" in result:  # absent in results saved before it was measured
+        qa = result["media_questions"]
+        lines.append("questions that need the clip, stand-in pictures in the chat form's slots (with the pictures | "
+                     "video frames reversed | zero pictures | chance, questions):")
+        lines += [f"  {f}: {qa['picture'][f]:.2f} | {qa['reversed'][f]:.2f} | {qa['zero'][f]:.2f} | "
+                  f"{qa['chance'][f]:.2f}, {qa['questions'][f]}" for f in qa["chance"]]
     return "\n".join(lines)
 
 
