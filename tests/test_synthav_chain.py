@@ -11,6 +11,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,14 +46,15 @@ def test_quick_chain_runs_end_to_end(quick_chain):
     assert ablation["videollama"]["use_frame_position"] is False
     results = json.loads((out / "results" / "results.json").read_text())
     assert (out / "results" / "results.png").stat().st_size > 1000
-    assert set(results["summary"]) == {"audio+video", "video", "audio", "one_frame", "no_frame_pos", "other_audio"}
+    assert set(results["summary"]) == {"audio+video", "video", "audio", "one_frame", "no_frame_pos", "other_audio",
+                                       "video+other_audio"}
     for setting, families in results["summary"].items():
         assert 0.0 <= families["all"]["accuracy_mean"] <= 1.0, setting
         assert 0.0 < families["all"]["chance"] < 1.0
     # Every stage changed only its own branch: the frozen stage-0 LLM is bit-identical at the end.
     stage0 = json.loads((out / "stage0" / "stage0.json").read_text())
     assert set(stage0["final_loss"]) == {"image_attributes", "image_encoder", "picture_reading",
-                                         "imagebind_attributes", "imagebind_vision", "imagebind_audio"}
+                                         "imagebind_attributes", "imagebind_vision", "imagebind_audio", "clip_reading"}
     from videollama.model import VideoLlama
 
     first = VideoLlama.from_pretrained(out / "stage0" / "model")
@@ -269,6 +271,53 @@ def test_generative_step_builds_every_chat_form(quick_chain):
     assert any("sound" in q or "hear" in q for q in audio_questions)
     picks, query_out, caption_loss, qa_loss = losses.step()
     assert query_out.shape[0] == len(picks) and torch.isfinite(caption_loss) and qa_loss.item() > 0
+
+
+def test_clip_reading_trains_the_llm_alone_on_frozen_pictures(quick_chain):
+    """The last stage-0 phase: chats filled from pictures computed once (4 frames in order for the video slot,
+    temporal questions at ``temporal_share``); only the LLM changes, and it is frozen again afterwards."""
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    from videollama.model import VideoLlama
+    from videollama.synthav.probe import load_bridge
+    from videollama.synthav.stage0 import VIDEO_FRAMES, ClipChats, Stage0Settings, WorldData, _normalize, \
+        clip_pictures, decode_media, frame_queries, train_clip_reading
+
+    out, _ = quick_chain
+    data = WorldData.load(out / "data")
+    cache = decode_media(data, 5, 112, with_audio=False)
+    tokenizer = AutoTokenizer.from_pretrained(out / "stage0" / "model")
+    model = VideoLlama.from_pretrained(out / "stage0" / "model")
+    bridge = load_bridge(out / "stage0", model)
+    pictures = clip_pictures(model, bridge, cache, chunk=2)
+    q, d = model.config.image_qformer.num_queries, model.config.llm_hidden_size
+    assert pictures.shape == (5, 8, q, d)
+    with torch.no_grad():
+        want = bridge(frame_queries(model, _normalize(cache.frames[3])))  # (8, Q, D)
+    assert torch.allclose(pictures[3], want, atol=1e-5)
+
+    temporal = ClipChats(tokenizer, pictures, cache, data.world, 1.0, random.Random(0), np.random.default_rng(0))
+    words = ("move", "first", "after")
+    for _ in range(10):
+        pieces, answer_len, slots = temporal.draw()
+        question = tokenizer.decode(pieces[-1][:-answer_len])
+        assert len(slots) == 1 and any(w in question for w in words), question
+        clip = slots[0].reshape(len(VIDEO_FRAMES), q, d)
+        assert any(torch.equal(clip, pictures[c, list(VIDEO_FRAMES)]) for c in range(5))
+    mixed = ClipChats(tokenizer, pictures, cache, data.world, 0.0, random.Random(0), np.random.default_rng(0))
+    sizes = {tuple(s.shape[0] for s in mixed.draw()[2]) for _ in range(60)}
+    assert (q,) in sizes and (len(VIDEO_FRAMES) * q,) in sizes  # stills and clips, as the generative phases draw
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = train_clip_reading(model, tokenizer, bridge, cache, data.world,
+                              replace(Stage0Settings.quick(), clip_steps=2, clip_batch=3))
+    assert np.isfinite(loss)
+    after = model.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"language_model"}
+    assert not any(p.requires_grad for p in model.language_model.parameters()) and not model.language_model.training
 
 
 def test_vl_stage1_starts_from_stage0s_projection(quick_chain, tmp_path):
@@ -533,7 +582,7 @@ def test_evaluate_cli_on_one_model_folder(quick_chain, tmp_path, capsys):
                  "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["questions"] == 4
-    assert set(results["summary"]) == {"audio+video", "video", "audio", "one_frame", "other_audio"}
+    assert set(results["summary"]) == {"audio+video", "video", "audio", "one_frame", "other_audio", "video+other_audio"}
     assert "| audio+video |" in capsys.readouterr().out
     assert main(["synthav", "evaluate", "--model", str(out / "model"), "--out", str(tmp_path)]) == 2  # no --data
 
@@ -590,7 +639,8 @@ def test_other_audio_plays_another_clips_soundtrack(monkeypatch):
         evaluate.other_clips([Path("a.mp4")] * 3)
 
     shown = []
-    monkeypatch.setattr(evaluate, "media_features", lambda pipe, path, setting: shown.append((path, setting)) or path)
+    monkeypatch.setattr(evaluate, "media_features", lambda pipe, path, setting, sound=None:
+                        shown.append((path, setting, sound)) or sound)
 
     class Pipe:  # records what each request was given; replies with the clip it heard
         engine = type("Engine", (), {"generate_all": staticmethod(lambda reqs: reqs)})()
@@ -607,7 +657,35 @@ def test_other_audio_plays_another_clips_soundtrack(monkeypatch):
              for i, v in enumerate(videos)]
     replies = evaluate.answer_items(Pipe, items, "other_audio")
     assert replies == ["clip1", "clip1", "clip2", "clip0", "clip0"]
-    assert shown == [(Path("clip1.mp4"), "audio"), (Path("clip2.mp4"), "audio"), (Path("clip0.mp4"), "audio")]
+    assert shown == [(Path("clip0.mp4"), "audio", Path("clip1.mp4")), (Path("clip1.mp4"), "audio", Path("clip2.mp4")),
+                     (Path("clip2.mp4"), "audio", Path("clip0.mp4"))]
+    # video+other_audio: each clip's own frames with the next clip's sound
+    shown.clear()
+    assert evaluate.answer_items(Pipe, items, "video+other_audio") == replies
+    assert shown == [(Path("clip0.mp4"), "audio+video", Path("clip1.mp4")),
+                     (Path("clip1.mp4"), "audio+video", Path("clip2.mp4")),
+                     (Path("clip2.mp4"), "audio+video", Path("clip0.mp4"))]
+
+
+def test_media_features_hear_the_given_soundtrack(monkeypatch):
+    """``sound`` replaces the clip's soundtrack and nothing else: the frames stay the clip's own."""
+    from videollama.synthav import evaluate
+
+    loaded = []
+    monkeypatch.setattr("videollama.media.load_audio", lambda path: loaded.append(("audio", path)) or torch.zeros(1, 1, 1, 128, 204))
+    monkeypatch.setattr("videollama.media.video.load_video", lambda path, n, image_size: loaded.append(("video", path)) or
+                        type("Clip", (), {"frames": torch.zeros(n, 3, 8, 8), "timestamp_message": lambda self: ""})())
+
+    class Pipe:
+        image_size = 8
+        model = type("Model", (), {"device": "cpu", "dtype": torch.float32,
+                                   "encode_video": staticmethod(lambda x: x), "encode_audio": staticmethod(lambda x: x)})()
+
+    evaluate.media_features(Pipe, Path("own.mp4"), "audio+video", sound=Path("other.mp4"))
+    evaluate.media_features(Pipe, Path("own.mp4"), "audio", sound=Path("other.mp4"))
+    evaluate.media_features(Pipe, Path("own.mp4"), "audio+video")
+    assert loaded == [("video", Path("own.mp4")), ("audio", Path("other.mp4")), ("audio", Path("other.mp4")),
+                      ("video", Path("own.mp4")), ("audio", Path("own.mp4"))]
 
 
 def test_combine_runs_evaluates_settings_a_saved_run_lacks(quick_chain, tmp_path):

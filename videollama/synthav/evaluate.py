@@ -10,6 +10,8 @@ Settings (what the model is given for each held-out question of ``qa/test.json``
 ``no_frame_pos``    8 frames, no audio, asked of the ablation model trained without frame positions
 ``other_audio``     another held-out clip's soundtrack only: the control for ``audio``. What the
                     question alone gets right; ``audio`` above it is what the sound adds
+``video+other_      the clip's 8 frames with another held-out clip's soundtrack: the control for
+audio``             ``audio+video``. ``audio+video`` above it is what the clip's own sound adds
 ==================  =======================================================================
 
 Answers are decoded greedily. A reply is matched to the question's closed choice set: the choice
@@ -40,7 +42,10 @@ import torch
 
 from .annotate import FAMILIES
 
-SETTINGS: tuple[str, ...] = ("audio+video", "video", "audio", "one_frame", "no_frame_pos", "other_audio")
+SETTINGS: tuple[str, ...] = ("audio+video", "video", "audio", "one_frame", "no_frame_pos", "other_audio",
+                             "video+other_audio")
+OTHER_SOUND = {"other_audio": "audio", "video+other_audio": "audio+video"}
+"""The controls that play another clip's soundtrack -> the setting they control."""
 NUM_FRAMES = 8
 MAX_NEW_TOKENS = 24
 BATCH_SIZE = 16
@@ -91,8 +96,9 @@ def is_exact(reply: str, answer: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ features
-def media_features(pipe, path: Path, setting: str):
-    """MediaFeatures of ``path`` as the setting shows it to the model."""
+def media_features(pipe, path: Path, setting: str, sound: Path | None = None):
+    """MediaFeatures of ``path`` as the setting shows it to the model; ``sound``: whose soundtrack it hears
+    (default ``path``)."""
     from ..inference import MediaFeatures
     from ..media import load_audio
     from ..media.video import load_video
@@ -101,14 +107,14 @@ def media_features(pipe, path: Path, setting: str):
     device, dtype = model.device, model.dtype
     with torch.inference_mode():
         if setting == "audio":
-            audio = load_audio(path)[None]  # (1, 8, 1, 128, 204)
+            audio = load_audio(sound or path)[None]  # (1, 8, 1, 128, 204)
             return MediaFeatures("audio", audio=model.encode_audio(audio.to(device, dtype)))
         frames = NUM_FRAMES if setting != "one_frame" else 1
         clip = load_video(path, frames, image_size=pipe.image_size)
         features = MediaFeatures("video", video=model.encode_video(clip.frames[None].to(device, dtype)),
                                  timestamps=clip.timestamp_message())
         if setting == "audio+video":
-            features.audio = model.encode_audio(load_audio(path)[None].to(device, dtype))
+            features.audio = model.encode_audio(load_audio(sound or path)[None].to(device, dtype))
         return features
 
 
@@ -122,21 +128,21 @@ def other_clips(videos: Sequence[Path]) -> dict[Path, Path]:
 
 def answer_items(pipe, items: Sequence[TestItem], setting: str, batch_size: int = BATCH_SIZE,
                  clips: Sequence[Path] | None = None) -> list[str]:
-    """Greedy replies of ``pipe`` to ``items`` under ``setting``; ``other_audio`` takes the other clip's sound
-    from ``clips`` (default: the items' own clips), e.g. every held-out clip when ``items`` is a subset."""
+    """Greedy replies of ``pipe`` to ``items`` under ``setting``; the :data:`OTHER_SOUND` controls take the other
+    clip's sound from ``clips`` (default: the items' own clips), e.g. every held-out clip when ``items`` is a subset."""
     from ..engine import GenerationConfig
 
     gen = GenerationConfig(do_sample=False, max_new_tokens=MAX_NEW_TOKENS)
     cache: dict[Path, Any] = {}
-    other = other_clips([it.video for it in items] if clips is None else clips) if setting == "other_audio" else None
+    other = other_clips([it.video for it in items] if clips is None else clips) if setting in OTHER_SOUND else None
     replies: list[str] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start: start + batch_size]
         requests = []
         for item in chunk:
             if item.video not in cache:
-                cache[item.video] = (media_features(pipe, other[item.video], "audio") if other
-                                     else media_features(pipe, item.video, setting))
+                cache[item.video] = (media_features(pipe, item.video, OTHER_SOUND[setting], sound=other[item.video])
+                                     if other else media_features(pipe, item.video, setting))
             requests.append(pipe.request(cache[item.video], [(item.question, None)], gen))
         with torch.inference_mode():
             replies += [pipe.decode_answer(ids) for ids in pipe.engine.generate_all(requests)]
@@ -197,7 +203,7 @@ def evaluate_synthav(
         settings = [s for s in settings if s != "no_frame_pos"]
     every_item = load_test_items(data_dir)
     items = every_item[:limit] if limit else every_item
-    clips = [it.video for it in every_item]  # whose sound other_audio plays
+    clips = [it.video for it in every_item]  # whose sound the OTHER_SOUND controls play
     per_seed: dict[str, Any] = {}
     started = time.perf_counter()
     for seed, folder in models.items():

@@ -24,7 +24,9 @@ trains small stand-ins with the project's own model code on a generated SynthAV 
    a frame showing exactly the clip's sound sources in the audio slot with a question about the sound;
    both), the pictures spliced where the prompt puts the media
    (:func:`train_image_encoder`, then :func:`train_picture_reading`). Unlike BLIP-2 the small LLM trains
-   along (from scratch, see 1), and is frozen afterwards. The first four query outputs are also
+   along (from scratch, see 1). Last of all, with the Q-Former and bridge frozen and their pictures
+   computed once, the LLM alone learns to read clips (:func:`train_clip_reading`: half temporal video
+   chats, half the usual mix); then it is frozen. The first four query outputs are also
    object slots, one per shape (:class:`SlotReadout`). We use no ITC/ITM. The bridge is
    kept (``llama_proj.safetensors``, MiniGPT-4's key names): like MiniGPT-4's ``llama_proj`` in the
    official recipe, it initialises the video projection of VL stage 1.
@@ -120,6 +122,10 @@ class Stage0Settings:
     vision_batch: int = 24
     qa_batch: int = 12  # media chats per generative step, beside the frame descriptions
     reading_steps: int = 450  # the second generative phase (picture losses + text loss)
+    clip_steps: int = 400  # the last phase: the LLM alone reads clips from the frozen pictures
+    clip_batch: int = 32  # media chats per clip-reading step
+    clip_lr: float = 3e-4
+    temporal_share: float = 0.5  # of the clip-reading chats: temporal video chats; the rest the usual mix
     vision_lr: float = 1e-3
     llm_lr: float = 1e-3  # the LLM, trained from scratch in the generative phases
     bind_vision_steps: int = 500
@@ -134,7 +140,8 @@ class Stage0Settings:
     @classmethod
     def quick(cls, seed: int = 0) -> "Stage0Settings":
         return cls(seed=seed, vocab_size=600, frame_clips=24, lm_batch=4, attribute_steps=4,
-                   attribute_batch=8, vision_steps=4, vision_batch=8, qa_batch=4, reading_steps=4, bind_vision_steps=4,
+                   attribute_batch=8, vision_steps=4, vision_batch=8, qa_batch=4, reading_steps=4, clip_steps=4,
+                   clip_batch=4, bind_vision_steps=4,
                    bind_batch=16, audio_steps=4, audio_batch=8)
 
 
@@ -817,6 +824,78 @@ def train_picture_reading(model, tokenizer, bridge: nn.Linear, cache: MediaCache
     return loss
 
 
+def clip_pictures(model, bridge: nn.Linear, cache: MediaCache, chunk: int = 64) -> Tensor:
+    """The frozen pictures of every cached frame, as the LLM sees them: (N, 8, Q, D_llm), computed once."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, cache.frames.shape[0], chunk):
+            frames = cache.frames[start: start + chunk]  # (n, 8, 3, S, S) uint8
+            queries = frame_queries(model, _normalize(frames.flatten(0, 1)))  # (n * 8, Q, W)
+            out.append(bridge(queries).unflatten(0, frames.shape[:2]))  # (n, 8, Q, D_llm)
+    return torch.cat(out)
+
+
+class ClipChats:
+    """The chats of :func:`train_clip_reading`: a ``temporal_share`` of temporal video chats, the rest drawn
+    as the generative phases draw them (:class:`ChatSampler`), every slot filled from precomputed pictures."""
+
+    def __init__(self, tokenizer, pictures: Tensor, cache: MediaCache, world: WorldConfig, temporal_share: float,
+                 rng: random.Random, np_rng: np.random.Generator):
+        self.tokenizer, self.pictures, self.cache, self.world = tokenizer, pictures, cache, world
+        self.temporal_share, self.rng, self.np_rng = temporal_share, rng, np_rng
+        self.sampler = ChatSampler(cache, world, rng, np_rng)
+        self.video = next(form for form in CHAT_FORMS if form.name == "video")
+
+    def _clip(self, c: int) -> Tensor:
+        return self.pictures[c, list(VIDEO_FRAMES)].flatten(0, 1)  # (4 * Q, D_llm): 4 frames in order
+
+    def draw(self) -> tuple[list[list[int]], int, list[Tensor]]:
+        """(pieces, answer length, one picture per slot) of one chat."""
+        if self.rng.random() < self.temporal_share:
+            for _ in range(100):  # most clips have a temporal question; a static scene may not
+                c = self.rng.randrange(self.pictures.shape[0])
+                item = sample_question(self.cache.scenes[c], self.world, self.np_rng, "temporal")
+                if item is not None:
+                    system = self.video.system if self.rng.random() < 0.5 else self.rng.choice(SYSTEMS)
+                    pieces, answer_len = picture_chat(self.tokenizer, system, self.video.preamble, item.question,
+                                                      item.answer)
+                    return pieces, answer_len, [self._clip(c)]
+        d = self.sampler.draw()
+        pieces, answer_len = picture_chat(self.tokenizer, d.system, d.form.preamble, d.question, d.answer)
+        return pieces, answer_len, [self.pictures[d.c, d.f] if slot == "frame" else self._clip(d.c)
+                                    for slot in d.form.slots]
+
+
+def train_clip_reading(model, tokenizer, bridge: nn.Linear, cache: MediaCache, world: WorldConfig,
+                       settings: Stage0Settings) -> float:
+    """Last stage-0 phase: the LLM alone learns to read clips (frame order) from the frozen pictures.
+
+    After the two generative phases the LLM answers temporal questions at chance even from 4 ideal frames
+    in order, and the same with the frames reversed: it saw about 1,600 temporal chats, where a fresh LLM
+    given ideal object tokens needs some 13,000 (docs/synthav.md#where-the-audio-and-temporal-claims-break-stop-14).
+    With the image Q-Former and bridge frozen, their pictures are computed once, so a chat costs only the
+    LLM's step: ``clip_steps`` x ``clip_batch`` chats, ``temporal_share`` of them temporal and the rest the
+    generative phases' mix (without it the LLM forgets how to answer from the audio slot), constant rate.
+    Its own random streams (seeded from ``settings.seed``) keep the earlier phases' draws unchanged.
+    """
+    llm = model.language_model
+    rng, np_rng = random.Random(f"clip-reading-{settings.seed}"), np.random.default_rng([settings.seed, 1])
+    chats = ClipChats(tokenizer, clip_pictures(model, bridge, cache), cache, world, settings.temporal_share,
+                      rng, np_rng)
+    embed = llm.get_input_embeddings()
+    llm.requires_grad_(True).train()
+
+    def step(_: int) -> Tensor:
+        drawn = [chats.draw() for _ in range(settings.clip_batch)]
+        inputs, mask, labels = splice_prefix(embed, [(p, n) for p, n, _ in drawn], [slots for _, _, slots in drawn])
+        return llm(inputs_embeds=inputs, attention_mask=mask, labels=labels).loss
+
+    loss = _loop("clip-reading", settings.clip_steps, step, list(llm.parameters()), settings.clip_lr, settings,
+                 clip_norm=None, cosine=False)
+    llm.requires_grad_(False).eval()
+    return loss
+
+
 # ------------------------------------------------------------------------------------------------ 3. ImageBind-like pair
 class TextEncoder(nn.Module):
     """Small text tower for the image<->text contrastive stage (discarded afterwards)."""
@@ -990,6 +1069,8 @@ def _run_stage0(data_dir: str | Path, out_dir: str | Path, settings: Stage0Setti
     result.final_loss["imagebind_audio"], result.counts["audio_pairs"] = train_audio_encoder(
         model, cache, data.world, settings, rng)
     lap("imagebind_audio")
+    result.final_loss["clip_reading"] = train_clip_reading(model, tokenizer, bridge, cache, data.world, settings)
+    lap("clip_reading")
 
     model.set_trainable(())  # everything frozen: stage 1 names what it trains
     model.save_pretrained(out / "model", tokenizer=tokenizer)
