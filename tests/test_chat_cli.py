@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from media_fixtures import make_numbered_video, make_tone_audio, truncate_file
 from videollama.engine import GenerationConfig

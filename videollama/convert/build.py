@@ -27,9 +27,8 @@ import copy
 import dataclasses
 import hashlib
 import os
-import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 
 from ..inference import IMAGE_SUFFIXES
-from .schemas import AudioPart, ImagePart, MediaPart, ServeError, VideoPart
+from .schemas import AudioPart, ImagePart, MediaPart, ServeError
 
 KIND_OF_PART = {"image_url": "image", "video_url": "video", "input_audio": "audio"}
 DEFAULT_SUFFIX = {"image": ".png", "video": ".mp4", "audio": ".wav"}
