@@ -745,3 +745,25 @@ def test_train_all_passes_stage0_threads_and_refuses_negative(monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         chain.main(["--out", "/tmp/unused", "--stage0-threads", "-1"])
     assert exit_info.value.code == 2
+
+
+def test_clip_steps_flag_switches_the_clip_reading_phase_on(monkeypatch):
+    """``--clip-steps N`` (train-all and stage0) reaches stage 0's settings; left out, the phase stays off;
+    a negative count is a clear usage error."""
+    from videollama.cli import main
+    from videollama.synthav import chain, stage0
+
+    seen = []
+    monkeypatch.setattr(chain, "run_chain", lambda out_dir, seed, settings, **kw: seen.append(settings.stage0.clip_steps)
+                        or chain.ChainResult(out_dir=str(out_dir), model_dir="m", data_dir="d"))
+    monkeypatch.setattr(stage0, "run_stage0", lambda data, out, settings: seen.append(settings.clip_steps)
+                        or stage0.Stage0Result(model_dir="m"))
+    assert main(["synthav", "train-all", "--out", "/tmp/unused", "--clip-steps", "400"]) == 0
+    assert main(["synthav", "train-all", "--out", "/tmp/unused"]) == 0
+    assert main(["synthav", "stage0", "--data", "d", "--out", "o", "--quick", "--clip-steps", "3"]) == 0
+    assert main(["synthav", "stage0", "--data", "d", "--out", "o"]) == 0
+    assert seen == [400, 0, 3, 0]
+    for argv in (["train-all", "--out", "o"], ["stage0", "--data", "d", "--out", "o"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["synthav", *argv, "--clip-steps", "-1"])
+        assert exit_info.value.code == 2

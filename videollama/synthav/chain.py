@@ -259,13 +259,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     parser.add_argument("--stage0-threads", type=int, default=0,
                         help="torch threads of stage 0 (default 0: every core; 1 when runs share the machine)")
+    parser.add_argument("--clip-steps", type=int, default=None,
+                        help="steps of stage 0's optional clip-reading phase (default 0: off)")
     args = parser.parse_args(argv)
-    if args.stage0_threads < 0:
-        parser.error(f"--stage0-threads must be >= 0, got {args.stage0_threads}")
+    for flag in ("stage0_threads", "clip_steps"):
+        if (getattr(args, flag) or 0) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     settings = ChainSettings.quick(args.seed) if args.quick else ChainSettings(stage0=Stage0Settings(seed=args.seed))
     settings.stage0 = replace(settings.stage0, threads=args.stage0_threads)
+    if args.clip_steps is not None:
+        settings.stage0 = replace(settings.stage0, clip_steps=args.clip_steps)
     result = run_chain(args.out, args.seed, settings, data_seed=args.data_seed, data_dir=args.data,
                        stage0_dir=args.stage0, evaluate=not args.no_eval)
     print(json.dumps({"model_dir": result.model_dir, "seconds": result.seconds}, indent=1))

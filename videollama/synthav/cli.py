@@ -14,10 +14,7 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Callable
-from dataclasses import asdict
 
 
 def cmd_generate(args) -> int:
@@ -31,12 +28,10 @@ def cmd_generate(args) -> int:
 
 
 def cmd_stage0(args) -> int:
-    from .stage0 import Stage0Settings, run_stage0
+    from .stage0 import main
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    settings = Stage0Settings.quick(args.seed) if args.quick else Stage0Settings(seed=args.seed)
-    result = run_stage0(args.data, args.out, settings)
-    print(json.dumps(asdict(result), indent=1))
+    argv = ["--data", args.data, "--out", args.out, "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+    main(argv + (["--clip-steps", str(args.clip_steps)] if args.clip_steps is not None else []))
     return 0
 
 
@@ -48,6 +43,7 @@ def cmd_train_all(args) -> int:
     argv += ["--stage0", args.stage0] if args.stage0 else []
     argv += ["--no-eval"] if args.no_eval else []
     argv += ["--stage0-threads", str(args.stage0_threads)]
+    argv += ["--clip-steps", str(args.clip_steps)] if args.clip_steps is not None else []
     main(argv)
     return 0
 
@@ -118,6 +114,8 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--clip-steps", type=int, default=None,
+                   help="steps of stage 0's optional clip-reading phase (default 0: off; 400 in docs/synthav.md)")
     p.set_defaults(synthav_func=cmd_stage0)
 
     p = sub.add_parser("train-all", help="the whole chain: data, stage 0, stages 1-2 of both branches, evaluation")
@@ -130,6 +128,8 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--stage0-threads", type=int, default=0,
                    help="torch threads of stage 0 (default 0: every core; 1 when runs share the machine)")
+    p.add_argument("--clip-steps", type=int, default=None,
+                   help="steps of stage 0's optional clip-reading phase (default 0: off; 400 in docs/synthav.md)")
     p.set_defaults(synthav_func=cmd_train_all)
 
     p = sub.add_parser("evaluate", help="the claims table over several train-all runs (one training seed each)")

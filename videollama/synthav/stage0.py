@@ -62,7 +62,7 @@ import os
 import random
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -1092,9 +1092,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output folder (model/ + stage0.json)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (CI)")
+    parser.add_argument("--clip-steps", type=int, default=None,
+                        help="steps of the optional clip-reading phase (default 0: off)")
     args = parser.parse_args(argv)
+    if args.clip_steps is not None and args.clip_steps < 0:
+        parser.error(f"--clip-steps must be >= 0, got {args.clip_steps}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = Stage0Settings.quick(args.seed) if args.quick else Stage0Settings(seed=args.seed)
+    if args.clip_steps is not None:
+        settings = replace(settings, clip_steps=args.clip_steps)
     result = run_stage0(args.data, args.out, settings)
     print(json.dumps(asdict(result), indent=1))
 
