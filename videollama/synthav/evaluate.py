@@ -105,16 +105,17 @@ def media_features(pipe, path: Path, setting: str, sound: Path | None = None):
 
     model = pipe.model
     device, dtype = model.device, model.dtype
+    sound = sound or path
     with torch.inference_mode():
         if setting == "audio":
-            audio = load_audio(sound or path)[None]  # (1, 8, 1, 128, 204)
+            audio = load_audio(sound)[None]  # (1, 8, 1, 128, 204)
             return MediaFeatures("audio", audio=model.encode_audio(audio.to(device, dtype)))
         frames = NUM_FRAMES if setting != "one_frame" else 1
         clip = load_video(path, frames, image_size=pipe.image_size)
         features = MediaFeatures("video", video=model.encode_video(clip.frames[None].to(device, dtype)),
                                  timestamps=clip.timestamp_message())
         if setting == "audio+video":
-            features.audio = model.encode_audio(load_audio(sound or path)[None].to(device, dtype))
+            features.audio = model.encode_audio(load_audio(sound)[None].to(device, dtype))
         return features
 
 
