@@ -43,3 +43,13 @@ def tiny_pipeline(tiny_model, tiny_tokenizer):
     from videollama.inference import Pipeline
 
     return Pipeline(tiny_model, tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def quick_chain(tmp_path_factory):
+    """``(out_dir, ChainResult)`` of one quick SynthAV chain (``ChainSettings.quick(0)``), shared by the
+    chain tests and the research-tool tests."""
+    from videollama.synthav.chain import ChainSettings, run_chain
+
+    out = tmp_path_factory.mktemp("synthav_chain")
+    return out, run_chain(out, seed=0, settings=ChainSettings.quick(0))
