@@ -23,10 +23,10 @@ def tiny_tokenizer(tmp_path_factory):
 def tiny_model(tiny_tokenizer):
     from videollama.model import VideoLlama
     from videollama.presets import tiny
-    from videollama.processor import Processor
+    from videollama.processor import attach_media_tokens
 
     config = tiny(vocab_size=tiny_tokenizer.vocab_size)
-    Processor(tiny_tokenizer, config)
+    attach_media_tokens(tiny_tokenizer, config)
     torch.manual_seed(0)
     return VideoLlama(config).eval()
 

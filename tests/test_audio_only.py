@@ -30,7 +30,7 @@ from videollama.inference import NO_VISION_NOTICE, MediaOptions, Pipeline
 from videollama.media import MediaError
 from videollama.model import AUDIO_BRANCH_TRAINABLE, VISION_BRANCH_TRAINABLE, VideoLlama, count_parameters
 from videollama.presets import tiny
-from videollama.processor import Processor
+from videollama.processor import attach_media_tokens
 
 VISION_PARTS = {"vision_model", "image_qformer", "image_query_tokens", "frame_position_embedding", "video_qformer",
                 "video_query_tokens", "video_projection"}
@@ -59,7 +59,7 @@ def audio_track(video: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def audio_model(tiny_tokenizer):
     config = dataclasses.replace(tiny(vocab_size=tiny_tokenizer.vocab_size), with_vision=False)
-    Processor(tiny_tokenizer, config)  # sets the placeholder ids
+    attach_media_tokens(tiny_tokenizer, config)
     torch.manual_seed(0)
     return VideoLlama(config).eval()
 
@@ -209,7 +209,7 @@ def test_save_load_round_trip(audio_model, audio_pipeline, tiny_tokenizer, media
 
 
 def test_full_folder_loads_without_its_vision_branch(tiny_model, tiny_model_dir, media):
-    from videollama.convert.loading import load_with_separate_llm
+    from videollama.model.loading import load_with_separate_llm
 
     model = VideoLlama.from_pretrained(tiny_model_dir, with_vision=False)
     assert not model.config.with_vision and model.config.with_audio

@@ -17,7 +17,7 @@ import torch
 
 from media_fixtures import make_numbered_video
 from videollama import cli
-from videollama.convert import loading
+from videollama.model import loading
 from videollama.engine import GenerationConfig
 from videollama.inference import MediaOptions, Pipeline
 
@@ -72,9 +72,6 @@ def test_model_load_kwargs_maps_the_options_to_from_pretrained():
         "device": "cpu", "dtype": torch.float16, "template": None, "device_map": None, "quantization": "4bit"}
     assert cli.model_load_kwargs(parser.parse_args(_argv("eval"))) == {
         "device": "cpu", "dtype": None, "template": None, "device_map": None, "quantization": None}
-    # demo builds its own namespace without the new options: they default to off
-    demo = argparse.Namespace(model=None, device="cpu", dtype=None, template=None)
-    assert cli.model_load_kwargs(demo)["device_map"] is None and cli.model_load_kwargs(demo)["quantization"] is None
 
 
 class _Loaded(Exception):

@@ -59,13 +59,13 @@ def make_model_dir(path: Path, tokenizer, *, seed: int = 0) -> Path:
     """The tiny preset without dropout, saved as a model folder (with ImageBind's vision trunk)."""
     from videollama.model import VideoLlama
     from videollama.presets import tiny
-    from videollama.processor import Processor
+    from videollama.processor import attach_media_tokens
 
     config = tiny(vocab_size=tokenizer.vocab_size)
     for q in (config.image_qformer, config.video_qformer, config.audio_qformer):
         q.dropout = 0.0
     config.imagebind.audio_drop_path = 0.0
-    Processor(tokenizer, config)
+    attach_media_tokens(tokenizer, config)
     torch.manual_seed(seed)
     VideoLlama(config).save_pretrained(path, tokenizer=tokenizer)
     return path

@@ -35,14 +35,24 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help="sampling seed")
 
 
+DEVICE_MAP_HELP = ("spread the language model's layers over the visible GPUs (then CPU RAM) with accelerate; "
+                   "the other parts go on --device (cuda:0 if that is cpu). Needs CUDA")
+LOAD_IN_HELP = ("load the language model's linear layers in 8 bits (LLM.int8) or 4 bits (NF4) with bitsandbytes; "
+                "the other parts stay in --dtype on --device (cuda:0 if that is cpu). Needs CUDA and bitsandbytes")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The model-loading options of chat, serve, web and eval; :func:`model_load_kwargs` maps them."""
-    from .convert.loading import add_loading_args
+    """The model-loading options of chat, serve, web and eval; :func:`model_load_kwargs` maps them.
+
+    ``--device-map`` and ``--load-in`` go to :func:`videollama.model.loading.load_for_inference`.
+    """
+    from .model.loading import QUANTIZATION_CHOICES
 
     p.add_argument("--model", default=None, help="model folder, or 'tiny' (default: the shipped model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="weights dtype (default: as saved on a GPU, fp32 on the CPU)")
-    add_loading_args(p)  # --device-map auto, --load-in {8bit,4bit}
+    p.add_argument("--device-map", default=None, choices=["auto"], help=DEVICE_MAP_HELP)
+    p.add_argument("--load-in", default=None, choices=QUANTIZATION_CHOICES, dest="load_in", help=LOAD_IN_HELP)
     p.add_argument("--template", choices=["llama_2", "vicuna_v0"], default=None, help="conversation template")
 
 
@@ -59,18 +69,13 @@ def generation_config(args):
                             top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
-def model_load_kwargs(args) -> dict:
-    """``Pipeline.from_pretrained`` keyword arguments from :func:`add_model_args`' options (all but --model).
-
-    Options a caller's namespace lacks (``demo`` builds its own) take their defaults.
-    """
+def model_load_kwargs(args: argparse.Namespace) -> dict:
+    """``Pipeline.from_pretrained`` keyword arguments from :func:`add_model_args`' options (all but --model)."""
     import torch
 
-    from .convert.loading import loading_kwargs
-
-    dtype = getattr(torch, DTYPES[args.dtype]) if getattr(args, "dtype", None) else None
-    return {"device": getattr(args, "device", "cpu"), "dtype": dtype, "template": getattr(args, "template", None),
-            **loading_kwargs(args)}
+    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
+    return {"device": args.device, "dtype": dtype, "template": args.template, "device_map": args.device_map,
+            "quantization": args.load_in}
 
 
 def load_pipeline(args, **extra):
@@ -141,7 +146,7 @@ def cmd_demo(args) -> int:
     question = args.question or (example_question if resolved.trained else None) or demo_question(resolved.trained)
     print(f"you   : {question}")
     print("model : ", end="", flush=True)
-    ns = argparse.Namespace(model=None, device="cpu", dtype=None, template=None, media=str(clip), question=question,
+    ns = argparse.Namespace(model=None, device="cpu", dtype=None, device_map=None, load_in=None, template=None, media=str(clip), question=question,
                             system=None, no_audio=False, frames=8, keep_aspect=False, greedy=True, temperature=1.0,
                             top_p=0.9, top_k=0, repetition_penalty=1.0, max_new_tokens=args.max_new_tokens, seed=0)
     ns.quiet = True

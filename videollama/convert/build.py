@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..config import VideoLlamaConfig
+from ..model.loading import KEEP_FP32  # tensors kept in float32 whatever the dtype
 from .hf_blip2 import convert_hf_blip2_folder, read_hf_blip2_folder
 from .imagebind import AUDIO_PREFIX, VISION_PREFIX, convert_imagebind_state_dict
 from .lavis import convert_eva_state_dict, convert_lavis_blip2_state_dict
@@ -51,8 +52,6 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BRANCH_CHOICES = ("both", "vl", "al")
 DEFAULT_DTYPE = "bf16"  # the official code runs the LLM in bf16
 DEFAULT_MAX_SHARD = "5GB"
-# Tensors stored in float32 whatever the dtype: log(20) rounds to 3.0 in bf16 (a scale of 20.09).
-KEEP_FP32 = ("audio_encoder.log_logit_scale",)
 # Std of the official N(0, 0.02) init of query tokens, used for --allow-missing fills without a better init.
 FILL_STD = 0.02
 FILL_SEED = 0

@@ -48,7 +48,7 @@ def run_stage0(data_dir: str | Path, out_dir: str | Path, settings: Stage0Settin
 
 def _run_stage0(data_dir: str | Path, out_dir: str | Path, settings: Stage0Settings) -> Stage0Result:
     from ...model import VideoLlama
-    from ...processor import Processor
+    from ...processor import attach_media_tokens
 
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
@@ -74,7 +74,7 @@ def _run_stage0(data_dir: str | Path, out_dir: str | Path, settings: Stage0Setti
     tokenizer = train_tiny_tokenizer(out / "tokenizer", vocab_size=settings.vocab_size,
                                      corpus=tokenizer_corpus(data, descriptions))
     config = synthav_config(vocab_size=tokenizer.vocab_size)  # placeholders lie beyond the LLM vocabulary
-    Processor(tokenizer, config)  # records the placeholder ids in the config
+    attach_media_tokens(tokenizer, config)
     model = VideoLlama(config)
     docs = lm_texts(data, descriptions, rng)
     result.counts["lm_documents"] = len(docs)
