@@ -144,3 +144,14 @@ def test_cli_info_counts_match_the_official_architecture():
     out = _cli("info", "videollama2-7b")
     assert out.returncode == 0, out.stderr
     assert "22,104,064  (22.1M)" in out.stdout and "6,738,415,616" in out.stdout
+
+
+def test_every_subsystem_registers_and_a_broken_one_is_not_hidden(monkeypatch):
+    """The CLI imports each subsystem's command module; an import error there surfaces (no silent skip)."""
+    from videollama import cli
+
+    _, commands = cli.build_parser()
+    assert {"chat", "demo", "info", "convert", "train", "serve", "web", "eval", "synthav"} <= set(commands)
+    monkeypatch.setattr(cli, "EXTENSIONS", (*cli.EXTENSIONS, "videollama.no_such_subsystem"))
+    with pytest.raises(ModuleNotFoundError, match="videollama.no_such_subsystem"):
+        cli.build_parser()

@@ -26,8 +26,6 @@ GREEDY = GenerationConfig(max_new_tokens=6, do_sample=False)
 
 
 def _parser() -> argparse.ArgumentParser:
-    if not cli._EXTENSIONS:
-        cli._load_extensions()
     return cli.build_parser()[0]
 
 
@@ -169,7 +167,6 @@ def test_chat_device_map_auto_on_cpu_is_one_error_line(tiny_model_dir, clip):
 
 @pytest.mark.parametrize("command", ["serve", "web", "eval"])
 def test_other_commands_give_the_same_one_line_error(command, tiny_model_dir, no_cuda, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "_EXTENSIONS", [])
     monkeypatch.chdir(tmp_path)
     status = cli.main(_argv(command, "--load-in", "4bit", model=str(tiny_model_dir)))
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
@@ -178,7 +175,6 @@ def test_other_commands_give_the_same_one_line_error(command, tiny_model_dir, no
 
 
 def test_eval_refuses_device_map_under_torchrun(tiny_model_dir, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "_EXTENSIONS", [])
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.chdir(tmp_path)
     assert cli.main(_argv("eval", "--device-map", "auto", model=str(tiny_model_dir))) == 2

@@ -11,6 +11,7 @@ Errors are one line on stderr (``error: ...``) with exit status 2, never a trace
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -103,7 +104,7 @@ def cmd_chat(args) -> int:
     """Chat about a video, image or audio file."""
     gen = generation_config(args)
     pipe, resolved = load_pipeline(args)
-    if not resolved.trained and not getattr(args, "quiet", False):
+    if not resolved.trained:
         print(f"[using the {resolved.description}]", file=sys.stderr)
     session = pipe.chat(args.media, options=media_options(args), system=args.system)
     if session.notice:
@@ -116,10 +117,14 @@ def cmd_chat(args) -> int:
             session.reset()
             print("[conversation cleared]", file=sys.stderr)
             continue
-        for piece in session.stream(question, gen):
-            print(piece, end="", flush=True)
-        print()
+        _print_stream(session, question, gen)
     return 0
+
+
+def _print_stream(session, question: str, gen) -> None:
+    for piece in session.stream(question, gen):
+        print(piece, end="", flush=True)
+    print()
 
 
 def _read_questions():
@@ -135,8 +140,10 @@ def _read_questions():
 
 
 def cmd_demo(args) -> int:
-    """The README's main job: answer a question about a real clip with the default model."""
+    """The README's main job: answer a question about a real clip with the default model (greedy, audio on)."""
     from .defaults import resolve_model
+    from .engine import GenerationConfig
+    from .inference import Pipeline
 
     resolved = resolve_model(None)
     clip, example = demo_clip()
@@ -146,18 +153,17 @@ def cmd_demo(args) -> int:
     question = args.question or (example_question if resolved.trained else None) or demo_question(resolved.trained)
     print(f"you   : {question}")
     print("model : ", end="", flush=True)
-    ns = argparse.Namespace(model=None, device="cpu", dtype=None, device_map=None, load_in=None, template=None, media=str(clip), question=question,
-                            system=None, no_audio=False, frames=8, keep_aspect=False, greedy=True, temperature=1.0,
-                            top_p=0.9, top_k=0, repetition_penalty=1.0, max_new_tokens=args.max_new_tokens, seed=0)
-    ns.quiet = True
-    status = cmd_chat(ns)
+    session = Pipeline.from_pretrained(resolved.path).chat(clip)
+    if session.notice:
+        print(f"[{session.notice}]", file=sys.stderr)
+    _print_stream(session, question, GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False))
     if resolved.trained and example and args.question is None:
         print(f"truth : {example['answer']} (a held-out clip the model never trained on; docs/synthav.md has its "
               "accuracy over all held-out questions)")
     if not resolved.trained:
         print("note  : this is an untrained tiny model, so the answer above is noise. The pipeline "
               "(decode, encoders, prompt, generation) is real; see README 'Models'.")
-    return status
+    return 0
 
 
 def demo_clip() -> tuple[Path, dict | None]:
@@ -230,33 +236,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument("target", help="preset (videollama2-7b, videollama2-13b, tiny) or model folder")
     commands["info"] = cmd_info
 
-    for register in _EXTENSIONS:
-        register(sub, commands)
+    for module in EXTENSIONS:  # an import error here is a real error: every subsystem ships with the package
+        importlib.import_module(module).register(sub, commands)
     return parser, commands
 
 
-# Subcommands defined next to their subsystem (convert, train, serve, eval, synthav) register here.
-_EXTENSIONS: list[Callable] = []
-
-
-def _load_extensions() -> None:
-    import importlib
-
-    if _EXTENSIONS:
-        return  # already loaded (main() called again in the same process)
-    for module in ("videollama.convert.cli", "videollama.train.cli", "videollama.serve.cli", "videollama.eval.cli",
-                   "videollama.synthav.cli"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name and err.name.startswith("videollama"):
-                continue  # subsystem not present in this build
-            raise
-        _EXTENSIONS.append(mod.register)
+EXTENSIONS = ("videollama.convert.cli", "videollama.train.cli", "videollama.serve.cli", "videollama.eval.cli",
+              "videollama.synthav.cli")
+"""Subcommands defined next to their subsystem; each module's ``register(subparsers, commands)`` adds its own."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    _load_extensions()
     parser, commands = build_parser()
     args = parser.parse_args(argv)
     try:
