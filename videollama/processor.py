@@ -63,9 +63,6 @@ class Processor:
     def audio_token_id(self) -> int:
         return self.config.audio_token_id  # type: ignore[return-value]
 
-    def count_markers(self, prompt: str) -> tuple[int, int]:
-        return prompt.count(IMAGE_PLACEHOLDER), prompt.count(AUDIO_PLACEHOLDER)
-
     def tokenize(self, prompt: str, *, add_bos: bool = True) -> list[int]:
         """Token ids of ``prompt`` with every placeholder marker expanded to its token run."""
         ids: list[int] = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []

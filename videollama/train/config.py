@@ -49,7 +49,6 @@ VISION_PLACEHOLDERS = 32
 AUDIO_PLACEHOLDERS = 8
 
 DATASET_TYPES = ("webvid", "cc_sbu_align", "llava_instruct", "videochat_instruct", "webdataset")
-CONVERSATION_TYPES = ("llava_instruct", "videochat_instruct")
 
 
 class ConfigError(ValueError):
@@ -112,10 +111,6 @@ class DatasetSpec:
     template: Literal["vicuna_v0", "llama_2"] | None = None  # conversation template; None -> data.template
     data_type: str = "video"  # official ``data_type``; 'cn' in it drops the timestamp message
     max_bad_fraction: float = 0.5  # stop with an error when more records than this fail
-
-    @property
-    def is_conversation(self) -> bool:
-        return self.type in CONVERSATION_TYPES
 
 
 @dataclass
