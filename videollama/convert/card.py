@@ -6,19 +6,18 @@ from the :class:`~.build.BuildReport`.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import VideoLlamaConfig
+from ..hashing import file_sha256
 
 if TYPE_CHECKING:
     from .build import BuildReport, Sources
 
 CARD_NAME = "README.md"
-HASH_CHUNK = 8 * 2**20
 
 
 @dataclass
@@ -44,17 +43,8 @@ def source_files(sources: Sources, llm, hash_sources: bool, say: Callable[[str],
     for option, path in files:
         if hash_sources:
             say(f"sha256 {path.name}")
-        out.append(SourceFile(option, path, path.stat().st_size, sha256(path) if hash_sources else None))
+        out.append(SourceFile(option, path, path.stat().st_size, file_sha256(path) if hash_sources else None))
     return out
-
-
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(HASH_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def summarise_keys(keys: list[str]) -> list[str]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 
 from .stage0 import PROJECTION_FILE, Stage0Settings, run_stage0
+from .stopwatch import Stopwatch
 
 logger = logging.getLogger(__name__)
 
@@ -192,13 +192,10 @@ def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data" if data_dir is None else Path(data_dir).resolve()
     result = ChainResult(out_dir=str(out), model_dir=str(out / "model"), data_dir=str(data))
-    clock = time.perf_counter()
+    watch = Stopwatch(result.seconds)
 
     def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        result.seconds[name] = round(now - clock, 1)
-        clock = now
+        watch.lap(name)
         logger.info("synthav chain: %s done in %.0f s", name, result.seconds[name])
         (out / "chain.json").write_text(json.dumps({"seed": seed, "data_seed": data_seed, **asdict(result),
                                                     "settings": asdict(settings)}, indent=1) + "\n")

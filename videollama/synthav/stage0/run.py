@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from ...tokenizer import train_tiny_tokenizer
 from ..preset import synthav_config
+from ..stopwatch import Stopwatch
 from .attributes import pretrain_image_encoder, pretrain_imagebind_vision
 from .binding import train_audio_encoder, train_imagebind_vision
 from .loop import lm_batches
@@ -55,13 +55,7 @@ def _run_stage0(data_dir: str | Path, out_dir: str | Path, settings: Stage0Setti
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = Stage0Result(model_dir=str(out))
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        result.seconds[name] = round(now - clock, 1)
-        clock = now
+    lap = Stopwatch(result.seconds).lap
 
     data = WorldData.load(data_dir)
     image_size = synthav_config(8).vision.image_size
