@@ -52,6 +52,7 @@ def test_video_without_audio_falls_back_with_a_notice(tiny_pipeline, clips):
     assert "The video contains 8 frames sampled at" in text and "Close your eyes" not in text
 
 
+@pytest.mark.slow
 def test_audio_file_and_one_frame_video(tiny_pipeline, clips):
     audio = tiny_pipeline.encode_media(clips["audio"])
     assert audio.kind == "audio" and audio.video is None and audio.audio.shape[1] == 8
@@ -59,6 +60,7 @@ def test_audio_file_and_one_frame_video(tiny_pipeline, clips):
     assert "The video contains 1 frames sampled at 0.0 seconds." in one.timestamps
 
 
+@pytest.mark.slow
 def test_media_are_encoded_once_per_content(tiny_pipeline, clips, monkeypatch):
     calls = []
     original = tiny_pipeline.model.encode_video
@@ -88,6 +90,7 @@ def test_streamed_pieces_join_to_the_answer(tiny_pipeline, clips):
     assert tiny_pipeline.chat(clips["av"]).ask("what?", GREEDY) == session.turns[-1][1]
 
 
+@pytest.mark.slow
 def test_batch_api_matches_one_at_a_time(tiny_pipeline, clips):
     items = [BatchItem(clips["av"], "what happens?"), BatchItem(clips["audio"], "what sound?"),
              BatchItem(clips["silent"], "a longer question about the video and its frames?"),
@@ -103,6 +106,7 @@ def _cli(*args, env_extra=None, stdin=None):
                           input=stdin, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_one_shot_is_deterministic_with_greedy(tiny_model_dir, clips):
     args = ("chat", clips["av"], "What happens?", "--model", tiny_model_dir, "--greedy", "--max-new-tokens", "5")
     first, second = _cli(*args), _cli(*args)
@@ -110,6 +114,7 @@ def test_cli_one_shot_is_deterministic_with_greedy(tiny_model_dir, clips):
     assert first.stdout == second.stdout and first.stdout.strip()
 
 
+@pytest.mark.slow
 def test_cli_interactive_and_reset(tiny_model_dir, clips):
     out = _cli("chat", clips["silent"], "--model", tiny_model_dir, "--greedy", "--max-new-tokens", "3", "--no-audio",
                stdin="hello?\n/reset\nagain?\n/quit\n")
@@ -118,6 +123,7 @@ def test_cli_interactive_and_reset(tiny_model_dir, clips):
     assert out.stdout.count("you> ") >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, message", [
     ("empty", "empty file"),
     ("text", "not a readable media file"),
@@ -133,6 +139,7 @@ def test_cli_bad_media_is_one_line(tiny_model_dir, clips, name, message):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_cli_missing_model_and_too_many_frames(tiny_model_dir, clips, tmp_path):
     out = _cli("chat", clips["av"], "q", "--model", tmp_path / "nope")
     assert out.returncode == 2 and "no such model folder" in out.stderr and "Traceback" not in out.stderr
@@ -140,6 +147,7 @@ def test_cli_missing_model_and_too_many_frames(tiny_model_dir, clips, tmp_path):
     assert out.returncode == 2 and "32" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_cli_info_counts_match_the_official_architecture():
     out = _cli("info", "videollama2-7b")
     assert out.returncode == 0, out.stderr

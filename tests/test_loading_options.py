@@ -149,6 +149,7 @@ def _one_error_line(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_chat_load_in_8bit_on_cpu_is_one_error_line(tiny_model_dir, clip):
     line = _one_error_line(_cli("chat", clip, "q", "--model", tiny_model_dir, "--load-in", "8bit"))
     assert "8bit quantization needs a CUDA GPU" in line
@@ -158,6 +159,7 @@ def test_chat_load_in_8bit_on_cpu_is_one_error_line(tiny_model_dir, clip):
         assert "bitsandbytes is not installed" in line
 
 
+@pytest.mark.slow
 def test_chat_device_map_auto_on_cpu_is_one_error_line(tiny_model_dir, clip):
     # load_for_inference refuses device maps without CUDA (its non-LLM parts go to a GPU), rather than
     # silently mapping everything to the CPU: the plain --device cpu load is the CPU path.
@@ -174,6 +176,7 @@ def test_other_commands_give_the_same_one_line_error(command, tiny_model_dir, no
     assert len(lines) == 1 and lines[0].startswith("error: 4bit quantization needs a CUDA GPU"), lines
 
 
+@pytest.mark.slow
 def test_eval_refuses_device_map_under_torchrun(tiny_model_dir, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.chdir(tmp_path)

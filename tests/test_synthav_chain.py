@@ -25,6 +25,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "videollama" / "assets" / "synth
 EXAMPLES = Path(__file__).resolve().parents[1] / "videollama" / "assets" / "examples"
 
 
+@pytest.mark.slow
 def test_quick_chain_runs_end_to_end(quick_chain):
     out, result = quick_chain
     for step in ("generate", "stage0", "vl_stage1", "vl_stage2", "al_stage1", "al_stage2", "ablation/vl_stage2",
@@ -40,9 +41,16 @@ def test_quick_chain_runs_end_to_end(quick_chain):
     assert (out / "results" / "results.png").stat().st_size > 1000
     assert set(results["summary"]) == {"audio+video", "video", "audio", "one_frame", "no_frame_pos", "other_audio",
                                        "video+other_audio"}
+    limit = ChainSettings.quick().eval_limit
+    asked = json.loads((out / "data" / "qa" / "test.json").read_text())[:limit]
+    chance = sum(1 / len(item["choices"]) for item in asked) / limit
     for setting, families in results["summary"].items():
-        assert 0.0 <= families["all"]["accuracy_mean"] <= 1.0, setting
-        assert 0.0 < families["all"]["chance"] < 1.0
+        everything = families["all"]
+        assert everything["items"] == limit and everything["chance"] == pytest.approx(chance, abs=1e-4), setting
+        right = everything["accuracy_mean"] * limit  # a count of right answers
+        assert right == pytest.approx(round(right)), setting
+        assert sum(f["accuracy_mean"] * f["items"] for name, f in families.items() if name != "all") == \
+            pytest.approx(right), setting  # "all" is the item-weighted mean of the families
     # Every stage changed only its own branch: the frozen stage-0 LLM is bit-identical at the end.
     stage0 = json.loads((out / "stage0" / "stage0.json").read_text())
     assert set(stage0["final_loss"]) == {"image_attributes", "image_encoder", "picture_reading",
@@ -58,6 +66,7 @@ def test_quick_chain_runs_end_to_end(quick_chain):
         assert not torch.equal(getattr(first, name).weight, getattr(last, name).weight.to(torch.float32)), name
 
 
+@pytest.mark.slow
 def test_audio_branch_trains_on_frames_only(quick_chain, tmp_path):
     """The AL stages' batches carry visual_audio_values (frames for ImageBind's vision path), never audio."""
     from transformers import AutoTokenizer
@@ -232,19 +241,14 @@ def test_audio_visual_chat_puts_the_sound_slot_first(tiny_tokenizer):
     assert tiny_tokenizer.decode(labels[0][labels[0] != -100].tolist(), skip_special_tokens=True).strip() == "yes"
 
 
+@pytest.mark.slow
 def test_generative_step_builds_every_chat_form(quick_chain):
     """Every stage-0 chat form puts the right number of frames in each slot and asks a question of its kind."""
-    from transformers import AutoTokenizer
-
-    from videollama.model import VideoLlama
-    from videollama.synthav.stage0 import CHAT_FORMS, VIDEO_FRAMES, PictureLosses, Stage0Settings, WorldData, \
-        decode_media
+    from synthav_fixtures import load_quick_stage0
+    from videollama.synthav.stage0 import CHAT_FORMS, VIDEO_FRAMES, PictureLosses, Stage0Settings
 
     out, _ = quick_chain
-    data = WorldData.load(out / "data")
-    cache = decode_media(data, 6, 112, with_audio=False)
-    tokenizer = AutoTokenizer.from_pretrained(out / "stage0" / "model")
-    model = VideoLlama.from_pretrained(out / "stage0" / "model")
+    data, cache, tokenizer, model = load_quick_stage0(out, 6)
     bridge = torch.nn.Linear(model.config.image_qformer.hidden_size, model.config.llm_hidden_size)
     losses = PictureLosses(model, tokenizer, bridge, cache, data.world, Stage0Settings.quick(), random.Random(0))
     seen = {}
@@ -265,6 +269,7 @@ def test_generative_step_builds_every_chat_form(quick_chain):
     assert query_out.shape[0] == len(picks) and torch.isfinite(caption_loss) and qa_loss.item() > 0
 
 
+@pytest.mark.slow
 def test_vl_stage1_starts_from_stage0s_projection(quick_chain, tmp_path):
     """Stage 0 keeps its Q-Former -> LLM bridge in MiniGPT-4's key names; VL stage 1 (only) loads it."""
     from safetensors.torch import load_file
@@ -292,6 +297,7 @@ def test_vl_stage1_starts_from_stage0s_projection(quick_chain, tmp_path):
                            bridge["llama_proj.weight"])
 
 
+@pytest.mark.slow
 def test_chain_can_share_a_stage0_across_seeds(quick_chain, tmp_path):
     """--stage0 reuses the frozen parts (as downloaded weights are shared); a folder without them is refused."""
     from dataclasses import replace
@@ -313,6 +319,7 @@ def test_chain_can_share_a_stage0_across_seeds(quick_chain, tmp_path):
     assert frozen and all(torch.equal(shared[k], final[k].to(shared[k].dtype)) for k in frozen)
 
 
+@pytest.mark.slow
 def test_shipped_model_answers_the_shipped_clip():
     from videollama.engine import GenerationConfig
     from videollama.inference import Pipeline
@@ -328,6 +335,7 @@ def test_shipped_model_answers_the_shipped_clip():
         assert match_choice(reply, example["choices"]) == example["answer"], (example, reply)
 
 
+@pytest.mark.slow
 def test_ship_copies_the_model_and_records_how_examples_were_chosen(quick_chain, tmp_path):
     from videollama.synthav.ship import EXAMPLE_FAMILIES, ship
 
@@ -341,6 +349,7 @@ def test_ship_copies_the_model_and_records_how_examples_were_chosen(quick_chain,
         assert example["chosen"].startswith(f"first of the {example['family']} held-out questions answered right")
 
 
+@pytest.mark.slow
 def test_combine_runs_reuses_each_runs_results_and_refuses_duplicate_seeds(quick_chain):
     from videollama.synthav.evaluate import combine_runs
 
@@ -352,6 +361,7 @@ def test_combine_runs_reuses_each_runs_results_and_refuses_duplicate_seeds(quick
         combine_runs([out, out], limit=8)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_on_one_model_folder(quick_chain, tmp_path, capsys):
     from videollama.cli import main
 
@@ -467,6 +477,7 @@ def test_media_features_hear_the_given_soundtrack(monkeypatch):
                       ("video", Path("own.mp4")), ("audio", Path("own.mp4"))]
 
 
+@pytest.mark.slow
 def test_combine_runs_evaluates_settings_a_saved_run_lacks(quick_chain, tmp_path):
     import shutil
 
@@ -488,6 +499,7 @@ def test_combine_runs_evaluates_settings_a_saved_run_lacks(quick_chain, tmp_path
     assert "other_audio" in json.loads((run / "results" / "results.json").read_text())["settings"]
 
 
+@pytest.mark.slow
 def test_train_all_passes_stage0_threads_and_refuses_negative(monkeypatch, capsys):
     """``train-all --stage0-threads N`` reaches stage 0's settings; a negative count is a clear usage error."""
     from videollama.cli import main

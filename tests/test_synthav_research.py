@@ -13,21 +13,16 @@ import torch
 from videollama.synthav.stage0 import PICTURE_PREAMBLES, load_bridge, picture_chat
 
 
+@pytest.mark.slow
 def test_clip_reading_trains_the_llm_alone_on_frozen_pictures(quick_chain):
     """The extra stage-0 phase: chats filled from pictures computed once (4 frames in order for the video slot,
     temporal questions at ``temporal_share``); only the LLM changes, and it is frozen again afterwards."""
-    from transformers import AutoTokenizer
-
     from scripts.synthav.clip_reading import ClipChats, ClipReadingSettings, clip_pictures, train_clip_reading
-    from videollama.model import VideoLlama
-    from videollama.synthav.stage0 import VIDEO_FRAMES, WorldData, decode_media, frame_queries, load_bridge, \
-        normalize_frames
+    from synthav_fixtures import load_quick_stage0
+    from videollama.synthav.stage0 import VIDEO_FRAMES, frame_queries, normalize_frames
 
     out, _ = quick_chain
-    data = WorldData.load(out / "data")
-    cache = decode_media(data, 5, 112, with_audio=False)
-    tokenizer = AutoTokenizer.from_pretrained(out / "stage0" / "model")
-    model = VideoLlama.from_pretrained(out / "stage0" / "model")
+    data, cache, tokenizer, model = load_quick_stage0(out, 5)
     bridge = load_bridge(out / "stage0", model)
     pictures = clip_pictures(model, bridge, cache, chunk=2)
     q, d = model.config.image_qformer.num_queries, model.config.llm_hidden_size
@@ -57,6 +52,7 @@ def test_clip_reading_trains_the_llm_alone_on_frozen_pictures(quick_chain):
     assert not any(p.requires_grad for p in model.language_model.parameters()) and not model.language_model.training
 
 
+@pytest.mark.slow
 def test_clip_reading_script_writes_a_new_stage0_with_only_the_llm_changed(quick_chain, tmp_path):
     from safetensors.torch import load_file
 
@@ -85,6 +81,7 @@ def test_linear_probe_reads_separable_labels_and_not_noise():
     assert noise["accuracy"] < 0.7 and 0.3 <= noise["majority"] <= 0.45
 
 
+@pytest.mark.slow
 def test_probe_cli_on_the_quick_stage0(quick_chain, tmp_path, capsys):
     from scripts.synthav.probe import main
 
@@ -110,6 +107,7 @@ def test_probe_cli_on_the_quick_stage0(quick_chain, tmp_path, capsys):
     assert "description written out" in printed and "video frames reversed" in printed
 
 
+@pytest.mark.slow
 def test_picture_questions_put_the_written_description_in_the_slot(quick_chain, monkeypatch):
     """The probe's "text" setting fills the picture's slot with the frame description's token embeddings."""
     from transformers import AutoTokenizer
@@ -140,6 +138,7 @@ def test_picture_questions_put_the_written_description_in_the_slot(quick_chain, 
         assert any(w.shape == text[0][0].shape and torch.equal(w, text[0][0]) for w in written)
 
 
+@pytest.mark.slow
 def test_media_questions_fill_each_chat_form_slots(quick_chain, monkeypatch):
     """Temporal questions get the 4 video frames in order (and reversed), audio questions the sound frame,
     audio-visual ones both, as stage 0's chat forms place them; the zero setting zeroes every slot."""
@@ -181,6 +180,7 @@ def test_media_questions_fill_each_chat_form_slots(quick_chain, monkeypatch):
     assert seen_slots <= {1, 2}
 
 
+@pytest.mark.slow
 def test_binding_reads_audio_that_is_its_frames_embedding_perfectly(quick_chain, monkeypatch):
     """With an audio encoder that returns exactly its paired frame's vision embedding (at ImageBind's audio norm
     20), the vision-fitted read-out scores the same on audio as on the paired frames, and every audio window's
@@ -217,7 +217,6 @@ def test_binding_reads_audio_that_is_its_frames_embedding_perfectly(quick_chain,
     assert result["cosine"]["own_frame"] == pytest.approx(1.0, abs=1e-3)
     assert result["nearest_frame_same_sources"]["rate"] == 1.0
     assert 0 < result["nearest_frame_same_sources"]["chance"] <= 1
-    assert 0 <= result["shapes_from_vision"]["majority"] <= 1
 
 
 def test_greedy_answer_matches_generate_on_spliced_pictures(tiny_model, tiny_tokenizer):
@@ -249,6 +248,7 @@ def test_relative_spread_is_zero_for_constant_and_near_one_for_random_rows():
     assert relative_spread(torch.ones(16, 64) + 0.01 * torch.randn(16, 64, generator=g)) < 0.02
 
 
+@pytest.mark.slow
 def test_spread_cli_on_the_quick_model(quick_chain, capsys):
     from scripts.synthav.spread import main
 
