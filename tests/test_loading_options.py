@@ -76,6 +76,7 @@ class _Loaded(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", MODEL_COMMANDS)
 def test_all_four_commands_load_through_the_same_helper(command, tiny_model_dir, monkeypatch, tmp_path):
     calls = []

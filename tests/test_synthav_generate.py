@@ -240,6 +240,7 @@ def test_question_families_cover_every_type_and_balance_yes_no() -> None:
 # ---------------------------------------------------------------------------- truth vs media
 
 
+@pytest.mark.slow
 def test_pixels_match_recorded_objects(data: Path) -> None:
     checked = 0
     for rec in truth(data, "webvid") + truth(data, "test"):

@@ -114,6 +114,7 @@ def test_resume_continues_exactly(data, model_dir, tmp_path, accum):
     assert _losses(part).keys() == set(range(6))
 
 
+@pytest.mark.slow
 def test_audio_branch_trains_on_frames_through_imagebind_vision(data, model_dir, tmp_path, monkeypatch):
     seen = []
     original = VideoLlama.forward
@@ -414,6 +415,7 @@ def _official_model(release, **extra) -> dict:
             "qformer_ckpt": str(release.blip2), **extra}
 
 
+@pytest.mark.slow
 def test_stage1_from_the_official_files(data, release, tmp_path, capsys):
     """VL stage 1 from the (tiny) official files: EVA + BLIP-2 + LLM frozen, MiniGPT-4's projection as the
     video projection's init, the other trained parts freshly initialised and reported as such."""
