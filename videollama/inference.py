@@ -38,6 +38,7 @@ class MediaOptions:
     num_frames: int = 8
     use_audio: bool = True
     resize: str = "squash"  # or "keep_aspect"
+    frame_lookup: str = "index"  # official; "time": the frame on screen at i / fps (differs on VFR video)
     max_bytes: int | None = None
     max_duration: float | None = None
 
@@ -155,7 +156,8 @@ class Pipeline:
             audio = load_audio(path, max_bytes=options.max_bytes)[None]
             return MediaFeatures("audio", audio=self.model.encode_audio(audio.to(device, dtype)),
                                  notice=NO_VISION_NOTICE)
-        clip = load_video(path, options.num_frames, image_size=self.image_size, resize=options.resize, max_bytes=options.max_bytes,
+        clip = load_video(path, options.num_frames, image_size=self.image_size, resize=options.resize,
+                          frame_lookup=options.frame_lookup, max_bytes=options.max_bytes,
                           max_duration=options.max_duration)
         features = MediaFeatures("video", video=self.model.encode_video(clip.frames[None].to(device, dtype)),
                                  timestamps=clip.timestamp_message())
@@ -168,9 +170,10 @@ class Pipeline:
         return features
 
     # ------------------------------------------------------------------ prompts
-    def prompt_ids(self, media: MediaFeatures | None, turns: list[tuple[str, str | None]],
-                   system: str | None = None) -> list[int]:
-        """Token ids for a conversation; the media preamble goes into the first user message."""
+    def prompt_text(self, media: MediaFeatures | None, turns: list[tuple[str, str | None]],
+                    system: str | None = None) -> str:
+        """The prompt string of a conversation, as the official demos build it: the media preamble
+        opens the first user message, the system text follows :func:`~videollama.templates.system_for`."""
         if not turns:
             raise ValueError("a conversation needs at least one user message")
         first_user, first_answer = turns[0]
@@ -178,8 +181,13 @@ class Pipeline:
             turns = [(join_question(media.preamble, first_user), first_answer)] + list(turns[1:])
         kinds = {"video": media is not None and media.kind == "video", "image": media is not None and media.kind == "image",
                  "audio": media is not None and media.audio is not None}
-        prompt = self.template.render(system_for(self.template, system=system, **kinds), turns)
-        return self.processor.tokenize(prompt)
+        return self.template.render(
+            system_for(self.template, system=system, audio_branch=self.model.config.with_audio, **kinds), turns)
+
+    def prompt_ids(self, media: MediaFeatures | None, turns: list[tuple[str, str | None]],
+                   system: str | None = None) -> list[int]:
+        """Token ids for a conversation (:meth:`prompt_text`, placeholders expanded)."""
+        return self.processor.tokenize(self.prompt_text(media, turns, system))
 
     def request(self, media: MediaFeatures | None, turns, gen: GenerationConfig, system: str | None = None) -> Request:
         return Request(
