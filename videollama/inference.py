@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .engine import Engine, GenerationConfig, Request
+from .engine import Engine, GenerationConfig, Request, RowFailure
 from .media import MediaError, NoAudioError, load_audio, load_image, load_video, probe
 from .model import VideoLlama
 from .processor import Processor
@@ -223,6 +223,8 @@ class Pipeline:
         ids: list[int] = []
         shown = ""
         for step in self.engine.generate([request]):
+            if isinstance(step[0], RowFailure):
+                raise step[0].error
             if step[0] is None:
                 break
             ids.append(step[0])
@@ -238,16 +240,49 @@ class Pipeline:
 
     def answer_batch(self, items: list[BatchItem], gen: GenerationConfig = GenerationConfig(do_sample=False),
                      batch_size: int = 8) -> list[str]:
-        """Answer many (media, question) pairs; rows of a batch decode together (left-padded)."""
-        answers: list[str] = []
+        """Answer many (media, question) pairs; rows of a batch decode together (left-padded).
+
+        One bad item never costs the others their answers: an item whose media cannot be read, whose
+        prompt does not fit or whose generation fails is left out, every other item gets the answer it
+        gets alone, and :class:`BatchAnswerError` is raised at the end with all of them (a single item's
+        error is raised as it is)."""
+        answers: list[str | None] = [None] * len(items)
+        errors: dict[int, Exception] = {}
         for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
-            requests = []
-            for item in chunk:
-                media = self.encode_media(item.media, item.options) if item.media is not None else None
-                requests.append(self.request(media, [(item.question, None)], gen))
-            answers += [self.decode_answer(ids) for ids in self.engine.generate_all(requests)]
+            requests: dict[int, Request] = {}
+            for index in range(start, min(start + batch_size, len(items))):
+                item = items[index]
+                try:
+                    media = self.encode_media(item.media, item.options) if item.media is not None else None
+                    requests[index] = self.request(media, [(item.question, None)], gen)
+                except Exception as err:  # noqa: BLE001 - reported with the item's index below
+                    errors[index] = err
+            ids: dict[int, list[int]] = {index: [] for index in requests}
+            for step in self.engine.generate(list(requests.values())):
+                for index, value in zip(requests, step):
+                    if isinstance(value, RowFailure):
+                        errors[index] = value.error
+                    elif value is not None:
+                        ids[index].append(value)
+            for index, tokens in ids.items():
+                if index not in errors:
+                    answers[index] = self.decode_answer(tokens)
+        if errors and len(items) == 1:
+            raise errors[0]
+        if errors:
+            raise BatchAnswerError(answers, errors)
         return answers
+
+
+class BatchAnswerError(Exception):
+    """Items of :meth:`Pipeline.answer_batch` failed; ``answers`` holds every other item's answer (None where failed)."""
+
+    def __init__(self, answers: list[str | None], errors: dict[int, Exception]) -> None:
+        first, err = min(errors.items())
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"{len(errors)} of {len(answers)} items failed: item {first}: {type(err).__name__}: {err}{more}")
+        self.answers = answers
+        self.errors = errors
 
 
 class ChatSession:
@@ -301,4 +336,5 @@ def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-__all__ = ["Pipeline", "ChatSession", "MediaFeatures", "MediaOptions", "BatchItem", "GenerationConfig"]
+__all__ = ["Pipeline", "ChatSession", "MediaFeatures", "MediaOptions", "BatchItem", "BatchAnswerError",
+           "GenerationConfig"]

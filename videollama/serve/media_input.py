@@ -166,17 +166,21 @@ def resolve_local(ref: str, media_root: Path | None, max_bytes: int) -> Path:
     raw = unquote(urlsplit(ref).path) if ref.lower().startswith("file:") else ref
     if "\x00" in raw:
         raise ServeError(400, "media path contains a NUL character", code="invalid_media_path")
-    candidate = Path(raw).expanduser() if raw.startswith("~") else Path(raw)
-    if not candidate.is_absolute():
-        candidate = media_root / candidate
-    root = media_root.resolve()
-    resolved = candidate.resolve()  # follows every symlink that exists
-    if not resolved.is_relative_to(root):
-        raise ServeError(403, f"{_short(ref)}: outside the media root (--media-root); only files below it are "
-                         "served", code="media_path_forbidden")
-    if not resolved.is_file():
-        raise ServeError(404, f"{_short(ref)}: no such file below the media root", code="media_not_found")
-    size = resolved.stat().st_size
+    try:
+        candidate = Path(raw).expanduser() if raw.startswith("~") else Path(raw)
+        if not candidate.is_absolute():
+            candidate = media_root / candidate
+        root = media_root.resolve()
+        resolved = candidate.resolve()  # follows every symlink that exists
+        if not resolved.is_relative_to(root):
+            raise ServeError(403, f"{_short(ref)}: outside the media root (--media-root); only files below it are "
+                             "served", code="media_path_forbidden")
+        if not resolved.is_file():
+            raise ServeError(404, f"{_short(ref)}: no such file below the media root", code="media_not_found")
+        size = resolved.stat().st_size
+    except (OSError, RuntimeError) as err:  # e.g. ENAMETOOLONG, a symlink loop: the path itself is unusable
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ServeError(400, f"{_short(ref)}: not a usable media path ({reason})", code="invalid_media_path") from None
     if size > max_bytes:
         raise _too_large("media", max_bytes)
     return resolved
