@@ -294,8 +294,9 @@ def _pick(logits: torch.Tensor, history: list[int], gen: GenerationConfig, gener
         logits[seen] = torch.where(scores > 0, scores / gen.repetition_penalty, scores * gen.repetition_penalty)
     if not gen.do_sample:
         return int(logits.argmax())
-    # Shifted so the best logit is 0 before dividing: any temperature > 0, however small, stays finite.
-    logits = (logits - logits.max()) / gen.temperature
+    # In float64 and shifted so the best logit is 0 before dividing: any temperature > 0 (a float64), however
+    # small, leaves the best token at 0 and the others at -inf at worst, never nan.
+    logits = (logits.double() - logits.max()) / gen.temperature
     if gen.top_k > 0:
         kth = torch.topk(logits, min(gen.top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .engine import Engine, GenerationConfig, Request, RowFailure
-from .media import MediaError, NoAudioError, load_audio, load_image, load_video, probe
+from .media import MediaError, NoAudioError, image_format, load_audio, load_image, load_video, probe
 from .model import VideoLlama
 from .processor import Processor
 from .templates import Template, get_template, join_question, media_message, system_for
@@ -130,7 +130,7 @@ class Pipeline:
     def _encode_uncached(self, path: Path, options: MediaOptions) -> MediaFeatures:
         device, dtype = self.model.device, self.model.dtype
         with_vision = self.model.config.with_vision
-        if path.suffix.lower() in IMAGE_SUFFIXES:
+        if path.suffix.lower() in IMAGE_SUFFIXES or image_format(path) is not None:  # an image named clip.mp4 too
             if not with_vision:
                 raise ValueError(f"{path}: this model has no vision branch (with_vision=False), so it cannot read "
                                  "images; give it an audio file or a video with an audio track")
