@@ -144,7 +144,9 @@ class Engine:
                 failed[row] = RowFailure(err)
             else:
                 live.append(row)
-        lanes = [_Lane(live, self._decode([requests[row] for row in live], [seeds[row] for row in live]))] if live else []
+        lanes: list[_Lane] = []
+        if live:
+            lanes.append(_Lane(live, self._decode([requests[row] for row in live], [seeds[row] for row in live])))
         emitted: dict[int, list[int]] = {row: [] for row in live}
         ended: set[int] = set()  # live rows that yielded None or a RowFailure
         while lanes:
@@ -191,6 +193,8 @@ class Engine:
         while lane.replay:
             value = next(lane.steps)[0]
             expected = lane.replay.pop(0)
+            if isinstance(value, RowFailure):
+                return [value]
             if value != expected:
                 return [RowFailure(RuntimeError(
                     "decoded again alone after its batch failed, this row diverged from the tokens already sent "

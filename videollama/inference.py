@@ -275,12 +275,13 @@ class Pipeline:
 
 
 class BatchAnswerError(Exception):
-    """Items of :meth:`Pipeline.answer_batch` failed; ``answers`` holds every other item's answer (None where failed)."""
+    """Items of :meth:`Pipeline.answer_batch` failed; ``answers`` holds the others' answers (None where failed)."""
 
     def __init__(self, answers: list[str | None], errors: dict[int, Exception]) -> None:
         first, err = min(errors.items())
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(f"{len(errors)} of {len(answers)} items failed: item {first}: {type(err).__name__}: {err}{more}")
+        super().__init__(f"{len(errors)} of {len(answers)} items failed: item {first}: {type(err).__name__}: "
+                         f"{err}{more}")
         self.answers = answers
         self.errors = errors
 

@@ -60,7 +60,8 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
                    help="seconds a connection has to send a request's complete headers; then 408")
     c.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
                    help="seconds a request has to send its whole body after its headers; then 408")
-    c.add_argument("--keep-alive", type=float, default=d.keep_alive_s, help="idle keep-alive connections close after (s)")
+    c.add_argument("--keep-alive", type=float, default=d.keep_alive_s,
+                   help="seconds an idle keep-alive connection stays open")
     c.add_argument("--max-connections-per-client", type=int, default=d.max_connections_per_client,
                    help="open connections one client address may hold; one more gets 429")
     c.add_argument("--max-connections", type=int, default=d.max_connections,

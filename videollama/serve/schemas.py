@@ -161,7 +161,8 @@ def parse_request(payload: Any) -> ChatCompletionRequest:
         raise bad_request(message, param=param) from None
 
 
-_UNION_LABELS = ("str", "list[", "none", "function-", "tagged-union[", "int", "float", "bool")
+_UNION_LABELS = ("str", "none", "int", "float", "bool")  # whole location parts naming a union branch
+_UNION_PREFIXES = ("list[", "function-", "tagged-union[")
 
 
 def describe_validation_error(err: ValidationError) -> tuple[str, str]:
@@ -172,7 +173,8 @@ def describe_validation_error(err: ValidationError) -> tuple[str, str]:
     errors = err.errors(include_url=False)
 
     def path(e: dict) -> list[str]:
-        return [str(p) for p in e["loc"] if not any(str(p).lower().startswith(label) for label in _UNION_LABELS)]
+        parts = [str(p) for p in e["loc"]]
+        return [p for p in parts if p.lower() not in _UNION_LABELS and not p.lower().startswith(_UNION_PREFIXES)]
 
     best = max(errors, key=lambda e: len(path(e)))
     where = ".".join(path(best)) or "body"
