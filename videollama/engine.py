@@ -82,12 +82,15 @@ Step = list["int | None | RowFailure"]
 
 
 class GenerationError(Exception):
-    """Rows of an :meth:`Engine.generate_all` call failed; the other rows' ids are in ``outputs``."""
+    """Rows of an :meth:`Engine.generate_all` call failed: ``errors`` maps row -> exception, ``outputs`` holds
+    every row's result (None where it failed)."""
 
-    def __init__(self, errors: dict[int, Exception], outputs: list[list[int] | None]) -> None:
-        first, err = next(iter(errors.items()))
+    noun = "request"
+
+    def __init__(self, errors: dict[int, Exception], outputs: list) -> None:
+        first, err = min(errors.items())
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(f"{len(errors)} of {len(outputs)} requests failed: request {first}: "
+        super().__init__(f"{len(errors)} of {len(outputs)} {self.noun}s failed: {self.noun} {first}: "
                          f"{type(err).__name__}: {err}{more}")
         self.errors = errors
         self.outputs = outputs

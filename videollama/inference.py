@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .engine import Engine, GenerationConfig, Request, RowFailure
+from .engine import Engine, GenerationConfig, GenerationError, Request, RowFailure
 from .media import MediaError, NoAudioError, image_format, load_audio, load_image, load_video, probe
 from .model import VideoLlama
 from .processor import Processor
@@ -270,20 +270,18 @@ class Pipeline:
         if errors and len(items) == 1:
             raise errors[0]
         if errors:
-            raise BatchAnswerError(answers, errors)
+            raise BatchAnswerError(errors, answers)
         return answers
 
 
-class BatchAnswerError(Exception):
+class BatchAnswerError(GenerationError):
     """Items of :meth:`Pipeline.answer_batch` failed; ``answers`` holds the others' answers (None where failed)."""
 
-    def __init__(self, answers: list[str | None], errors: dict[int, Exception]) -> None:
-        first, err = min(errors.items())
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(f"{len(errors)} of {len(answers)} items failed: item {first}: {type(err).__name__}: "
-                         f"{err}{more}")
-        self.answers = answers
-        self.errors = errors
+    noun = "item"
+
+    @property
+    def answers(self) -> list[str | None]:
+        return self.outputs
 
 
 class ChatSession:
