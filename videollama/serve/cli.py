@@ -62,8 +62,9 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
                    help="seconds a request has to send its whole body after its headers; then 408")
     c.add_argument("--keep-alive", type=float, default=d.keep_alive_s,
                    help="seconds an idle keep-alive connection stays open")
-    c.add_argument("--max-connections-per-client", type=int, default=d.max_connections_per_client,
-                   help="open connections one client address may hold; one more gets 429")
+    c.add_argument("--max-connections-per-client", type=int, default=None,
+                   help="open connections one client address may hold; one more gets 429 (default: "
+                        "2 x (max queue + max batch))")
     c.add_argument("--max-connections", type=int, default=d.max_connections,
                    help="open connections and in-flight requests in all; more get 503")
     c.add_argument("--max-header-kb", type=int, default=d.max_header_kb, help="largest request line + headers (KB)")

@@ -65,8 +65,9 @@ class ServeSettings:
     """A request's whole body must arrive within this many seconds of its headers (then 408, closed)."""
     keep_alive_s: float = 5.0
     """An idle keep-alive connection is closed after this many seconds (uvicorn's ``timeout_keep_alive``)."""
-    max_connections_per_client: int = 16
-    """Open connections one client address may hold; one more is answered 429 and closed."""
+    max_connections_per_client: int | None = None
+    """Open connections one client address may hold; one more is answered 429 and closed. None: twice what the
+    server can work on at once (2 x (max_queue + max_batch)), room for a client pool's idle keep-alive ones."""
     max_connections: int = 1024
     """Open connections (and in-flight requests) in all; past it uvicorn answers 503 (``limit_concurrency``)."""
     max_header_kb: int = 64
@@ -77,6 +78,8 @@ class ServeSettings:
             self.media_root = Path(self.media_root).expanduser().resolve()
             if not self.media_root.is_dir():
                 raise ValueError(f"--media-root {self.media_root}: not a directory")
+        if self.max_connections_per_client is None:
+            self.max_connections_per_client = 2 * (self.max_queue + self.max_batch)
         for name in ("max_queue", "max_batch", "default_max_tokens", "media_workers", "max_connections_per_client",
                      "max_connections", "max_header_kb"):
             if getattr(self, name) < 1:
