@@ -3,8 +3,9 @@
 Routes: ``POST /v1/chat/completions`` (plain JSON or server-sent events), ``GET /v1/models``,
 ``GET /v1/models/{id}``, ``GET /health``. Run it with ``videollama serve`` or any ASGI server::
 
-    app = create_app(Pipeline.from_pretrained("model/"), ServeSettings(media_root=Path("clips")))
-    uvicorn.run(app, host="127.0.0.1", port=8000)
+    settings = ServeSettings(media_root=Path("clips"))
+    app = create_app(Pipeline.from_pretrained("model/"), settings)
+    uvicorn.Server(server_config(app, host="127.0.0.1", port=8000, settings=settings)).run()  # .connections
 
 One request, in order: check the content type (415 unless JSON) -> read the body (size-capped;
 ``body``) -> on a worker thread: decode and validate it (400 with the offending field), build the

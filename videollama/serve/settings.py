@@ -58,7 +58,8 @@ class ServeSettings:
     """Threads that read and encode media (encodes of one content hash never run twice at once with 1)."""
     max_text_chars: int | None = None
     """Most characters of text in one request's messages, checked before tokenising (400 ``text_too_long``).
-    None: the model's context x its vocabulary's longest token, a length no text that fits can exceed."""
+    None: the model's context (4096 tokens if its config names none) x its vocabulary's longest token, a length
+    no text that fits the context can exceed."""
     header_timeout_s: float = 10.0
     """A connection must deliver a request's complete headers within this many seconds (then 408, closed)."""
     body_timeout_s: float = 120.0
