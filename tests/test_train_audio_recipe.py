@@ -59,7 +59,7 @@ def changed_parts(base: Path, trained: Path) -> set[str]:
 def test_stage1_audiotext_alone_trains_exactly_the_audio_branch(audio, model_dir, tmp_path, media_seen, capsys):
     out = tmp_path / "stage1"
     code = main(["train", str(CONFIGS / "audiobranch_stage1_audiotext.yaml"), *SMALL_RUN,
-                 f"model.model_dir={model_dir}", "model.llama_proj_ckpt=null", "optim.iters_per_epoch=4", f"run.output_dir={out}",
+                 f"model.model_dir={model_dir}", "optim.iters_per_epoch=4", f"run.output_dir={out}",
                  "data.datasets.webvid=null", "data.datasets.cc_sbu_align=null",
                  "data.datasets.audiocaps.max_bad_fraction=1.0",
                  f"data.datasets.audiocaps.annotations={audio['audiocaps_csv']}",
