@@ -178,3 +178,25 @@ def test_batches_carry_audio_values_and_never_mix_media(sets, tok):
     audio = {"input_ids": torch.tensor([1]), "labels": torch.tensor([1]), "audio": torch.zeros(AUDIO_SHAPE)}
     with pytest.raises(ValueError, match="a batch mixes audio samples and frame samples"):
         collate([frames, audio])
+
+
+def test_audio_text_configs_and_dropping_datasets_from_a_mix():
+    from pathlib import Path
+
+    from videollama.train.config import AUDIO_TRAINABLE, load_train_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    mixed = load_train_config(configs / "audiobranch_stage1_audiotext.yaml")
+    assert {k: (v.type, v.sample_ratio) for k, v in mixed.data.datasets.items()} == {
+        "audiocaps": ("audiocaps", 40.0), "clotho": ("clotho", 15.0), "wavcaps_freesound": ("wavcaps", 25.0),
+        "webvid": ("webvid", 15.0), "cc_sbu_align": ("cc_sbu_align", 5.0)}
+    assert mixed.run.trainable == list(AUDIO_TRAINABLE) and mixed.data.prompts == [] and mixed.needs_imagebind_vision
+    alone = load_train_config(configs / "audiobranch_stage1_audiotext.yaml",
+                              ["data.datasets.webvid=null", "data.datasets.cc_sbu_align=null"])
+    assert list(alone.data.datasets) == ["audiocaps", "clotho", "wavcaps_freesound"]
+    assert not alone.needs_imagebind_vision  # real audio only: ImageBind's vision encoder is not built
+    stage2 = load_train_config(configs / "audiobranch_stage2_audioinstruct.yaml")
+    specs = stage2.data.datasets
+    assert specs["audiocaps"].prompts == list(AUDIO_CAPTION_PROMPTS) and specs["audio_instruct"].type == "audio_instruct"
+    assert specs["cc_sbu_align"].prompts[0] == "<Image><ImageHere></Image> Describe this image in detail."
+    assert stage2.data.prompts == [] and stage2.model.ckpt and stage2.model.ckpt_2
