@@ -71,6 +71,7 @@ __all__ = [
     "ClothoDataset",
     "WavCapsDataset",
     "AudioInstructDataset",
+    "AUDIO_DATASET_CLASSES",
     "audio_message",
 ]
 
