@@ -103,7 +103,7 @@ def test_clotho_each_caption_a_record_or_one_sampled_per_draw(data, tok, sets):
 
     drawn = build(data, tok, captions="sample")["clotho"]
     assert len(drawn) == 3
-    seen = {supervised(tok, drawn.get(0, seed=seed)) for seed in range(40)}
+    seen = {supervised(tok, drawn.get(0, seed=seed)) for seed in range(12)}
     assert seen == {"A radio hisses.\n", "Static crackles.\n", "Noise on a radio.\n", "Radio static.\n"}  # never the empty one
     assert supervised(tok, drawn.get(0, seed=3)) == supervised(tok, drawn.get(0, seed=3))  # the seed decides
 
@@ -145,7 +145,7 @@ def test_audio_instruct_llava_and_videochat_shapes_with_the_official_audio_messa
 def test_stage2_caption_prompt_asks_about_the_sound_like_inference(data, tok):
     raw_prompts = {"prompts": ["audio_caption"], "prompt_template": LLAMA2_PROMPT_TEMPLATE}
     ds = build(data, tok, **raw_prompts)["audiocaps"]
-    prompts = {unsupervised(tok, ds.get(0, seed=seed)).replace(AUDIO_PLACEHOLDER, "") for seed in range(40)}
+    prompts = {unsupervised(tok, ds.get(0, seed=seed)).replace(AUDIO_PLACEHOLDER, "") for seed in range(12)}
     questions = [p.split(".  ")[-1] for p in AUDIO_CAPTION_PROMPTS]
     assert questions[0] == "Describe what you hear." and len(prompts) == len(questions) == 4
     for prompt in prompts:  # the official audio message, then the question, in the llama_2 chat template
