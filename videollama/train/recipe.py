@@ -390,8 +390,9 @@ def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed()) ->
     """The run's micro-batches: the configured datasets mixed one dataset per step, this rank's part of
     each step's global batch in ``optim.accum_grad_iters`` micro-batches (:class:`AccumulationSampler`).
 
-    The audio branch's batches carry ``visual_audio_values`` (frames for ImageBind's vision path),
-    the vision branch's ``pixel_values``. The sampler is returned too: it holds the data position
+    The audio branch's batches carry ``visual_audio_values`` (frames for ImageBind's vision path) or,
+    from the audio-text datasets, ``audio_values`` (real audio for ImageBind's audio encoder); the vision
+    branch's carry ``pixel_values``. The sampler is returned too: it holds the data position
     that checkpoints save and resuming restores.
     """
     datasets = build_datasets(cfg, tokenizer)
@@ -438,7 +439,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     d = setup_distributed()
     out = Path(cfg.run.output_dir)
     torch.manual_seed(cfg.run.seed)  # same initialisation on every rank
-    model, tokenizer = build_model(cfg.model, with_audio_vision=cfg.run.branch == "audio", cache_dir=out,
+    model, tokenizer = build_model(cfg.model, with_audio_vision=cfg.needs_imagebind_vision, cache_dir=out,
                                    is_main=d.is_main)
     model.set_trainable(cfg.trainable)
     if cfg.optim.lora.enabled:
@@ -708,7 +709,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, step: int | None = None)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint under {CHECKPOINTS}/")
     cfg = config_from_dict(yaml.safe_load(ckpt.config))
-    model, tokenizer = build_model(cfg.model, with_audio_vision=cfg.run.branch == "audio", cache_dir=run_dir)
+    model, tokenizer = build_model(cfg.model, with_audio_vision=cfg.needs_imagebind_vision, cache_dir=run_dir)
     if cfg.optim.lora.enabled:
         _apply_lora(model, cfg)
     state = dict(model.named_parameters())
