@@ -394,12 +394,17 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
 
 def _load_pickle_free(path: Path, map_location: str | torch.device) -> Any:
     """``torch.load`` that builds tensors and plain values only: a pickle that would run code is refused."""
+    from ..convert.safe_load import first_specific_line
+
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = " ".join(str(err).split()[:12])  # torch's message is long; its first words name the global
-        raise CheckpointError(f"{path}: refused: not plain tensors and values, loading it would need to run code "
-                              f"({reason} ...)") from None
+    except Exception as err:  # torch raises UnpicklingError/RuntimeError/EOFError/IndexError/... for bad files
+        text = str(err)
+        if "Weights only load failed" in text:
+            raise CheckpointError(f"{path}: refused: it holds more than tensors and plain values, loading it would "
+                                  f"need to run code ({first_specific_line(text)})") from None
+        raise CheckpointError(f"{path}: not a readable torch file ({type(err).__name__}: "
+                              f"{first_specific_line(text) if text.strip() else 'no detail'})") from None
 
 
 def load_latest(directory: str | Path, *, map_location: str | torch.device = "cpu") -> LoadedCheckpoint | None:
