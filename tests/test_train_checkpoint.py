@@ -1,4 +1,4 @@
-"""Checkpoints: round trip, keep-last-K, checksums and fallbacks, refused pickles, and SIGKILL in the middle of a save."""
+"""Checkpoints: round trip, keep-last-K, checksums and fallbacks, refused pickles, SIGKILL in the middle of a save."""
 
 from __future__ import annotations
 

@@ -46,7 +46,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import random
 import re
 import shutil
@@ -83,8 +82,7 @@ _NAME_RE = re.compile(rf"^{PREFIX}(\d+)$")
 _LEFTOVER_PID_RE = re.compile(rf"^{re.escape(TMP_PREFIX)}.*-(\d+)$")  # .tmp-<what>-<pid of the writer>
 _HASH_CHUNK = 1 << 20
 # What a damaged or crafted file raises while it is parsed (after its checksum matched the metadata).
-_PARSE_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError,
-                 SafetensorError)
+_PARSE_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, SafetensorError)
 _TEST_SLEEP_ENV = "VIDEOLLAMA_CHECKPOINT_TEST_SLEEP"
 
 logger = logging.getLogger(__name__)
@@ -347,9 +345,10 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{meta_file}: checkpoint format {found}, this version reads format {FORMAT_VERSION} "
                               "(checksummed files, no pickled objects)")
     files, sizes, sums = meta.get("files"), meta.get("sizes"), meta.get("sha256")
-    if not (isinstance(files, list) and isinstance(sizes, dict) and isinstance(sums, dict) and "model.safetensors" in files
-            and all(isinstance(n, str) and n in sizes and n in sums and n == Path(n).name for n in files)
-            and isinstance(meta.get("step"), int)):
+    well_formed = (isinstance(files, list) and isinstance(sizes, dict) and isinstance(sums, dict)
+                   and isinstance(meta.get("step"), int) and "model.safetensors" in files
+                   and all(isinstance(n, str) and n in sizes and n in sums and n == Path(n).name for n in files))
+    if not well_formed:
         raise CheckpointError(f"{meta_file}: malformed (needs step, and files with their sizes and sha256)")
     for name in files:
         file = path / name
