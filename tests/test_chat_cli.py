@@ -150,6 +150,25 @@ def test_cli_bad_media_is_one_line(tiny_model_dir, clips, name, message):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("kind, says", [
+    ("directory", "is a directory, not a media file"),
+    ("fifo", "is not a regular file (FIFO)"),
+    ("missing", "no such file"),
+])
+def test_cli_says_what_a_media_path_that_is_no_file_is(tiny_model_dir, tmp_path, capsys, kind, says):
+    from videollama import cli
+
+    media = tmp_path / "clip.mp4"
+    if kind == "directory":
+        media.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(media)  # opening it for reading would block: it must be recognised without a read
+    status = cli.main(["chat", str(media), "q", "--model", str(tiny_model_dir), "--greedy", "--max-new-tokens", "2"])
+    assert status == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {media}: {says}"]
+
+
 def test_cli_missing_model_and_too_many_frames(tiny_model_dir, clips, tmp_path):
     out = _cli("chat", clips["av"], "q", "--model", tmp_path / "nope")
     assert out.returncode == 2 and "no such model folder" in out.stderr and "Traceback" not in out.stderr

@@ -23,6 +23,7 @@ import torch
 
 from .engine import Engine, GenerationConfig, GenerationError, Request, RowFailure
 from .media import MediaError, NoAudioError, image_format, load_audio, load_image, load_video, probe
+from .media.errors import check_media_file
 from .model import VideoLlama
 from .processor import Processor
 from .templates import Template, get_template, join_question, media_message, system_for
@@ -334,8 +335,7 @@ def _longest_stop_prefix(text: str, stops: tuple[str, ...]) -> str:
 
 
 def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    if not path.is_file():
-        raise MediaError(path, "file not found")
+    check_media_file(path)  # missing, a directory, a FIFO (whose read would block), empty: one line saying which
     h = hashlib.blake2b(digest_size=16)
     with path.open("rb") as f:
         while block := f.read(chunk):

@@ -191,7 +191,8 @@ class RunSection:
     fsdp_frozen: Literal["shard", "replicate"] = "shard"
     branch: Literal["vision", "audio"] = "vision"
     trainable: list[str] | None = None  # top-level model parts; None -> the branch's official set
-    resume: bool = False  # continue from output_dir's latest checkpoint
+    resume: bool = False  # continue from output_dir's newest checkpoint that verifies (refuses if none verifies)
+    restart: bool = False  # start over at step 0: delete output_dir's checkpoints, metrics and logs first
     export: bool = True  # write output_dir/export (a from_pretrained model folder) at the end
     stop_after: int | None = None  # stop (with a checkpoint) once this global step is done; resume later
     tensorboard: bool = True
@@ -281,6 +282,8 @@ class TrainConfig:
             raise ConfigError("run.branch is 'audio' but model.with_audio is false")
         if self.run.keep_last_k < 1:
             raise ConfigError(f"run.keep_last_k must be >= 1, got {self.run.keep_last_k}")
+        if self.run.resume and self.run.restart:
+            raise ConfigError("run.resume and run.restart exclude each other: continue the run or start it over")
 
 
 def _named_prompts(prompts: list[str]) -> list[str]:
