@@ -11,18 +11,17 @@ Clips:
     multi-scale texture with moving blocks, so the encoder sees real motion.
 
 Methods (best of ``--repeats`` runs, file already in the page cache):
-  * ``decode-all``: decode every frame with PyAV (same threading), keep the frames nearest the
-    8 target timestamps, resize those to 224x224 (bicubic swscale);
+  * ``decode-all``: decode every frame with PyAV (same threading), keep the official 8 (the
+    i-th frames in presentation order), resize those to 224x224 with decord's filter graph
+    (``scale=224:224:flags=bilinear,format=rgb24``);
   * ``seek (ours)``: ``load_video(path, 8, normalize=False)``;
   * ``decord``: ``VideoReader(path, width=224, height=224).get_batch(indices)``, the official
-    reader (only if decord is importable; it is not a project dependency).
+    reader (decord 0.6.0 is a test dependency; its column is left out where it is not importable).
 
-Correctness: the frames from ``seek`` must equal the ``decode-all`` frames at the same
-timestamps (max abs pixel difference, 0-255 scale). decord is compared too (a different FFmpeg
-and scaler, so small differences are expected).
+Correctness: the frames from ``seek`` and from decord must equal the ``decode-all`` frames
+(max abs pixel difference, 0-255 scale): all three are the official frames.
 
-Run: ``python benchmarks/bench_decode.py [--repeats 2] [--cache-dir /tmp/videollama-bench]``
-(with decord from a side directory: ``PYTHONPATH=/path/to/decord_site python ...``).
+Run: ``python benchmarks/bench_decode.py [--repeats 2] [--cache-dir /tmp/videollama-bench]``.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
@@ -130,32 +128,29 @@ def clips(cache_dir: Path) -> dict[str, Path]:
 # --------------------------------------------------------------------------- methods
 
 
-def _targets(path: Path) -> tuple[list[int], list[int]]:
-    """Official uniform indices and their pts (stream time base) for NUM_FRAMES frames."""
-    info = probe(path)
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        rate = Fraction(stream.average_rate)
-        start = stream.start_time or 0
-        indices = sample_indices(info.num_frames, NUM_FRAMES)
-        return indices, [start + round(Fraction(i) / rate / stream.time_base) for i in indices]
+def _bilinear_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """decord's resize: FFmpeg's ``scale=224:224:flags=bilinear,format=rgb24`` filter graph."""
+    graph = av.filter.Graph()
+    chain = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format, time_base=frame.time_base),
+             graph.add("scale", f"{IMAGE_SIZE}:{IMAGE_SIZE}:flags=bilinear"), graph.add("format", "rgb24"),
+             graph.add("buffersink")]
+    for a, b in zip(chain, chain[1:]):
+        a.link_to(b)
+    graph.configure()
+    graph.push(frame)
+    return graph.pull().to_ndarray()
 
 
 def decode_all(path: Path) -> np.ndarray:
-    """Decode every frame; keep the frame with the nearest pts to each target."""
-    _, targets = _targets(path)
-    best: list[tuple[int, av.VideoFrame | None]] = [(1 << 62, None)] * len(targets)
+    """Decode every frame; keep the official ones: the i-th in presentation order."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            for k, target in enumerate(targets):
-                distance = abs(frame.pts - target)
-                # strict '<' keeps the earlier frame on ties, like load_video
-                if distance < best[k][0]:
-                    best[k] = (distance, frame)
-    return np.stack([f.reformat(width=IMAGE_SIZE, height=IMAGE_SIZE, format="rgb24",
-                                interpolation="BICUBIC").to_ndarray() for _, f in best])
+        order = sorted(p.pts for p in container.demux(stream) if p.size)  # presentation order
+        wanted = [order[i] for i in sample_indices(len(order), NUM_FRAMES)]
+        container.seek(0, stream=stream)
+        kept = {f.pts: _bilinear_rgb(f) for f in container.decode(stream) if f.pts in wanted}
+    return np.stack([kept[pts] for pts in wanted])
 
 
 def seek_ours(path: Path) -> np.ndarray:
@@ -210,9 +205,9 @@ def main() -> None:
                      f"{clip.stats.seeks} seeks"))
         if have_decord:
             t_dec, frames = timed(decord_batch, path, args.repeats)
-            d = np.abs(frames.astype(np.int16) - ref.astype(np.int16))
-            rows.append(("decord get_batch", name, desc, t_dec, t_all / t_dec,
-                         f"max|diff| {int(d.max())}, mean|diff| {d.mean():.2f} (other FFmpeg/scaler)"))
+            d = int(np.abs(frames.astype(np.int16) - ref.astype(np.int16)).max())
+            rows.append(("decord get_batch", name, desc, t_dec, t_all / t_dec, f"max|diff| {d}"))
+            rows.append(("seek / decord", name, desc, t_seek, t_dec / t_seek, "speed-up of ours over decord"))
         if diff != 0:
             print(f"WARNING: {name}: seek frames differ from decode-all (max {diff})")
     print()

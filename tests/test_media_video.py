@@ -35,6 +35,19 @@ def official_uniform(vlen: int, n: int) -> list[int]:
     return list(np.arange(0, vlen, vlen / n).astype(int))
 
 
+def bilinear_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+    """decord's resize: the FFmpeg filter graph ``scale=W:H:flags=bilinear,format=rgb24``."""
+    graph = av.filter.Graph()
+    chain = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format, time_base=frame.time_base),
+             graph.add("scale", f"{width}:{height}:flags=bilinear"), graph.add("format", "rgb24"),
+             graph.add("buffersink")]
+    for a, b in zip(chain, chain[1:]):
+        a.link_to(b)
+    graph.configure()
+    graph.push(frame)
+    return graph.pull().to_ndarray()
+
+
 def numbers(clip) -> list[int]:
     return [read_frame_number(frame) for frame in clip.frames]
 
@@ -134,8 +147,7 @@ def test_frames_equal_a_decode_everything_reference(tmp_path):
         everything = {f.pts: f for f in container.decode(video=0)}
         time_base = container.streams.video[0].time_base
     for ts, frame in zip(clip.timestamps, clip.frames):
-        ref = everything[round(ts / time_base)]
-        ref = ref.reformat(width=224, height=224, format="rgb24", interpolation="BICUBIC").to_ndarray()
+        ref = bilinear_rgb(everything[round(ts / time_base)], 224, 224)
         ours = (frame * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         assert np.array_equal(ours, ref)
 
@@ -148,16 +160,33 @@ def test_other_containers(tmp_path, suffix):
     assert numbers(clip) == official_uniform(300, 8)
 
 
-def test_variable_frame_rate_picks_the_nearest_frame(tmp_path):
-    times = [0.1 * i + (0.05 if i % 2 else 0.0) for i in range(30)]  # irregular spacing
-    path = make_numbered_video(tmp_path / "vfr.mp4", 30, 10, timestamps=times)
+VFR_TIMES = [0.3 * i if i < 10 else 3.0 + 0.05 * (i - 10) for i in range(40)]  # slow, then fast
+
+
+def test_variable_frame_rate_index_lookup_is_the_official_frame(tmp_path):
+    # official (decord get_batch): frame i is the i-th in presentation order; the prompt says i / fps
+    path = make_numbered_video(tmp_path / "vfr.mp4", 40, 10, timestamps=VFR_TIMES)
     info = probe(path)
     clip = load_video(path, 8, normalize=False)
-    for k, idx in enumerate(official_uniform(30, 8)):
-        target = idx / info.fps
-        nearest = min(range(30), key=lambda i: (abs(times[i] - target), i))
-        assert read_frame_number(clip.frames[k]) == nearest
-        assert clip.timestamps[k] == pytest.approx(times[nearest], abs=1e-4)
+    wanted = official_uniform(40, 8)
+    assert numbers(clip) == wanted
+    assert clip.indices == wanted
+    assert clip.timestamps == pytest.approx([VFR_TIMES[i] for i in wanted], abs=1e-4)
+    stated = ", ".join(str(round(i / info.fps, 1)) for i in wanted)
+    assert clip.timestamp_message() == f"The video contains 8 frames sampled at {stated} seconds. "
+
+
+def test_variable_frame_rate_time_lookup_picks_the_frame_on_screen(tmp_path):
+    path = make_numbered_video(tmp_path / "vfr.mp4", 40, 10, timestamps=VFR_TIMES)
+    info = probe(path)
+    clip = load_video(path, 8, normalize=False, frame_lookup="time")
+    nearest = [min(range(40), key=lambda i: (abs(VFR_TIMES[i] - idx / info.fps), i)) for idx in official_uniform(40, 8)]
+    assert numbers(clip) == nearest
+    assert clip.indices == nearest  # positions in presentation order, not round(t * fps)
+    assert clip.timestamps == pytest.approx([VFR_TIMES[i] for i in nearest], abs=1e-4)
+    stated = ", ".join(str(round(VFR_TIMES[i], 1)) for i in nearest)
+    assert clip.timestamp_message() == f"The video contains 8 frames sampled at {stated} seconds. "
+    assert numbers(clip) != numbers(load_video(path, 8, normalize=False))  # this clip tells them apart
 
 
 def test_one_frame_video_gives_one_frame(tmp_path):
@@ -200,6 +229,19 @@ def test_keep_aspect_letterboxes_with_the_mean_colour(tmp_path):
     assert [read_frame_number(f) for f in band] == official_uniform(20, 8)
     squashed = load_video(path, 8, normalize=False)
     assert numbers(squashed) == official_uniform(20, 8)
+
+
+def test_load_image_is_blip2_image_eval_processor(tmp_path):
+    # official: Image.open(path).convert("RGB") -> torchvision 0.13 Resize((224, 224), BICUBIC), which for a
+    # PIL image calls img.resize((224, 224), BICUBIC) -> ToTensor (/255) -> CLIP normalisation
+    rgba = np.dstack([numbered_frame(77, 150, 90), np.full((90, 150), 128, np.uint8)])
+    for image in (Image.fromarray(rgba, "RGBA"), Image.fromarray(numbered_frame(77, 150, 90)[:, :, 0], "L"),
+                  Image.fromarray(numbered_frame(77, 150, 90)).convert("P")):
+        path = tmp_path / f"img_{image.mode}.png"
+        image.save(path)
+        expected = np.asarray(Image.open(path).convert("RGB").resize((224, 224), Image.Resampling.BICUBIC))
+        ours = load_image(path, normalize=False)[0]
+        assert torch.equal(ours, torch.from_numpy(expected.copy()).permute(2, 0, 1).float() / 255)
 
 
 def test_load_image_matches_pil_bicubic_squash(tmp_path):

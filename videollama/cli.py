@@ -61,6 +61,9 @@ def add_media_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-audio", action="store_true", help="ignore the audio track")
     p.add_argument("--frames", type=int, default=8, help="frames sampled from a video (max 32)")
     p.add_argument("--keep-aspect", action="store_true", help="letterbox frames instead of squashing to 224x224")
+    p.add_argument("--frame-lookup", choices=["index", "time"], default="index",
+                   help="which frame is frame i of a variable-frame-rate video: the i-th in presentation order "
+                        "(official, default) or the one on screen at i / fps (the prompt then states real times)")
 
 
 def generation_config(args):
@@ -97,7 +100,7 @@ def media_options(args):
     from .inference import MediaOptions
 
     return MediaOptions(num_frames=args.frames, use_audio=not args.no_audio,
-                        resize="keep_aspect" if args.keep_aspect else "squash")
+                        resize="keep_aspect" if args.keep_aspect else "squash", frame_lookup=args.frame_lookup)
 
 
 def cmd_chat(args) -> int:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from .engine import Engine, GenerationConfig, Request
-from .media import MediaError, NoAudioError, load_audio, load_image, load_video, probe
+from .engine import Engine, GenerationConfig, GenerationError, Request, RowFailure
+from .media import MediaError, NoAudioError, image_format, load_audio, load_image, load_video, probe
+from .media.errors import check_media_file
 from .model import VideoLlama
 from .processor import Processor, attach_media_tokens
 from .templates import Template, get_template, join_question, media_message, system_for
@@ -38,6 +39,7 @@ class MediaOptions:
     num_frames: int = 8
     use_audio: bool = True
     resize: str = "squash"  # or "keep_aspect"
+    frame_lookup: str = "index"  # official; "time": the frame on screen at i / fps (differs on VFR video)
     max_bytes: int | None = None
     max_duration: float | None = None
 
@@ -131,7 +133,7 @@ class Pipeline:
     def _encode_uncached(self, path: Path, options: MediaOptions) -> MediaFeatures:
         device, dtype = self.model.device, self.model.dtype
         with_vision = self.model.config.with_vision
-        if path.suffix.lower() in IMAGE_SUFFIXES:
+        if path.suffix.lower() in IMAGE_SUFFIXES or image_format(path) is not None:  # an image named clip.mp4 too
             if not with_vision:
                 raise ValueError(f"{path}: this model has no vision branch (with_vision=False), so it cannot read "
                                  "images; give it an audio file or a video with an audio track")
@@ -156,7 +158,8 @@ class Pipeline:
             audio = load_audio(path, max_bytes=options.max_bytes)[None]
             return MediaFeatures("audio", audio=self.model.encode_audio(audio.to(device, dtype)),
                                  notice=NO_VISION_NOTICE)
-        clip = load_video(path, options.num_frames, image_size=self.image_size, resize=options.resize, max_bytes=options.max_bytes,
+        clip = load_video(path, options.num_frames, image_size=self.image_size, resize=options.resize,
+                          frame_lookup=options.frame_lookup, max_bytes=options.max_bytes,
                           max_duration=options.max_duration)
         features = MediaFeatures("video", video=self.model.encode_video(clip.frames[None].to(device, dtype)),
                                  timestamps=clip.timestamp_message())
@@ -169,9 +172,10 @@ class Pipeline:
         return features
 
     # ------------------------------------------------------------------ prompts
-    def prompt_ids(self, media: MediaFeatures | None, turns: list[tuple[str, str | None]],
-                   system: str | None = None) -> list[int]:
-        """Token ids for a conversation; the media preamble goes into the first user message."""
+    def prompt_text(self, media: MediaFeatures | None, turns: list[tuple[str, str | None]],
+                    system: str | None = None) -> str:
+        """The prompt string of a conversation, as the official demos build it: the media preamble
+        opens the first user message, the system text follows :func:`~videollama.templates.system_for`."""
         if not turns:
             raise ValueError("a conversation needs at least one user message")
         first_user, first_answer = turns[0]
@@ -179,8 +183,13 @@ class Pipeline:
             turns = [(join_question(media.preamble, first_user), first_answer)] + list(turns[1:])
         kinds = {"video": media is not None and media.kind == "video", "image": media is not None and media.kind == "image",
                  "audio": media is not None and media.audio is not None}
-        prompt = self.template.render(system_for(self.template, system=system, **kinds), turns)
-        return self.processor.tokenize(prompt)
+        return self.template.render(
+            system_for(self.template, system=system, audio_branch=self.model.config.with_audio, **kinds), turns)
+
+    def prompt_ids(self, media: MediaFeatures | None, turns: list[tuple[str, str | None]],
+                   system: str | None = None) -> list[int]:
+        """Token ids for a conversation (:meth:`prompt_text`, placeholders expanded)."""
+        return self.processor.tokenize(self.prompt_text(media, turns, system))
 
     def request(self, media: MediaFeatures | None, turns, gen: GenerationConfig, system: str | None = None) -> Request:
         return Request(
@@ -224,6 +233,8 @@ class Pipeline:
         ids: list[int] = []
         shown = ""
         for step in self.engine.generate([request]):
+            if isinstance(step[0], RowFailure):
+                raise step[0].error
             if step[0] is None:
                 break
             ids.append(step[0])
@@ -239,16 +250,48 @@ class Pipeline:
 
     def answer_batch(self, items: list[BatchItem], gen: GenerationConfig = GenerationConfig(do_sample=False),
                      batch_size: int = 8) -> list[str]:
-        """Answer many (media, question) pairs; rows of a batch decode together (left-padded)."""
-        answers: list[str] = []
+        """Answer many (media, question) pairs; rows of a batch decode together (left-padded).
+
+        One bad item never costs the others their answers: an item whose media cannot be read, whose
+        prompt does not fit or whose generation fails is left out, every other item gets the answer it
+        gets alone, and :class:`BatchAnswerError` is raised at the end with all of them (a single item's
+        error is raised as it is)."""
+        answers: list[str | None] = [None] * len(items)
+        errors: dict[int, Exception] = {}
         for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
-            requests = []
-            for item in chunk:
-                media = self.encode_media(item.media, item.options) if item.media is not None else None
-                requests.append(self.request(media, [(item.question, None)], gen))
-            answers += [self.decode_answer(ids) for ids in self.engine.generate_all(requests)]
+            requests: dict[int, Request] = {}
+            for index in range(start, min(start + batch_size, len(items))):
+                item = items[index]
+                try:
+                    media = self.encode_media(item.media, item.options) if item.media is not None else None
+                    requests[index] = self.request(media, [(item.question, None)], gen)
+                except Exception as err:  # noqa: BLE001 - reported with the item's index below
+                    errors[index] = err
+            ids: dict[int, list[int]] = {index: [] for index in requests}
+            for step in self.engine.generate(list(requests.values())):
+                for index, value in zip(requests, step):
+                    if isinstance(value, RowFailure):
+                        errors[index] = value.error
+                    elif value is not None:
+                        ids[index].append(value)
+            for index, tokens in ids.items():
+                if index not in errors:
+                    answers[index] = self.decode_answer(tokens)
+        if errors and len(items) == 1:
+            raise errors[0]
+        if errors:
+            raise BatchAnswerError(errors, answers)
         return answers
+
+
+class BatchAnswerError(GenerationError):
+    """Items of :meth:`Pipeline.answer_batch` failed; ``answers`` holds the others' answers (None where failed)."""
+
+    noun = "item"
+
+    @property
+    def answers(self) -> list[str | None]:
+        return self.outputs
 
 
 class ChatSession:
@@ -293,8 +336,7 @@ def _longest_stop_prefix(text: str, stops: tuple[str, ...]) -> str:
 
 
 def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    if not path.is_file():
-        raise MediaError(path, "file not found")
+    check_media_file(path)  # missing, a directory, a FIFO (whose read would block), empty: one line saying which
     h = hashlib.blake2b(digest_size=16)
     with path.open("rb") as f:
         while block := f.read(chunk):
@@ -302,4 +344,5 @@ def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-__all__ = ["Pipeline", "ChatSession", "MediaFeatures", "MediaOptions", "BatchItem", "GenerationConfig"]
+__all__ = ["Pipeline", "ChatSession", "MediaFeatures", "MediaOptions", "BatchItem", "BatchAnswerError",
+           "GenerationConfig"]

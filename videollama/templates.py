@@ -133,14 +133,24 @@ def join_question(preamble: str, question: str) -> str:
     return f"{preamble} {question}" if preamble else question
 
 
-def system_for(template: Template, *, video: bool, image: bool, audio: bool, system: str | None) -> str:
-    """System prompt the official demos use for each kind of media (overridable)."""
+def system_for(template: Template, *, video: bool, image: bool, audio: bool, system: str | None,
+               audio_branch: bool) -> str:
+    """System prompt the official demos use for these media, whatever the template (overridable).
+
+    ``audio_branch`` says which demo a model folder corresponds to: a folder without an audio
+    branch is served by ``demo_video.py``, one with it by ``demo_audiovideo.py``. Both demos set
+    the system text after choosing the conversation, so vicuna prompts get it too
+    (``"{system}###Human: ..."``):
+
+    * image: :data:`VISUAL_SYSTEM` in both demos;
+    * video (with or without its sound): ``demo_audiovideo.py`` sets ``""``; ``demo_video.py``
+      sets :data:`VISUAL_SYSTEM`;
+    * audio alone and text alone (no official demo has them): the template's default system.
+    """
     if system is not None:
         return system
-    if template.name == "vicuna_v0":
-        return ""
-    if audio and (video or image):
-        return ""
-    if video or image:
+    if image:
         return VISUAL_SYSTEM
+    if video:
+        return "" if audio_branch else VISUAL_SYSTEM
     return template.default_system

@@ -13,8 +13,11 @@ Steps (each source goes through its explicit key table; nothing is loaded with `
    on the 'meta' device: that gives every key and shape the folder must hold;
 3. map every source (lazily: headers and memory maps, no data read) and collect one report per source;
    unknown or wrongly shaped keys fail, missing keys fail unless ``allow_missing`` (then they are filled
-   with a fresh random init, as the official ``strict=False`` loading leaves them, and listed);
+   with a fresh random init, as the official ``strict=False`` loading leaves them, and listed); a tensor
+   of the wrong dtype class (bool or integer where the model holds floats) fails, naming the key;
 4. stream the tensors, cast to ``dtype``, into safetensors shards, dropping memory maps as it goes;
+   a tensor with a NaN or an infinity, in the source or after the cast (float64 1e300 is inf in bf16),
+   fails, naming the key;
 5. write ``config.json``, the tokenizer files and a ``README.md`` card naming every source with its
    SHA-256, into a temporary folder that is renamed into place only when everything succeeded.
 
@@ -246,13 +249,15 @@ def convert(
     notes.append(f"placeholders <ImageHere>={image_id}, <AudioHere>={audio_id}; LLM vocabulary "
                  f"{int(llm.config.get('vocab_size', 0))} (embedding not resized, as in the official code)")
     meta_model = _meta_model(cfg)
-    expected = {k: tuple(v.shape) for k, v in meta_model.state_dict().items()}
+    meta_state = meta_model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in meta_state.items()}
 
-    # 3. map every source; fail on unknown, misshaped or (without allow_missing) missing keys.
+    # 3. map every source; fail on unknown, misshaped, wrongly typed or (without allow_missing) missing keys.
     mapped = _map_sources(sources, llm, cfg, expected, with_audio)
     report = BuildReport(out_dir=out_dir, config=cfg, reports=mapped.reports, notes=notes)
     tied = {LLM_PREFIX + "lm_head.weight"} if cfg.llm.get("tie_word_embeddings") else set()
     absent = _check_complete(report, mapped, sources, expected, tied, allow_missing)
+    _check_dtype_classes(mapped.tensors, {k: v.dtype for k, v in meta_state.items()})
     if absent:
         report.filled = absent
         say(f"--allow-missing: {len(absent)} tensors get a fresh random init")
@@ -384,6 +389,25 @@ def _write_folder(out_dir: Path, report: BuildReport, mapped: _Mapped, expected:
         release_all(*mapped.releasers)
 
 
+# ------------------------------------------------------------------------------------ helpers
+def _dtype_class(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "floating-point" if dtype.is_floating_point else "integer"
+
+
+def _check_dtype_classes(tensors: dict[str, LazyTensor], model_dtypes: dict[str, torch.dtype]) -> None:
+    """Every source tensor is of the model's dtype class (floating point for weights): a bool or integer
+    tensor of the right shape is a wrong or damaged file, never something to store or cast."""
+    for key, lazy in tensors.items():
+        want, have = _dtype_class(model_dtypes[key]), _dtype_class(lazy.dtype)
+        if want != have:
+            raise ValueError(f"{key}: {have} values ({lazy.dtype}) in {lazy.origin}, the model needs {want} "
+                             f"({model_dtypes[key]}); a wrong or damaged checkpoint")
+
+
 def _require_inputs(sources: Sources, with_vision: bool, with_audio: bool, allow_missing: bool, branches: str) -> None:
     needed: list[str] = []
     if with_vision:
@@ -401,7 +425,6 @@ def _require_inputs(sources: Sources, with_vision: bool, with_audio: bool, allow
                          + " (or --allow-missing to fill them with a random init, or fewer --branches)")
 
 
-# ------------------------------------------------------------------------------------ helpers
 def _open_checkpoint(path, kind: str) -> PthStateDict:
     """A lazy state dict of a checkpoint file (its 'model' entry if it has one), checked to be a ``kind``."""
     state = open_state_dict(path)

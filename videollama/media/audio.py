@@ -1,25 +1,30 @@
 """Audio loading and ImageBind-style clip features: 8 clips x (1, 128 mel bins, 204 frames).
 
 Official behaviour reproduced (``models/ImageBind/data.py::load_and_transform_audio_data`` with
-``clips_per_video=8``; see ``docs/architecture.md``, "Media preprocessing"):
+``clips_per_video=8``, in the official environment's pytorchvideo 0.1.5 and torchaudio; see
+``docs/architecture.md``, "Media preprocessing"):
 
-1. read every channel of the first audio stream, resample to 16 kHz (here: PyAV decode +
-   FFmpeg's ``swr`` resampler via ``av.AudioResampler``; the official code uses torchaudio's
-   sinc resampler, so samples differ very slightly);
-2. place 8 windows of 2 s with pytorchvideo's ``ConstantClipsPerVideoSampler``: window ``k``
-   starts at ``k * max(D - 2, 0) / 7`` seconds, ``D = samples / 16000``; the sample range is
+1. read every channel of the first audio stream at its own rate (PyAV; ``torchaudio.load``
+   gives the same float samples), then resample to 16 kHz with torchaudio's band-limited sinc
+   resampler, reimplemented in plain torch (:mod:`videollama.media.resample`);
+2. place 8 windows of 2 s with pytorchvideo 0.1.5's ``ConstantClipsPerVideoSampler``: window
+   ``k`` starts at ``k * max(D - 2, 0) / 8`` seconds, ``D = samples / 16000`` (ImageBind's own
+   later pytorchvideo pin divides by 7; the Video-LLaMA install has 0.1.5). The sample range is
    ``[int(start * 16000), int((start + 2) * 16000))`` computed with exact fractions. Audio
    shorter than 2 s gives 8 identical windows holding the whole (shorter) signal; windows
-   overlap when ``D < 16``;
-3. per window: subtract the mean over all channels, kaldi fbank of channel 0 (so stereo is
-   represented by its left channel, not a downmix), transpose to (128, frames), zero-pad or
-   crop to 204 frames (2 s -> 198 frames + 6 zero columns; shorter audio -> more zero
-   columns), then ``(x - AUDIO_MEAN) / AUDIO_STD``.
+   overlap when ``D < 16``, and the last one ends before the track does when ``D > 2``;
+3. per window, in order: subtract the window's mean over all channels **in place** on the
+   track (the official ``waveform -= waveform.mean()`` acts on a slice view, so a sample shared
+   by several overlapping windows is shifted once by each of them, and a later window's mean is
+   taken after the earlier shifts), kaldi fbank of channel 0 (so stereo is represented by its
+   left channel, not a downmix), transpose to (128, frames), zero-pad or crop to 204 frames
+   (2 s -> 198 frames + 6 zero columns; shorter audio -> more zero columns), then
+   ``(x - AUDIO_MEAN) / AUDIO_STD``.
 
-The mean subtraction is kept for fidelity, although kaldi's per-frame DC removal already cancels
-any constant offset. Audio shorter than one 25 ms fbank frame is refused (the official code
-divides by zero there and the demo falls back to video only); :class:`NoAudioError` lets callers
-do the same.
+Kaldi's per-frame DC removal cancels most of what the mean subtraction does, but not at the
+frame edges' pre-emphasis, so the in-place quirk is kept for fidelity. Audio shorter than one
+25 ms fbank frame is refused (the official code divides by zero there and the demo falls back to
+video only); :class:`NoAudioError` lets callers do the same.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 
 from .errors import MediaError, NoAudioError
 from .fbank import kaldi_fbank_many, num_frames
+from .resample import resample
 from .video import _ffmpeg_reason, _info, _stream_seconds, open_media
 
 __all__ = [
@@ -68,7 +74,8 @@ _COMPLETE_FRACTION = 0.9
 def load_waveform(path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RATE,
                   max_bytes: int | None = None, max_duration: float | None = None) -> torch.Tensor:
     """Decode the first audio stream of a video or audio file -> (channels, N) float32 at
-    ``sample_rate``; every channel is kept.
+    ``sample_rate``; every channel is kept. The stream is decoded at its own rate and then
+    resampled with torchaudio's sinc resampler (:func:`~videollama.media.resample.resample`).
 
     Raises:
         NoAudioError: no audio stream, or it holds no decodable samples.
@@ -82,8 +89,11 @@ def load_waveform(path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RAT
             raise MediaError(path, f"media lasts {info.duration:.1f} s, over the limit of {max_duration:g} s")
         stream = container.streams.audio[0]
         declared = _stream_seconds(stream)  # this stream's own length (0.0 if the header has none)
-        resampler = _resampler(stream, sample_rate)
-        max_samples = None if max_duration is None else int(max_duration * sample_rate)
+        native_rate = stream.rate or stream.codec_context.sample_rate
+        if not native_rate:
+            raise MediaError(path, "audio stream has no sample rate")
+        to_float = _float_converter(stream, native_rate)  # sample format only, the rate is kept
+        max_samples = None if max_duration is None else int(max_duration * native_rate)
         chunks: list[np.ndarray] = []
         total = errors = 0
         try:
@@ -96,12 +106,12 @@ def load_waveform(path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RAT
                     continue
                 for frame in frames:
                     frame.pts = None  # resample by sample count; avoids timestamp gap handling
-                    for out in resampler.resample(frame):
+                    for out in to_float.resample(frame):
                         chunks.append(out.to_ndarray())  # (channels, n) planar float32
                         total += chunks[-1].shape[1]
                 if max_samples is not None and total > max_samples:
                     raise MediaError(path, f"audio lasts over the limit of {max_duration:g} s")
-            for out in resampler.resample(None):  # flush the resampler's delay line
+            for out in to_float.resample(None):  # flush the converter
                 chunks.append(out.to_ndarray())
         except av.FFmpegError as err:
             raise MediaError(path, f"cannot decode audio ({_ffmpeg_reason(err)})") from err
@@ -109,32 +119,33 @@ def load_waveform(path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RAT
     if waveform.shape[-1] == 0:
         detail = f" ({errors} damaged packets)" if errors else ""
         raise NoAudioError(path, f"audio stream has no decodable samples{detail}")
-    decoded = waveform.shape[1] / sample_rate
+    decoded = waveform.shape[1] / native_rate
     if declared > 0 and decoded < _COMPLETE_FRACTION * declared:
         raise MediaError(path, f"truncated or corrupt: decoded {decoded:.2f} s of audio, "
                                f"the stream header says {declared:.2f} s")
-    return waveform
+    return resample(waveform, native_rate, sample_rate)  # (C, N') at sample_rate
 
 
-def _resampler(stream: av.audio.stream.AudioStream, sample_rate: int) -> av.AudioResampler:
-    """Planar float32 at ``sample_rate`` with the stream's own channel layout."""
+def _float_converter(stream: av.audio.stream.AudioStream, rate: int) -> av.AudioResampler:
+    """Planar float32 at the stream's own rate and channel layout (a format conversion only:
+    integer samples are scaled by 1 / 2**(bits - 1), as torchaudio.load does)."""
     try:
-        return av.AudioResampler(format="fltp", layout=stream.layout, rate=sample_rate)
+        return av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
     except (ValueError, av.FFmpegError):  # unusual layout descriptions: fall back to the count
-        return av.AudioResampler(format="fltp", layout=f"{stream.channels}c", rate=sample_rate)
+        return av.AudioResampler(format="fltp", layout=f"{stream.channels}c", rate=rate)
 
 
 def clip_starts(duration: float, clips: int = NUM_CLIPS, clip_seconds: float = CLIP_SECONDS) -> list[float]:
-    """Start times (s) of pytorchvideo's ConstantClipsPerVideoSampler: ``k * max(D - clip, 0) /
-    (clips - 1)``; e.g. 10 s -> 0, 8/7, 16/7, ..., 8."""
+    """Start times (s) of pytorchvideo 0.1.5's ConstantClipsPerVideoSampler: ``k * max(D - clip, 0)
+    / clips``; e.g. 10 s -> 0, 1, 2, ..., 7."""
     return [float(start) for start in _exact_starts(duration, clips, clip_seconds)]
 
 
 def _exact_starts(duration: float, clips: int, clip_seconds: float) -> list[Fraction]:
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
-    # pytorchvideo: Fraction(max(duration - clip_duration, 0)) / max(clips_per_video - 1, 1)
-    step = Fraction(max(duration - clip_seconds, 0)) / max(clips - 1, 1)
+    # pytorchvideo 0.1.5: Fraction(Fraction(max(duration - clip_duration, 0)), clips_per_video) * k
+    step = Fraction(max(duration - clip_seconds, 0)) / clips
     return [step * k for k in range(clips)]
 
 
@@ -161,11 +172,12 @@ def audio_to_clips(waveform: torch.Tensor, sample_rate: int = SAMPLE_RATE, clips
         raise ValueError(f"waveform must be (N,) or (channels, N), got {tuple(waveform.shape)}")
     if num_frames(waveform.shape[1], sample_rate=sample_rate) == 0:
         raise ValueError(f"audio of {waveform.shape[1]} samples is shorter than one 25 ms fbank frame")
+    track = waveform.float().clone()  # (C, N); the windows' mean subtraction edits it in place
     signals = []
     for start, end in clip_sample_ranges(waveform.shape[1], sample_rate, clips, clip_seconds):
-        segment = waveform[:, start:end].float()  # (C, n)
-        # the mean is over all channels (official); the fbank then reads channel 0 only
-        signals.append(segment[0] - segment.mean())
+        segment = track[:, start:end]  # (C, n), a view: overlapping windows share samples
+        segment -= segment.mean()  # over all channels (official), in place, as the official code
+        signals.append(segment[0].clone())  # the fbank reads channel 0 as it is now
     out = torch.zeros(clips, 1, num_mel_bins, target_frames)  # zero columns = padding
     for k, feats in enumerate(kaldi_fbank_many(signals, sample_rate=sample_rate, num_mel_bins=num_mel_bins)):
         feats = feats.T[:, :target_frames]  # (F, bins) -> (bins, F), cropped to target_frames

@@ -1,23 +1,33 @@
 """Video probing and frame sampling with PyAV: seek to each wanted frame, never decode everything.
 
 Official behaviour reproduced (``video_llama/processors/video_processor.py``, see "Media
-preprocessing" in ``docs/architecture.md``): decord ``VideoReader(height=224, width=224)``
+preprocessing" in ``docs/architecture.md``): decord 0.6.0 ``VideoReader(height=224, width=224)``
 squashes frames to 224x224; ``n = min(num_frames, vlen)`` frames are picked by
 ``np.arange(0, vlen, vlen / n).astype(int)`` ("uniform") or half at random from each half of the
 video ("headtail"); pixels are scaled to [0, 1] and CLIP-normalised; the prompt gets "The video
 contains {n} frames sampled at ... seconds. ".
 
-How frames are fetched: frame index ``i`` of a stream with average rate ``fps`` is the frame
-presented at ``t_i = i / fps`` after the stream start. For each ``t_i`` (ascending) the
-:class:`_FrameSeeker` either keeps decoding forward (when no keyframe lies between the current
-position and ``t_i``) or seeks to the keyframe at or before ``t_i`` (``container.seek``, which
-flushes the decoder) and decodes forward from there. It returns the frame whose pts is nearest to
-``t_i``; for constant-frame-rate streams that is exactly frame ``i``. Non-reference frames that
-lie well before ``t_i`` are skipped by the decoder (``skip_frame="NONREF"``): nothing references
-them, so every decoded frame is bit-identical to a decode-everything pass.
+Which frame is "frame i": decord reads every packet of the stream once (no decoding), sorts
+their presentation timestamps, and frame ``i`` is the ``i``-th of them; ``vlen`` is the number of
+packets. :func:`load_video` does the same scan. With ``frame_lookup="index"`` (the default, as the
+official loader) it returns exactly that frame, and the prompt says ``i / avg_fps`` seconds, as
+the official message does, even where a variable-frame-rate clip showed the frame at another
+time. With ``frame_lookup="time"`` it returns the frame on screen at ``i / avg_fps`` and the
+prompt tells that frame's real time. On constant-frame-rate video both are the same frames.
+Either way :attr:`VideoClip.indices` are positions in presentation order (what decord calls frame
+numbers) and :attr:`VideoClip.timestamps` are the frames' real presentation times.
 
-Resizing uses FFmpeg's swscale through ``VideoFrame.reformat(..., interpolation="BICUBIC")``, the
-same scaler family decord's filter graph uses (FFmpeg's ``scale`` filter defaults to bicubic).
+How frames are fetched: for each wanted presentation time (ascending) the :class:`_FrameSeeker`
+either keeps decoding forward (when no keyframe lies between the current position and the
+target) or seeks to the keyframe at or before it (``container.seek``, which flushes the decoder)
+and decodes forward from there, and returns the frame whose pts is nearest. Non-reference frames
+that lie well before the target are skipped by the decoder (``skip_frame="NONREF"``): nothing
+references them, so every decoded frame is bit-identical to a decode-everything pass.
+
+Resizing runs the FFmpeg filter graph decord builds, ``scale=W:H:flags=bilinear`` then
+``format=rgb24`` (decord's bundled FFmpeg 4.1 defaults the scale filter to bilinear): one
+swscale pass from the decoder's pixel format, bit-identical to decord's frames on
+constant-frame-rate clips (``tests/test_media_decord_parity.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "DEFAULT_NUM_FRAMES",
+    "FRAME_LOOKUPS",
     "MAX_FRAMES",
     "RESIZE_MODES",
     "SAMPLING_MODES",
@@ -61,6 +72,10 @@ MAX_FRAMES = 32  # rows of the video frame-position embedding table
 DEFAULT_IMAGE_SIZE = 224
 RESIZE_MODES = ("squash", "keep_aspect")
 SAMPLING_MODES = ("uniform", "headtail")
+# "index": the i-th frame in presentation order (official, decord); "time": the frame on screen at i / fps.
+FRAME_LOOKUPS = ("index", "time")
+# decord's resize: FFmpeg's scale filter with its FFmpeg-4.1 default flags, then RGB.
+_RESIZE_FILTER = "{width}:{height}:flags=bilinear"
 AV_TIME_BASE = 1_000_000  # FFmpeg's container-level time unit (microseconds)
 UINT8_MAX = 255.0
 
@@ -76,6 +91,8 @@ _SEEK_BACKOFF_SECONDS = 1.0
 # farther means the file is cut short (e.g. a truncated download whose index survived).
 _END_TOLERANCE_FRAMES = 3
 _END_TOLERANCE_FRACTION = 0.1  # ... or within this fraction of the duration
+# Fewer packets than this fraction of the header's frame count means the file was cut short.
+_COMPLETE_FRACTION = 0.9
 # Decoder threading: "AUTO" = frame + slice threads (frame threads do the work for H.264).
 _THREAD_TYPE = "AUTO"
 
@@ -110,16 +127,25 @@ class VideoClip:
 
     frames: torch.Tensor  # (T, 3, H, W) float32, CLIP-normalised (or in [0, 1] if normalize=False)
     timestamps: list[float]  # seconds from the stream start: pts of each frame actually decoded
-    indices: list[int]  # frame index of each frame, round(timestamp * fps)
+    indices: list[int]  # position of each frame in presentation order (decord's frame number)
     fps: float  # average frame rate of the stream
     duration: float  # seconds
+    frame_lookup: str = "index"  # how the frames were chosen (FRAME_LOOKUPS)
     stats: DecodeStats = field(default_factory=DecodeStats)
+
+    @property
+    def message_seconds(self) -> list[float]:
+        """The times the prompt states: ``index / fps`` (official) with ``frame_lookup="index"``,
+        the frames' real times with ``"time"``."""
+        if self.frame_lookup == "index":
+            return [i / self.fps for i in self.indices]
+        return list(self.timestamps)
 
     def timestamp_message(self) -> str:
         """The official prompt sentence, e.g. "The video contains 8 frames sampled at 0.0, 0.7,
         ... seconds. " (seconds rounded to 0.1; note the trailing space)."""
-        stamps = ", ".join(str(round(t, 1)) for t in self.timestamps)
-        return f"The video contains {len(self.timestamps)} frames sampled at {stamps} seconds. "
+        stamps = ", ".join(str(round(t, 1)) for t in self.message_seconds)
+        return f"The video contains {len(self.indices)} frames sampled at {stamps} seconds. "
 
 
 # --------------------------------------------------------------------------- opening / probing
@@ -228,7 +254,7 @@ class _FrameSeeker:
     """
 
     def __init__(self, path: str | os.PathLike[str], container: av.container.InputContainer,
-                 stream: av.video.stream.VideoStream, rate: Fraction) -> None:
+                 stream: av.video.stream.VideoStream, rate: Fraction, keyframes: list[int] | None = None) -> None:
         self.path = path
         self.container = container
         self.stream = stream
@@ -236,7 +262,9 @@ class _FrameSeeker:
         self.time_base = stream.time_base
         self.start_pts = stream.start_time or 0
         self.frame_pts = float(1 / (rate * self.time_base))  # nominal frame duration in pts units
-        self.keyframes = self._keyframe_pts()
+        # exact keyframe pts from the packet scan when there was one, else the demuxer's index
+        self._scanned_keyframes = keyframes is not None
+        self.keyframes = keyframes if keyframes is not None else self._keyframe_pts()
         self.stats = DecodeStats()
         self._packets: Iterator[av.Packet] | None = None
         self._pending: collections.deque[av.VideoFrame] = collections.deque()
@@ -282,7 +310,7 @@ class _FrameSeeker:
         # backward=True: land on the keyframe at or before target; the decoder is flushed.
         self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
         self.stats.seeks += 1
-        if self.stats.seeks == 1:  # some demuxers (Matroska) load their index on the first seek
+        if self.stats.seeks == 1 and not self._scanned_keyframes:  # Matroska loads its index on the first seek
             self.keyframes = self._keyframe_pts()
         self._packets = self.container.demux(self.stream)
         self._pending.clear()
@@ -359,27 +387,82 @@ class _FrameSeeker:
         return self._last  # the last frame stays on screen until the end
 
 
-def _count_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
-    """Count video packets by demuxing only (no decoding); for streams with no frame count."""
-    count = sum(1 for packet in container.demux(stream) if packet.size > 0)
+@dataclass
+class _PacketScan:
+    """Every packet of the video stream, read once without decoding (as decord's index)."""
+
+    pts: list[int] | None  # presentation timestamps in ascending order; None if a packet had none
+    keyframes: list[int] | None  # pts of the keyframe packets, ascending (None as above)
+    count: int  # packets (decord's frame count)
+
+
+def _scan_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> _PacketScan:
+    """Demux (not decode) the whole stream, then rewind: frame ``i`` is the packet with the
+    ``i``-th smallest pts."""
+    pts: list[int] = []
+    keyframes: list[int] = []
+    count = 0
+    missing = False
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's end-of-stream flush packet
+            continue
+        count += 1
+        if packet.pts is None:
+            missing = True
+            continue
+        pts.append(packet.pts)
+        if packet.is_keyframe:
+            keyframes.append(packet.pts)
     container.seek(stream.start_time or 0, stream=stream, backward=True)
-    return count
+    if missing:
+        return _PacketScan(None, None, count)
+    return _PacketScan(sorted(pts), sorted(keyframes), count)
 
 
 # --------------------------------------------------------------------------- pixels
 
 
-def _to_rgb(frame: av.VideoFrame, image_size: int, resize: str, sar: Fraction) -> np.ndarray:
-    """Resize one decoded frame with swscale (bicubic) to an (h, w, 3) uint8 RGB array."""
+class _Rescaler:
+    """Decoded frame -> (h, w, 3) uint8 RGB through decord's FFmpeg filter graph
+    (``scale=w:h:flags=bilinear,format=rgb24``). The graph is built for the frames' size and pixel
+    format and rebuilt only when they change."""
+
+    def __init__(self, image_size: int, resize: str, sar: Fraction) -> None:
+        self.image_size, self.resize, self.sar = image_size, resize, sar
+        self._graph: av.filter.Graph | None = None
+        self._key: tuple[int, int, str] | None = None
+
+    def _build(self, frame: av.VideoFrame, time_base: Fraction) -> av.filter.Graph:
+        width, height = _output_size(frame, self.image_size, self.resize, self.sar)
+        graph = av.filter.Graph()
+        source = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format, time_base=time_base)
+        scale = graph.add("scale", _RESIZE_FILTER.format(width=width, height=height))
+        to_rgb = graph.add("format", "rgb24")
+        sink = graph.add("buffersink")
+        source.link_to(scale)
+        scale.link_to(to_rgb)
+        to_rgb.link_to(sink)
+        graph.configure()
+        return graph
+
+    def __call__(self, frame: av.VideoFrame, time_base: Fraction) -> np.ndarray:
+        key = (frame.width, frame.height, frame.format.name)
+        if key != self._key:
+            self._graph, self._key = self._build(frame, time_base), key
+        self._graph.push(frame)
+        return self._graph.pull().to_ndarray()  # (h, w, 3)
+
+
+def _output_size(frame: av.VideoFrame, image_size: int, resize: str, sar: Fraction) -> tuple[int, int]:
+    """(width, height) of the resized frame: a square for "squash"; for "keep_aspect" the longer
+    displayed side becomes image_size (sar: pixel aspect ratio)."""
     if resize == "squash":
-        width = height = image_size
-    else:  # keep_aspect: longer displayed side -> image_size (sar: pixel aspect ratio)
-        display_width = frame.width * float(sar)
-        scale = image_size / max(display_width, frame.height)
-        width = max(1, min(image_size, round(display_width * scale)))
-        height = max(1, min(image_size, round(frame.height * scale)))
-    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="BICUBIC")
-    return rgb.to_ndarray()  # (h, w, 3)
+        return image_size, image_size
+    display_width = frame.width * float(sar)
+    scale = image_size / max(display_width, frame.height)
+    width = max(1, min(image_size, round(display_width * scale)))
+    height = max(1, min(image_size, round(frame.height * scale)))
+    return width, height
 
 
 def _pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction:
@@ -413,6 +496,7 @@ def load_video(
     image_size: int = DEFAULT_IMAGE_SIZE,
     resize: str = "squash",
     sampling: str = "uniform",
+    frame_lookup: str = "index",
     generator: torch.Generator | None = None,
     max_frames: int = MAX_FRAMES,
     max_bytes: int | None = None,
@@ -428,6 +512,9 @@ def load_video(
         resize: "squash" (official: stretch to a square) or "keep_aspect" (longer side to
             image_size, the rest letterboxed with the CLIP mean colour, i.e. 0 after normalising).
         sampling: "uniform" (eval, demo, instruction tuning) or "headtail" (random; pretraining).
+        frame_lookup: "index" (official: frame i is the i-th in presentation order) or "time"
+            (the frame on screen at i / fps, and the prompt states real times); they differ only
+            on variable-frame-rate video.
         generator: randomness for "headtail".
         max_frames: upper bound on num_frames (the model's frame-position table has 32 rows).
         max_bytes, max_duration: refuse larger/longer files with a MediaError.
@@ -444,6 +531,8 @@ def load_video(
         raise ValueError(f"unknown resize {resize!r}; expected one of {RESIZE_MODES}")
     if sampling not in SAMPLING_MODES:
         raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
+    if frame_lookup not in FRAME_LOOKUPS:
+        raise ValueError(f"unknown frame_lookup {frame_lookup!r}; expected one of {FRAME_LOOKUPS}")
     with open_media(path, max_bytes=max_bytes) as container:
         info = _info(path, container)
         if not info.has_video:
@@ -455,19 +544,30 @@ def load_video(
         if max_duration is not None and info.duration > max_duration:
             raise MediaError(path, f"video lasts {info.duration:.1f} s, over the limit of {max_duration:g} s")
         stream.thread_type = _THREAD_TYPE
-        vlen = info.num_frames or _count_frames(container, stream)
-        if vlen < 1:
-            raise MediaError(path, "video stream has no frames")
-        indices = sample_indices(vlen, num_frames, sampling, generator)
-        seeker = _FrameSeeker(path, container, stream, rate)
-        sar = _pixel_aspect(stream)
-        targets = [seeker.start_pts + round(Fraction(i) / rate / stream.time_base) for i in indices]
-        images, timestamps = [], []
         try:
-            for target in targets:  # ascending for both sampling modes
+            scan = _scan_packets(container, stream)
+        except av.FFmpegError as err:
+            raise MediaError(path, f"corrupt or truncated video data ({_ffmpeg_reason(err)})") from err
+        if scan.count < 1:
+            raise MediaError(path, "video stream has no frames")
+        if stream.frames and scan.count < _COMPLETE_FRACTION * stream.frames:
+            raise MediaError(path, f"truncated or corrupt: {scan.count} video packets present, "
+                                   f"the stream header says {stream.frames}")
+        wanted = sample_indices(scan.count, num_frames, sampling, generator)
+        seeker = _FrameSeeker(path, container, stream, rate, keyframes=scan.keyframes)
+        start = seeker.start_pts
+        if frame_lookup == "index" and scan.pts is not None:
+            targets = [scan.pts[i] for i in wanted]  # the i-th frame in presentation order
+        else:  # "time", or packets without timestamps: the frame shown at i / fps
+            targets = [start + round(Fraction(i) / rate / stream.time_base) for i in wanted]
+        rescale = _Rescaler(image_size, resize, _pixel_aspect(stream))
+        images, timestamps, indices = [], [], []
+        try:
+            for i, target in zip(wanted, targets):  # ascending for both sampling modes
                 frame = seeker.frame_at(target, info.duration)
-                images.append(_to_rgb(frame, image_size, resize, sar))
-                timestamps.append(float((frame.pts - seeker.start_pts) * stream.time_base))
+                images.append(rescale(frame, stream.time_base))
+                timestamps.append(float((frame.pts - start) * stream.time_base))
+                indices.append(bisect.bisect_left(scan.pts, frame.pts) if scan.pts is not None else i)
         except av.FFmpegError as err:
             raise MediaError(path, f"cannot decode video ({_ffmpeg_reason(err)})") from err
     if resize == "squash":
@@ -482,8 +582,9 @@ def load_video(
     return VideoClip(
         frames=frames,
         timestamps=timestamps,
-        indices=[round(t * float(rate)) for t in timestamps],
+        indices=indices,
         fps=float(rate),
         duration=info.duration,
+        frame_lookup=frame_lookup if scan.pts is not None else "time",
         stats=seeker.stats,
     )

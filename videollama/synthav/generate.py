@@ -8,6 +8,10 @@
     llava/llava_instruct.json, llava/images/COCO_train2014_<image>  LLaVA-Instruct-style chats
     videochat/videochat_instruct.json, videochat/videos/<id>.mp4   VideoChat-style video QA
     qa/test.json, qa/videos/<id>.mp4         held-out QA test set (its own seed stream)
+    audio_captions/audio_captions.json, audio_captions/audio/<id>.wav   WavCaps-style audio captions
+    audio_instruct/audio_instruct.json, audio_instruct/audio/<id>.wav   audio-only instruction QA
+                                             (these two only with ``audio_clips`` > 0; the formats of
+                                             ``videollama.train.audio_data``: ``wavcaps``, ``audio_instruct``)
     truth.jsonl                              the full scene of every clip and still
     corpus.txt                               all training text (no test text)
     meta.json                                version, seed, counts, world, per-family chance
@@ -39,11 +43,12 @@ import numpy as np
 
 from . import annotate
 from .annotate import FAMILIES
-from .render import render_clip, render_still
+from .render import render_clip, render_sound, render_still
 from .world import COLOURS, DIRECTIONS, SHAPES, SIGNATURES, SIZES, SOUND_SOURCES, Scene, WorldConfig, sample_scene
 
 GENERATOR_VERSION = "1.0.0"
-STREAMS: dict[str, int] = {"webvid": 1, "videochat": 2, "test": 3, "cc_sbu": 4, "llava": 5}
+STREAMS: dict[str, int] = {"webvid": 1, "videochat": 2, "test": 3, "cc_sbu": 4, "llava": 5, "audio_captions": 6,
+                           "audio_instruct": 7}
 """Seed stream per split; the test stream is used by nothing else."""
 ID_BASE: dict[str, int] = {s: 10_000_000 * k for s, k in STREAMS.items()}
 """Ids of split s are ID_BASE[s] + index: disjoint ranges, numeric like WebVid's, no leading zeros."""
@@ -53,20 +58,24 @@ SHARD_SIZE = 1000
 """Clips per WebVid page_dir folder."""
 LLAVA_IMAGE_DIGITS = 12  # COCO file names: COCO_train2014_000000000009.jpg
 WEBVID_COLUMNS = ("videoid", "name", "page_dir", "duration")
-OUTPUTS = ("webvid", "cc_sbu", "llava", "videochat", "qa", "truth.jsonl", "corpus.txt", "meta.json")
+OUTPUTS = ("webvid", "cc_sbu", "llava", "videochat", "qa", "audio_captions", "audio_instruct", "truth.jsonl", "corpus.txt",
+           "meta.json")
 
 
 @dataclass(frozen=True)
 class RenderJob:
-    """One file to render: a clip (``frame`` None) or a still JPEG of one frame."""
+    """One file to render: a clip (``frame`` None), a still JPEG of one frame, or a soundtrack alone (``sound_only``)."""
 
     scene: Scene
     path: str
     frame: int | None = None
     wav: bool = False
+    sound_only: bool = False
 
 
 def _run_job(job: RenderJob, config: WorldConfig) -> int:
+    if job.sound_only:
+        return render_sound(job.scene, config, job.path)
     if job.frame is None:
         return render_clip(job.scene, config, job.path, wav=job.wav)
     return render_still(job.scene, config, job.frame, job.path)
@@ -157,9 +166,12 @@ class Collected:
     truth: list[dict[str, Any]] = field(default_factory=list)
     corpus: list[str] = field(default_factory=list)
 
-    def add(self, split: str, item_id: int, media: str, scene: Scene, frame: int | None = None) -> None:
-        """Queue the render of ``media`` (a clip, or a still of ``frame``) and record its scene."""
-        self.jobs.append(RenderJob(scene, str(self.out / media), frame=frame, wav=self.wav and frame is None))
+    def add(self, split: str, item_id: int, media: str, scene: Scene, frame: int | None = None,
+            sound_only: bool = False) -> None:
+        """Queue the render of ``media`` (a clip, a still of ``frame``, or a soundtrack alone) and record its scene."""
+        clip = frame is None and not sound_only
+        self.jobs.append(RenderJob(scene, str(self.out / media), frame=frame, wav=self.wav and clip,
+                                   sound_only=sound_only))
         record: dict[str, Any] = {"split": split, "id": str(item_id), "media": media}
         if frame is not None:
             record["frame"] = frame
@@ -228,6 +240,34 @@ def _llava(acc: Collected, seed: int, count: int) -> list[dict[str, Any]]:
     return records
 
 
+def _audio_captions(acc: Collected, seed: int, count: int) -> list[dict[str, Any]]:
+    """WavCaps-style captions of soundtracks alone (what is heard); returns the ``data`` of ``audio_captions.json``."""
+    records = []
+    for i, scene, _, _ in _scenes(seed, "audio_captions", count, acc.config):
+        clip_id = ID_BASE["audio_captions"] + i
+        caption = annotate.audio_caption(scene)
+        records.append({"id": str(clip_id), "caption": caption, "duration": acc.config.seconds})
+        acc.corpus.append(caption)
+        acc.add("audio_captions", clip_id, f"audio_captions/audio/{clip_id}.wav", scene, sound_only=True)
+    if count:
+        (acc.out / "audio_captions/audio").mkdir(parents=True, exist_ok=True)
+    return records
+
+
+def _audio_instruct(acc: Collected, seed: int, count: int) -> list[dict[str, Any]]:
+    """Audio-only instruction QA about soundtracks alone; returns the records of ``audio_instruct.json``."""
+    records = []
+    for i, scene, _, text_rng in _scenes(seed, "audio_instruct", count, acc.config):
+        clip_id = ID_BASE["audio_instruct"] + i
+        qa = annotate.audio_instruction(scene, acc.config, text_rng)
+        records.append({"audio": f"{clip_id}.wav", "QA": qa})
+        acc.corpus.extend(line for turn in qa for line in (turn["q"], turn["a"]))
+        acc.add("audio_instruct", clip_id, f"audio_instruct/audio/{clip_id}.wav", scene, sound_only=True)
+    if count:
+        (acc.out / "audio_instruct/audio").mkdir(parents=True, exist_ok=True)
+    return records
+
+
 def _test(acc: Collected, seed: int, count: int) -> tuple[list[dict[str, Any]], list[annotate.QAItem]]:
     """The held-out QA clips, one question per applicable family each: (``qa/test.json`` records, the items).
 
@@ -249,7 +289,8 @@ def _test(acc: Collected, seed: int, count: int) -> tuple[list[dict[str, Any]], 
     return records, items
 
 
-def _meta(seed: int, counts: dict[str, int], config: WorldConfig, families: dict[str, Any]) -> dict[str, Any]:
+def _meta(seed: int, counts: dict[str, int], config: WorldConfig, families: dict[str, Any],
+          with_audio: bool) -> dict[str, Any]:
     """``meta.json``: version, seed, counts, world, vocabulary, question types, per-family chance, paths."""
     return {
         "generator": "videollama.synthav",
@@ -277,6 +318,9 @@ def _meta(seed: int, counts: dict[str, int], config: WorldConfig, families: dict
             "videochat_videos": "videochat/videos",
             "test_json": "qa/test.json",
             "test_videos_relative_to": "qa",
+            **({"audio_captions_json": "audio_captions/audio_captions.json", "audio_captions_audio": "audio_captions/audio",
+                "audio_instruct_json": "audio_instruct/audio_instruct.json", "audio_instruct_audio": "audio_instruct/audio"}
+               if with_audio else {}),
         },
     }
 
@@ -301,6 +345,7 @@ def generate(
     test_clips: int = 400,
     instruct_clips: int | None = None,
     images: int | None = None,
+    audio_clips: int = 0,
     fps: int = 8,
     seconds: float = 4.0,
     size: int = 112,
@@ -318,6 +363,8 @@ def generate(
         test_clips: held-out QA clips (one question per applicable family each).
         instruct_clips: VideoChat-style instruction clips; default ``clips // 2``.
         images: stills for each of cc_sbu and LLaVA; default ``clips // 2``.
+        audio_clips: soundtracks (wav) for each of the audio captions and the audio instructions; 0 (default)
+            writes neither.
         fps, seconds, size: clip frame rate, length and square frame side (pixels).
         workers: processes used for rendering (output does not depend on it).
         wav: also write a 16-kHz ``.wav`` beside every mp4.
@@ -326,7 +373,8 @@ def generate(
     """
     instruct_clips = clips // 2 if instruct_clips is None else instruct_clips
     images = clips // 2 if images is None else images
-    counts = {"webvid": clips, "videochat": instruct_clips, "test": test_clips, "cc_sbu": images, "llava": images}
+    counts = {"webvid": clips, "videochat": instruct_clips, "test": test_clips, "cc_sbu": images, "llava": images,
+              "audio_captions": audio_clips, "audio_instruct": audio_clips}
     _check_counts(clips, counts, seed, workers)
     config = WorldConfig(fps=fps, seconds=seconds, size=size)
     out = Path(out_dir)
@@ -338,6 +386,8 @@ def generate(
     videochat = _videochat(acc, seed, instruct_clips)
     cc_sbu = _cc_sbu(acc, seed, images)
     llava = _llava(acc, seed, images)
+    audio_captions = _audio_captions(acc, seed, audio_clips)
+    audio_instruct = _audio_instruct(acc, seed, audio_clips)
     test_items, test_qa = _test(acc, seed, test_clips)
 
     total_bytes = _run_jobs(acc.jobs, config, workers, progress)
@@ -352,11 +402,15 @@ def generate(
     _write_json(out / "llava/llava_instruct.json", llava)
     _write_json(out / "videochat/videochat_instruct.json", videochat)
     _write_json(out / "qa/test.json", test_items)
+    if audio_clips:
+        _write_json(out / "audio_captions/audio_captions.json", {"data": audio_captions})
+        _write_json(out / "audio_instruct/audio_instruct.json", audio_instruct)
     with open(out / "truth.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(rec) + "\n" for rec in acc.truth)
     (out / "corpus.txt").write_text("\n".join(acc.corpus) + "\n", encoding="utf-8")
     families = _family_stats(test_qa)
-    meta = _meta(seed, {**counts, "test_questions": len(test_items), "corpus_lines": len(acc.corpus)}, config, families)
+    meta = _meta(seed, {**counts, "test_questions": len(test_items), "corpus_lines": len(acc.corpus)}, config, families,
+                 with_audio=audio_clips > 0)
     _write_json(out / "meta.json", meta)
     seconds_total = time.perf_counter() - started
     n_videos = clips + instruct_clips + test_clips
