@@ -202,15 +202,21 @@ def _webvid(acc: Collected, seed: int, count: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _videochat(acc: Collected, seed: int, count: int) -> list[dict[str, Any]]:
-    """VideoChat-style instruction clips; returns the records of ``videochat_instruct.json``."""
+def _instruction_qa(acc: Collected, seed: int, count: int, split: str, media_key: str, folder: str,
+                    sound_only: bool = False) -> list[dict[str, Any]]:
+    """An instruction-QA split: VideoChat-style clips (``videochat``) or audio-only QA about soundtracks alone
+    (``audio_instruct``); returns its records (``{media_key: file, "QA": [...]}``)."""
+    instruction = annotate.audio_instruction if sound_only else annotate.video_instruction
+    suffix = "wav" if sound_only else "mp4"
     records = []
-    for i, scene, _, text_rng in _scenes(seed, "videochat", count, acc.config):
-        vid = ID_BASE["videochat"] + i
-        qa = annotate.video_instruction(scene, acc.config, text_rng)
-        records.append({"video": f"{vid}.mp4", "QA": qa})
+    for i, scene, _, text_rng in _scenes(seed, split, count, acc.config):
+        item_id = ID_BASE[split] + i
+        qa = instruction(scene, acc.config, text_rng)
+        records.append({media_key: f"{item_id}.{suffix}", "QA": qa})
         acc.corpus.extend(line for turn in qa for line in (turn["q"], turn["a"]))
-        acc.add("videochat", vid, f"videochat/videos/{vid}.mp4", scene)
+        acc.add(split, item_id, f"{folder}/{item_id}.{suffix}", scene, sound_only=sound_only)
+    if count:
+        (acc.out / folder).mkdir(parents=True, exist_ok=True)
     return records
 
 
@@ -251,20 +257,6 @@ def _audio_captions(acc: Collected, seed: int, count: int) -> list[dict[str, Any
         acc.add("audio_captions", clip_id, f"audio_captions/audio/{clip_id}.wav", scene, sound_only=True)
     if count:
         (acc.out / "audio_captions/audio").mkdir(parents=True, exist_ok=True)
-    return records
-
-
-def _audio_instruct(acc: Collected, seed: int, count: int) -> list[dict[str, Any]]:
-    """Audio-only instruction QA about soundtracks alone; returns the records of ``audio_instruct.json``."""
-    records = []
-    for i, scene, _, text_rng in _scenes(seed, "audio_instruct", count, acc.config):
-        clip_id = ID_BASE["audio_instruct"] + i
-        qa = annotate.audio_instruction(scene, acc.config, text_rng)
-        records.append({"audio": f"{clip_id}.wav", "QA": qa})
-        acc.corpus.extend(line for turn in qa for line in (turn["q"], turn["a"]))
-        acc.add("audio_instruct", clip_id, f"audio_instruct/audio/{clip_id}.wav", scene, sound_only=True)
-    if count:
-        (acc.out / "audio_instruct/audio").mkdir(parents=True, exist_ok=True)
     return records
 
 
@@ -383,11 +375,12 @@ def generate(
 
     acc = Collected(out, config, wav)
     webvid_rows = _webvid(acc, seed, clips)
-    videochat = _videochat(acc, seed, instruct_clips)
+    videochat = _instruction_qa(acc, seed, instruct_clips, "videochat", "video", "videochat/videos")
     cc_sbu = _cc_sbu(acc, seed, images)
     llava = _llava(acc, seed, images)
     audio_captions = _audio_captions(acc, seed, audio_clips)
-    audio_instruct = _audio_instruct(acc, seed, audio_clips)
+    audio_instruct = _instruction_qa(acc, seed, audio_clips, "audio_instruct", "audio", "audio_instruct/audio",
+                                     sound_only=True)
     test_items, test_qa = _test(acc, seed, test_clips)
 
     total_bytes = _run_jobs(acc.jobs, config, workers, progress)
