@@ -81,6 +81,7 @@ class MediaFeatures:
     timestamps: str = ""  # the official sampling sentence, for videos read in one window
     notice: str | None = None  # e.g. "no audio track found: answering from the frames only" (or the reverse)
     timeline: Timeline | None = None  # videos: the windows' time ranges and the sampled frame times
+    windowed: bool = False  # a video read beyond max_frames: one row of video tokens per window, time-labelled
 
     @property
     def windows(self) -> int:
@@ -89,7 +90,7 @@ class MediaFeatures:
 
     @property
     def preamble(self) -> str:
-        if self.kind == "video" and self.windows > 1:
+        if self.windowed:
             return windowed_video_message([w.label for w in self.timeline.windows], audio=self.audio is not None,
                                           duration=self.timeline.duration)
         return media_message(
@@ -203,7 +204,7 @@ class Pipeline:
             notice = (f"{len(timeline.frame_times)} sampled frames merged into {len(timeline.frame_times) - timeline.merged_frames} "
                       f"({encoded.video.shape[0]} windows) to fit the model's context of "
                       f"{self.engine.max_positions} tokens; --max-windows sets the budget")
-        features = MediaFeatures("video", video=encoded.video, timeline=timeline, notice=notice,
+        features = MediaFeatures("video", video=encoded.video, timeline=timeline, notice=notice, windowed=encoded.windowed,
                                  timestamps=encoded.clip.timestamp_message() if encoded.clip is not None else "")
         if want_audio:
             try:

@@ -76,7 +76,8 @@ class VideoEncoding:
 
     @property
     def windowed(self) -> bool:
-        return self.video.shape[0] > 1
+        """Read beyond max_frames (in windows, possibly merged into one), not as one official clip."""
+        return self.clip is None
 
 
 @torch.inference_mode()

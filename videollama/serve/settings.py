@@ -42,6 +42,9 @@ class ServeSettings:
     """Most frames one request may ask to sample (``frames`` field); never above the model's 32."""
     default_frames: int = 8
     """Frames sampled when the request does not say (the official setting)."""
+    max_sampled_frames: int = 3600
+    """Most frames one request may sample through ``video_sampling`` (read in windows of 32; the duration
+    limit applies first)."""
     max_pixels: int = 8192 * 4320
     """Largest width x height of a video frame or image (8K); bigger media are refused before decoding."""
     remote_timeout_s: float = 20.0
@@ -62,7 +65,7 @@ class ServeSettings:
             self.media_root = Path(self.media_root).expanduser().resolve()
             if not self.media_root.is_dir():
                 raise ValueError(f"--media-root {self.media_root}: not a directory")
-        for name in ("max_queue", "max_batch", "default_max_tokens", "media_workers"):
+        for name in ("max_queue", "max_batch", "default_max_tokens", "media_workers", "max_sampled_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.max_frames <= MODEL_MAX_FRAMES:
