@@ -299,3 +299,19 @@ def test_api_duration_limit_applies_before_decoding(tiny_pipeline, clips, monkey
     with running_server(create_app(tiny_pipeline, settings)) as url:
         reply = _request(url, video_sampling={"fps": 1})
     assert reply.status_code == 400 and "over the limit of 60 s" in reply.json()["error"]["message"]
+
+
+# ----------------------------------------------------------------------------------- the web demo's timeline
+def test_web_timeline_strip_shows_each_window(tiny_pipeline, clips):
+    from videollama.serve.web import build_demo, timeline_items
+
+    features = tiny_pipeline.encode_media(clips["numbered"], MediaOptions(num_frames=40))
+    items = timeline_items(features)
+    assert [caption for _, caption in items] == ["00:00:00-00:00:05 (20 frames)", "00:00:05-00:00:10 (20 frames)"]
+    thumbnail = items[1][0]
+    assert thumbnail.shape == (96, 96, 3) and thumbnail.dtype.name == "uint8"
+    assert read_frame_number(torch.from_numpy(thumbnail).permute(2, 0, 1).float() / 255) == 40  # window 2's first
+    assert timeline_items(None) == []
+    demo = build_demo(tiny_pipeline, examples=[])
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {"vl-timeline", "vl-fps", "vl-max-windows", "vl-frames"} <= ids
