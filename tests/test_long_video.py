@@ -315,3 +315,34 @@ def test_web_timeline_strip_shows_each_window(tiny_pipeline, clips):
     demo = build_demo(tiny_pipeline, examples=[])
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
     assert {"vl-timeline", "vl-fps", "vl-max-windows", "vl-frames"} <= ids
+
+
+# ----------------------------------------------------------------------------------- unknown durations
+def _remux(source, target, **options):
+    import av
+
+    with av.open(str(source)) as src, av.open(str(target), "w", **options) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    return target
+
+
+def test_a_video_without_duration_is_sampled_from_its_packet_scan(tmp_path):
+    from videollama.media import MediaError, probe
+
+    source = make_numbered_video(tmp_path / "v.mp4", 100, fps=10, size=(64, 64), gop=20)
+    live = _remux(source, tmp_path / "live.mkv", options={"live": "1"})  # no duration, no index (a live recording)
+    assert probe(live).duration == 0.0
+    with VideoReader(live) as reader:
+        assert reader.duration == 10.0
+        positions = VideoSampling(frames=None, fps=1.0).frame_positions(reader.num_frames, reader.fps)
+        clip = reader.read(positions)
+    assert [read_frame_number(f) for f in denormalize(clip.frames)] == list(range(0, 100, 10))
+    with pytest.raises(MediaError, match="lasts 10.0 s, over the limit of 5 s"):  # the limit holds, from the scan
+        VideoReader(live, max_duration=5)
+    raw = _remux(source, tmp_path / "raw.h264", format="h264")  # cannot be rewound: refused in one line
+    with pytest.raises(MediaError, match="cannot be rewound after its packet scan .* remux it into a file"):
+        VideoReader(raw)

@@ -194,27 +194,34 @@ class Pipeline:
             audio = load_audio(path, max_bytes=options.max_bytes)[None]
             return MediaFeatures("audio", audio=self.model.encode_audio(audio.to(device, dtype)),
                                  notice=NO_VISION_NOTICE)
-        sampling = self._fit_windows(options.sampling, want_audio and info.has_audio)
+        return self._encode_video(path, options, audio_expected=want_audio and info.has_audio)
+
+    def _encode_video(self, path: Path, options: MediaOptions, *, audio_expected: bool) -> MediaFeatures:
+        """A video's frames (one row of tokens per window) and its sound (per window too) when used.
+        ``audio_expected``: the window budget leaves room for audio tokens."""
+        sampling = self._fit_windows(options.sampling, audio_expected)
         encoded = encode_video_file(self.model, path, sampling, image_size=self.image_size, resize=options.resize,
                                     frame_lookup=options.frame_lookup, max_bytes=options.max_bytes,
                                     max_duration=options.max_duration)
         timeline = encoded.timeline
-        notice = None
+        notices = []
         if timeline.merged_frames and options.max_windows is None:
-            notice = (f"{len(timeline.frame_times)} sampled frames merged into {len(timeline.frame_times) - timeline.merged_frames} "
-                      f"({encoded.video.shape[0]} windows) to fit the model's context of "
-                      f"{self.engine.max_positions} tokens; --max-windows sets the budget")
-        features = MediaFeatures("video", video=encoded.video, timeline=timeline, notice=notice, windowed=encoded.windowed,
-                                 timestamps=encoded.clip.timestamp_message() if encoded.clip is not None else "")
-        if want_audio:
+            sampled = len(timeline.frame_times)
+            notices.append(f"{sampled} sampled frames merged into {sampled - timeline.merged_frames} "
+                           f"({encoded.video.shape[0]} windows) to fit the model's context of "
+                           f"{self.engine.max_positions} tokens; max_windows (--max-windows) sets the budget")
+        features = MediaFeatures("video", video=encoded.video, timeline=timeline, windowed=encoded.windowed,
+                                 timestamps="" if encoded.clip is None else encoded.clip.timestamp_message())
+        if options.use_audio and self.model.config.with_audio:
             try:
                 if encoded.windowed:
                     features.audio = encode_window_audio(self.model, path, timeline.windows, max_bytes=options.max_bytes)
                 else:
-                    audio = load_audio(path, max_bytes=options.max_bytes)[None]
-                    features.audio = self.model.encode_audio(audio.to(device, dtype))
+                    audio = load_audio(path, max_bytes=options.max_bytes)[None]  # (1, 8, 1, 128, 204)
+                    features.audio = self.model.encode_audio(audio.to(self.model.device, self.model.dtype))
             except NoAudioError:
-                features.notice = "; ".join(filter(None, [notice, "no audio track found: answering from the frames only"]))
+                notices.append("no audio track found: answering from the frames only")
+        features.notice = "; ".join(notices) or None
         return features
 
     def window_tokens(self, with_audio: bool) -> int:

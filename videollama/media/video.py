@@ -388,6 +388,10 @@ class _FrameSeeker:
         return self._last  # the last frame stays on screen until the end
 
 
+class UnseekableError(Exception):
+    """The container cannot seek back (raised by the packet scan; becomes a MediaError)."""
+
+
 @dataclass
 class _PacketScan:
     """Every packet of the video stream, read once without decoding (as decord's index)."""
@@ -414,7 +418,12 @@ def _scan_packets(container: av.container.InputContainer, stream: av.video.strea
         pts.append(packet.pts)
         if packet.is_keyframe:
             keyframes.append(packet.pts)
-    container.seek(stream.start_time or 0, stream=stream, backward=True)
+    try:
+        container.seek(stream.start_time or 0, stream=stream, backward=True)
+    except av.FFmpegError as err:
+        raise UnseekableError(f"the stream cannot be rewound after its packet scan ({_ffmpeg_reason(err)}): "
+                              "a raw elementary or live stream; remux it into a file first "
+                              "(ffmpeg -i IN -c copy OUT.mp4)") from err
     if missing:
         return _PacketScan(None, None, count)
     return _PacketScan(sorted(pts), sorted(keyframes), count)
@@ -578,6 +587,8 @@ class VideoReader:
         stream.thread_type = _THREAD_TYPE
         try:
             scan = _scan_packets(container, stream)
+        except UnseekableError as err:
+            raise MediaError(path, str(err)) from err
         except av.FFmpegError as err:
             raise MediaError(path, f"corrupt or truncated video data ({_ffmpeg_reason(err)})") from err
         if scan.count < 1:
