@@ -24,6 +24,10 @@ and decodes forward from there, and returns the frame whose pts is nearest. Non-
 that lie well before the target are skipped by the decoder (``skip_frame="NONREF"``): nothing
 references them, so every decoded frame is bit-identical to a decode-everything pass.
 
+:class:`VideoReader` keeps one file open, scanned once, and reads ascending batches of frames from
+it: :func:`load_video` reads one batch; long videos (:mod:`videollama.long_video`) one window at a
+time, so only one window of decoded frames is ever held.
+
 Resizing runs the FFmpeg filter graph decord builds, ``scale=W:H:flags=bilinear`` then
 ``format=rgb24`` (decord's bundled FFmpeg 4.1 defaults the scale filter to bilinear): one
 swscale pass from the decoder's pixel format, bit-identical to decord's frames on
@@ -551,7 +555,7 @@ class VideoReader:
     (:mod:`videollama.long_video`): the container, the packet scan and the decoder position stay
     between batches, so reading ascending windows one after another decodes no more than reading
     all their frames at once, and only one batch of decoded frames is held at a time. The packet
-    scan keeps one int per packet (about 8 bytes x frames: 1.4 MB for two hours at 25 fps).
+    scan keeps one Python int per packet (about 40 bytes: 7 MB for two hours at 25 fps).
 
     Use as a context manager; every failure is a :class:`MediaError` (``NoVideoError`` when there
     is no video stream).
