@@ -315,6 +315,12 @@ def test_web_timeline_strip_shows_each_window(tiny_pipeline, clips):
     demo = build_demo(tiny_pipeline, examples=[])
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
     assert {"vl-timeline", "vl-fps", "vl-max-windows", "vl-frames"} <= ids
+    respond = next(f.fn for f in demo.fns.values() if f.api_name == "respond")
+    # question, history, turns, video, image, audio, use audio, greedy, temperature, top-p, max tokens,
+    # frames, fps, max windows, subject
+    *_, strip = next(respond(QUESTION, [], [], str(clips["minutes"]), None, None, False, True, 1.0, 0.9, 2,
+                             8, 0.5, 1, None))
+    assert [caption for _, caption in strip] == ["00:00:00-00:02:00 (32 frames)"]  # 60 frames merged into 1 window
 
 
 # ----------------------------------------------------------------------------------- unknown durations
