@@ -4,6 +4,8 @@
 features once (cached by content hash in a bounded LRU), builds the official prompts, and runs the
 token-level :class:`~videollama.engine.Engine`. ``ChatSession`` is a multi-turn conversation about one
 media file; ``Pipeline.answer_batch`` answers many (media, question) pairs with batched decoding.
+Videos sampled beyond the model's 32 frames are read in time-labelled windows
+(:mod:`videollama.long_video`; ``MediaOptions(fps=..., max_windows=...)``).
 
     >>> pipe = Pipeline.from_pretrained("path/to/model")           # doctest: +SKIP
     >>> chat = pipe.chat("clip.mp4")                                # doctest: +SKIP
@@ -76,8 +78,8 @@ class MediaFeatures:
     """A media file encoded for the LLM: soft tokens plus what the prompt needs to say about it."""
 
     kind: str  # "video" | "image" | "audio"
-    video: torch.Tensor | None = None  # (1, 32, D)
-    audio: torch.Tensor | None = None  # (1, 8, D)
+    video: torch.Tensor | None = None  # (W, 32, D): one row per window (W = 1 for an image or up to 32 frames)
+    audio: torch.Tensor | None = None  # (W, 8, D): one row per window of a video (1 for an audio file)
     timestamps: str = ""  # the official sampling sentence, for videos read in one window
     notice: str | None = None  # e.g. "no audio track found: answering from the frames only" (or the reverse)
     timeline: Timeline | None = None  # videos: the windows' time ranges and the sampled frame times
