@@ -167,6 +167,7 @@ class VideoLlama(nn.Module):
     # ------------------------------------------------------------------ encoders
     def encode_video(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Frames (B, T, 3, H, W) -> video soft tokens (B, num_video_tokens, D_llm). An image is T=1."""
+        self._check_frame_count(pixel_values.shape[1])  # before the ViT runs
         return self.encode_frame_features(self.encode_frames(pixel_values))
 
     def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -191,8 +192,7 @@ class VideoLlama(nn.Module):
         frame t gets position row t (T <= max_frames), then the video Q-Former and the projection."""
         self._require_vision()
         batch, num_frames = frame_queries.shape[:2]
-        if num_frames > self.config.max_frames:
-            raise ValueError(f"{num_frames} frames given; the frame-position table holds {self.config.max_frames}")
+        self._check_frame_count(num_frames)
         if self.config.use_frame_position:
             positions = self.frame_position_embedding(torch.arange(num_frames, device=frame_queries.device))  # (T, 768)
             frame_queries = frame_queries + positions[None, :, None, :].to(frame_queries.dtype)
@@ -307,6 +307,11 @@ class VideoLlama(nn.Module):
     def _require_vision(self) -> None:
         if not self.config.with_vision:
             raise ValueError("this model has no vision branch (with_vision=False)")
+
+    def _check_frame_count(self, num_frames: int) -> None:
+        if num_frames > self.config.max_frames:
+            raise ValueError(f"{num_frames} frames given; the frame-position table holds {self.config.max_frames} "
+                             "(longer videos: videollama.long_video reads them in windows)")
 
     def _require_audio(self) -> None:
         if not self.config.with_audio:
