@@ -69,7 +69,8 @@ def add_media_args(p: argparse.ArgumentParser) -> None:
 def generation_config(args):
     from .engine import GenerationConfig
 
-    return GenerationConfig(max_new_tokens=args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, do_sample=not args.greedy, temperature=args.temperature,
+    max_new_tokens = DEFAULT_MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=not args.greedy, temperature=args.temperature,
                             top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
