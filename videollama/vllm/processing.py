@@ -25,7 +25,7 @@ from transformers import BatchFeature
 from vllm.config.multimodal import MultiModalDummyOptions
 from vllm.inputs import MultiModalDataDict, MultiModalInput, mm_input
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
-from vllm.multimodal.parse import MultiModalDataItems, MultiModalDataParser
+from vllm.multimodal.parse import MultiModalDataItems, MultiModalDataParser, VideoProcessorItems
 from vllm.multimodal.processing import (
     BaseDummyInputsBuilder,
     BaseMultiModalProcessor,
@@ -54,6 +54,22 @@ MAX_MEDIA_ITEMS = 1  # one video, image or audio clip per conversation, as our o
 DUMMY_AUDIO_SECONDS = NUM_CLIPS * CLIP_SECONDS
 
 
+class EncodedVideoItems(VideoProcessorItems):
+    """Video items that keep vLLM's ``MediaWithBytes`` wrapper: our decoder reads the original bytes.
+    (vLLM's own items unwrap to the frames it decoded, also when the processor cache re-parses them.)"""
+
+    def get(self, index: int):
+        return self.data[index]
+
+
+class VideoLlamaDataParser(MultiModalDataParser):
+    def _parse_video_data(self, data):
+        items = super()._parse_video_data(data)
+        if isinstance(items, VideoProcessorItems):
+            return EncodedVideoItems(items.data, metadata=items.metadata)
+        return items
+
+
 class VideoLlamaProcessingInfo(BaseProcessingInfo):
     def get_hf_config(self) -> VideoLlamaHFConfig:
         return self.ctx.get_hf_config(VideoLlamaHFConfig)
@@ -79,7 +95,7 @@ class VideoLlamaProcessingInfo(BaseProcessingInfo):
         return {}  # no Hugging Face processor: our processor reads num_frames itself
 
     def get_data_parser(self) -> MultiModalDataParser:
-        return MultiModalDataParser(target_sr=SAMPLE_RATE, target_channels=1, audio_resample_method="pyav",
+        return VideoLlamaDataParser(target_sr=SAMPLE_RATE, target_channels=1, audio_resample_method="pyav",
                                     expected_hidden_size=self._get_expected_hidden_size())
 
     def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
