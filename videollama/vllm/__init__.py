@@ -4,7 +4,7 @@ vLLM calls :func:`register` in every process it starts (entry point ``videollama
 ``vllm.general_plugins``). It registers
 
 * ``VideoLlamaHFConfig`` with transformers' ``AutoConfig`` for ``model_type: videollama`` (the
-  top-level keys of a folder's ``config.json``),
+  top-level keys of a folder's ``config.json``; importing ``videollama.model`` does it),
 * the model class ``VideoLlamaForConditionalGeneration`` (``model.py``) with vLLM's ``ModelRegistry``,
   by name, so vLLM imports it only when such a folder is served,
 * our chat template (``chat_template.py``) as vLLM's fallback for this model type.
@@ -26,16 +26,14 @@ _registered = False
 
 def register() -> None:
     """The ``vllm.general_plugins`` entry point; safe to call more than once."""
-    from transformers import AutoConfig
     from vllm import ModelRegistry
     from vllm.transformers_utils.chat_templates.registry import register_chat_template_fallback_path
 
-    from .hf_config import VideoLlamaHFConfig
+    from .. import model  # noqa: F401  (registers VideoLlamaHFConfig with AutoConfig)
 
     global _registered
     if _registered:
         return
-    AutoConfig.register(HF_MODEL_TYPE, VideoLlamaHFConfig, exist_ok=True)
     ModelRegistry.register_model(HF_ARCHITECTURE, MODEL_CLASS)
     register_chat_template_fallback_path(HF_MODEL_TYPE, chat_template_path)
     _registered = True

@@ -13,7 +13,7 @@ a video with sound.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -24,9 +24,9 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
 from ..model.checkpoint import CheckpointError
+from ..model.hf_config import VideoLlamaHFConfig
 from ..model.videollama import VideoLlama
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
-from .hf_config import VideoLlamaHFConfig
 from .processing import VideoLlamaDummyInputsBuilder, VideoLlamaMultiModalProcessor, VideoLlamaProcessingInfo
 
 LANGUAGE_MODEL_PREFIX = "language_model."

@@ -43,7 +43,7 @@ from ..media.video import DEFAULT_NUM_FRAMES, timestamp_message
 from ..processor import Processor
 from ..templates import AUDIO_SENTENCE, AV_MESSAGE, IMAGE_MESSAGE, VIDEO_MESSAGE
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
-from .hf_config import VideoLlamaHFConfig
+from ..model.hf_config import VideoLlamaHFConfig
 from .media import decode_audio, decode_image, decode_video
 from .prompt import VideoFacts, finish_prompt
 

@@ -1,10 +1,12 @@
-"""``config.json`` of a Video-LLaMA folder as a transformers config, so vLLM can read it.
+"""``config.json`` of a Video-LLaMA folder as a transformers config (``model_type: videollama``).
+
+transformers' Auto classes (``AutoTokenizer`` reads a folder's config first) and vLLM read this; our
+own loader reads ``VideoLlamaConfig`` directly. ``videollama.model`` registers it with ``AutoConfig``.
 
 vLLM sizes the KV cache, the attention and tensor parallelism from ``hf_config.get_text_config()``;
 here that is the folder's own LLM config (``VideoLlamaConfig.llm``, e.g. a ``LlamaConfig``), built the
 same way ``VideoLlama`` builds its language model. The ``videollama`` section is kept as the plain dict
-``VideoLlamaConfig.from_dict`` reads. Registered with ``AutoConfig`` under ``model_type: videollama``
-by the plugin (``register``).
+``VideoLlamaConfig.from_dict`` reads.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 
 from ..config import HF_MODEL_TYPE, VideoLlamaConfig
-from ..model.videollama import llm_config
+from .videollama import llm_config
 
 
 class VideoLlamaHFConfig(PretrainedConfig):
