@@ -7,7 +7,8 @@ servers take); request i sends item i mod 4, asks a question holding its id, gre
 16 + i mod 64 (the request set and the client come from ``bench_serve_load.py``). Each server first
 answers every item once (warm-up); then all requests go at once, streamed with usage. Reported per
 server: requests/s, completion tokens/s, latency p50/p95 (sent -> last chunk), time to first token
-p50/p95, and how many of vLLM's answers equal ``videollama serve``'s (text, token count, finish reason).
+p50/p95, and how many of vLLM's answers equal ``videollama serve``'s (text up to surrounding whitespace:
+ours strips it as the official demo does; token count; finish reason).
 
 vLLM runs from its own venv (``make vllm``; the plugin in ``videollama/vllm/``). Its flags: ``--dtype
 float32 --max-model-len 512 --enforce-eager --max-num-seqs 64`` (``VLLM_CPU_KVCACHE_SPACE=1`` GiB);
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import os
 import platform
 import sys
@@ -121,6 +123,9 @@ def main() -> int:
         with vllm_server(python, SHIPPED_MODEL, "--served-model-name", MODEL_NAME, *VLLM_ARGS,
                          log_path=workdir / "vllm-serve.log") as url:
             vllm_run = asyncio.run(load_run("vllm serve (plugin)", url, media, specs))
+    # Ours strips the answer as the official demo does; vLLM keeps the first token's leading space.
+    for run in (reference, vllm_run):
+        run.outcomes = [dataclasses.replace(o, text=o.text.strip()) for o in run.outcomes]
     check_against(reference, specs, None)
     check_against(vllm_run, specs, {o.rid: o for o in reference.outcomes})
     table(report, [reference, vllm_run])

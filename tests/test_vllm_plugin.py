@@ -45,15 +45,19 @@ def media_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(media_dir, tmp_path_factory):
+def server_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("vllm-log") / "serve.log"
+
+
+@pytest.fixture(scope="module")
+def server(media_dir, server_log):
     python, why = vllm_python()
     if python is None:
         pytest.skip(f"vLLM venv unavailable: {why}")
-    log = tmp_path_factory.mktemp("vllm-log") / "serve.log"
     args = ["--served-model-name", SERVED_NAME, "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
             "--max-num-seqs", "8", "--allowed-local-media-path", str(media_dir), "--logprobs-mode", "raw_logits",
             "--max-logprobs", "-1", "--trust-request-mm-kwargs", "--limit-mm-per-prompt", '{"video": 1, "image": 1, "audio": 1}']
-    with vllm_server(python, SHIPPED_MODEL, *args, log_path=log) as base:
+    with vllm_server(python, SHIPPED_MODEL, *args, log_path=server_log) as base:
         yield base
 
 
@@ -104,6 +108,17 @@ def test_greedy_answer_prompt_and_first_logits_equal_pipeline(case, client, pipe
     assert np.abs(served - logits).max() < LOGIT_TOLERANCE
 
 
+@pytest.mark.parametrize("case", ["video", "video_audio"])
+def test_a_repeated_video_is_served_from_vllms_processor_cache_with_the_same_prompt(case, client, pipeline, media_dir):
+    _, ids, _, generated = _reference(pipeline, media_dir / CASES[case][0])
+    for _ in range(2):  # the first call may already hit the cache (the parity test sent the same request)
+        response = client.chat.completions.create(
+            model=SERVED_NAME, messages=_message(media_dir, case), temperature=0.0, max_tokens=MAX_NEW_TOKENS,
+            extra_body={"return_token_ids": True, "mm_processor_kwargs": {"num_frames": NUM_FRAMES}})
+        assert response.model_extra["prompt_token_ids"] == ids
+        assert response.choices[0].model_extra["token_ids"] == generated
+
+
 def test_video_with_sound_streams_the_pipelines_answer_from_both_branches(client, pipeline, media_dir):
     media = pipeline.encode_media(media_dir / "av.mp4", MediaOptions(num_frames=NUM_FRAMES))
     assert media.audio is not None and media.video is not None
@@ -127,22 +142,26 @@ def test_frame_count_comes_from_mm_processor_kwargs(client, pipeline, media_dir)
     assert "The video contains 4 frames" in pipeline.tokenizer.decode(ids)
 
 
-@pytest.mark.parametrize("content, problem", [
-    ([{"type": "video_url", "video_url": {"url": "VIDEO"}}, {"type": "video_url", "video_url": {"url": "VIDEO"}}],
-     "two videos"),
-    ([{"type": "hologram_url", "hologram_url": {"url": "VIDEO"}}], "unknown media type"),
-    ([{"type": "video_url", "video_url": {"url": "file:///etc/hostname"}}], "file outside the allowed path"),
-])
-def test_bad_requests_get_a_4xx(content, problem, client, media_dir):
+def _bad_content(problem: str, media_dir) -> list[dict]:
+    video = {"type": "video_url", "video_url": {"url": (media_dir / "video.mp4").as_uri()}}
+    (media_dir / "not-a-video.mp4").write_bytes(b"plain text, not a media file\n" * 64)
+    return {
+        "two videos": [video, video],
+        "unknown media type": [{"type": "hologram_url", "hologram_url": {"url": (media_dir / "video.mp4").as_uri()}}],
+        "file outside the allowed path": [{"type": "video_url", "video_url": {"url": "file:///etc/hostname"}}],
+        "not a media file": [{"type": "video_url", "video_url": {"url": (media_dir / "not-a-video.mp4").as_uri()}}],
+    }[problem]
+
+
+@pytest.mark.parametrize("problem", ["two videos", "unknown media type", "file outside the allowed path",
+                                     "not a media file"])
+def test_bad_requests_get_a_4xx(problem, client, media_dir):
     import openai
 
-    video = (media_dir / "video.mp4").as_uri()
-    content = [{**part, **{k: {"url": video} for k, v in part.items() if isinstance(v, dict) and v["url"] == "VIDEO"}}
-               for part in content]
+    content = [*_bad_content(problem, media_dir), {"type": "text", "text": "?"}]
     with pytest.raises(openai.APIStatusError) as caught:
-        client.chat.completions.create(model=SERVED_NAME, max_tokens=1,
-                                       messages=[{"role": "user", "content": [*content, {"type": "text", "text": "?"}]}])
-    assert 400 <= caught.value.status_code < 500, problem
+        client.chat.completions.create(model=SERVED_NAME, max_tokens=1, messages=[{"role": "user", "content": content}])
+    assert 400 <= caught.value.status_code < 500, f"{problem}: {caught.value}"
 
 
 def test_too_many_frames_is_refused(client, media_dir):
@@ -153,3 +172,9 @@ def test_too_many_frames_is_refused(client, media_dir):
                                        extra_body={"mm_processor_kwargs": {"num_frames": 33}})
     assert caught.value.status_code == 400
     assert "num_frames" in str(caught.value)
+
+
+def test_startup_registered_the_plugin_and_warmed_up_cleanly(server, server_log):
+    log = server_log.read_text()
+    assert "Loading chat template fallback" in log  # our chat template, registered by the plugin
+    assert "warmup failed" not in log  # vLLM's processor warm-up (one item of each modality) went through

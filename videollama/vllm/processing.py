@@ -8,7 +8,9 @@ tokenizers), fills in the video's facts (``prompt.finish_prompt``) and tokenizes
 ``Processor``: 32 ``<ImageHere>`` per video or image, 8 ``<AudioHere>`` per sound track, audio before
 video. The prompt updates then only *locate* each item's embeddings: a video with sound spans from its
 first ``<AudioHere>`` to its last ``<ImageHere>`` (the text between is not embedded), so the model
-returns its 8 audio and 32 video embeddings as one item, in that order.
+returns its 8 audio and 32 video embeddings as one item, in that order. A video's update also carries
+its facts (``VideoPlaceholders``): vLLM's processor cache keeps updates with each item, while the item's
+tensors may be held by the engine only.
 
 One media item per prompt, as ``videollama serve``: a second item is refused (vLLM answers 400).
 Frames per video come from ``mm_processor_kwargs={"num_frames": N}`` (default 8, at most the
@@ -18,6 +20,7 @@ folder's ``max_frames``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -35,7 +38,7 @@ from vllm.multimodal.processing import (
     PromptUpdateDetails,
 )
 from vllm.multimodal.processing.inputs import ProcessorInputs
-from vllm.multimodal.processing.processor import TimingContext
+from vllm.multimodal.processing.processor import MultiModalPromptUpdates, TimingContext
 
 from ..config import VideoLlamaConfig
 from ..media.audio import CLIP_SECONDS, NUM_CLIPS, NUM_MEL_BINS, SAMPLE_RATE, TARGET_FRAMES
@@ -52,6 +55,14 @@ MAX_MEDIA_ITEMS = 1  # one video, image or audio clip per conversation, as our o
 # Dummy inputs for vLLM's memory profiling: a video of max_frames frames (its 32 tokens do not depend on
 # the frame count; the encoders' memory does) and an audio clip long enough to fill every 2 s window.
 DUMMY_AUDIO_SECONDS = NUM_CLIPS * CLIP_SECONDS
+
+
+@dataclass
+class VideoPlaceholders(PromptUpdateDetails):
+    """A video's placeholder run, with what its decoded file adds to the prompt. vLLM's processor cache keeps
+    prompt updates with each item (its tensors may live in the engine's cache only), so the facts go here."""
+
+    facts: VideoFacts | None = None
 
 
 class EncodedVideoItems(VideoProcessorItems):
@@ -188,15 +199,30 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
         info = self.info
         ids = [info.processor.image_token_id, info.processor.audio_token_id]
 
-        def video(item_idx: int) -> PromptUpdateDetails:
-            has_audio = bool(out_mm_kwargs["video"][item_idx]["video_has_audio"].data)
-            return PromptUpdateDetails.select_token_ids(info.video_span(has_audio), ids)
+        def video(item_idx: int) -> VideoPlaceholders:
+            item = out_mm_kwargs["video"][item_idx]
+            facts = VideoFacts(timestamp_message(item["video_timestamps"].data.tolist()),
+                               has_audio=bool(item["video_has_audio"].data))
+            span = PromptUpdateDetails.select_token_ids(info.video_span(facts.has_audio), ids)
+            return VideoPlaceholders(full=span.full, is_embed=span.is_embed, facts=facts)
 
         return [
             PromptReplacement("image", [ids[0]], PromptUpdateDetails.select_token_id(info.image_span(), ids[0])),
             PromptReplacement("video", [ids[0]], video),
             PromptReplacement("audio", [ids[1]], PromptUpdateDetails.select_token_id(info.audio_span(), ids[1])),
         ]
+
+    def get_dummy_mm_inputs(self, mm_counts: Mapping[str, int], **kwargs) -> MultiModalInput:
+        """vLLM warms the processor up with one item of every modality in one prompt, which this model refuses
+        (one item per prompt): build each modality's dummy prompt alone and return the one with the most
+        embedded positions."""
+        wanted = [modality for modality, count in mm_counts.items() if count]
+        if len(wanted) <= MAX_MEDIA_ITEMS:
+            return super().get_dummy_mm_inputs(mm_counts, **kwargs)
+        dummies = []
+        for modality in wanted:
+            dummies.append(super().get_dummy_mm_inputs({modality: 1}, **kwargs))
+        return max(dummies, key=lambda d: sum(p.length for ranges in d["mm_placeholders"].values() for p in ranges))
 
     def apply(self, inputs: ProcessorInputs, timing_ctx: TimingContext) -> MultiModalInput:
         """Our prompt tokens (see the module docstring) and where each item's embeddings go."""
@@ -207,7 +233,7 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
                              f"conversation; got {given}")
         result = self._cached_apply_hf_processor(inputs, timing_ctx)
         with timing_ctx.record("apply_prompt_updates"):
-            prompt_ids = self._our_prompt_ids(inputs.prompt, result.kwargs)
+            prompt_ids = self._our_prompt_ids(inputs.prompt, counts, result.prompt_updates)
             placeholders = self._find_mm_placeholders(prompt_ids, result.prompt_updates)
             self._validate_mm_placeholders(placeholders, counts)
         return mm_input(
@@ -217,22 +243,19 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
             mm_placeholders={m: [p.to_range() for p in items] for m, items in placeholders.items()},
         )
 
-    def _our_prompt_ids(self, prompt: str | list[int], mm_kwargs: MultiModalKwargsItems) -> list[int]:
+    def _our_prompt_ids(self, prompt: str | list[int], counts: Mapping[str, int],
+                        prompt_updates: MultiModalPromptUpdates) -> list[int]:
         tokenizer = self.info.get_tokenizer()
         text = prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
         bos = tokenizer.bos_token or ""
         text = text[len(bos):] if bos and text.startswith(bos) else text
-        video = None
-        if mm_kwargs.get("video"):
-            item = mm_kwargs["video"][0]
-            stamps = item["video_timestamps"].data.tolist()
-            video = VideoFacts(timestamp_message(stamps), has_audio=bool(item["video_has_audio"].data))
+        video = prompt_updates["video"][0][0].content.facts if counts.get("video") else None
         text = finish_prompt(text, video, self.info.model_config.template)
-        for marker, modality in ((IMAGE_PLACEHOLDER, ("image", "video")), (AUDIO_PLACEHOLDER, ("audio",))):
-            expected = sum(len(mm_kwargs.get(m) or []) for m in modality)
-            if video is not None and video.has_audio and marker == AUDIO_PLACEHOLDER:
-                expected += 1
-            if text.count(marker) != expected:
-                raise ValueError(f"the prompt holds {text.count(marker)} {marker} markers for {expected} media "
+        has_audio = video is not None and video.has_audio
+        expected = {IMAGE_PLACEHOLDER: counts.get("image", 0) + counts.get("video", 0),
+                    AUDIO_PLACEHOLDER: counts.get("audio", 0) + int(has_audio)}
+        for marker, count in expected.items():
+            if text.count(marker) != count:
+                raise ValueError(f"the prompt holds {text.count(marker)} {marker} markers for {count} media "
                                  "items; use videollama's chat template (vLLM's default for this model)")
         return self.info.processor.tokenize(text)
