@@ -31,7 +31,9 @@ NUM_FRAMES = 8
 LOGIT_TOLERANCE = 1e-4
 EXAMPLE_CLIP = SHIPPED_MODEL.parent / "examples" / "synthav_30000000.mp4"  # 4 s, with a sound track
 CASES = {"video": ("video.mp4", "video_url"), "video_audio": ("av.mp4", "video_url"),
-         "image": ("image.png", "image_url"), "audio": ("audio.wav", "audio_url")}
+         "image": ("image.png", "image_url"), "audio": ("audio.wav", "audio_url"),
+         "audio_44k": ("audio44k.wav", "audio_url")}  # resampled to 16 kHz: our resampler on vLLM's samples
+HEARD = ("video_audio", "audio", "audio_44k")
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,7 @@ def media_dir(tmp_path_factory):
     shutil.copy(EXAMPLE_CLIP, root / "av.mp4")
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(root / "image.png")
     make_tone_audio(root / "audio.wav", 5.0, freq=660)  # 16 kHz mono: vLLM's decoder gives our samples
+    make_tone_audio(root / "audio44k.wav", 5.0, freq=440, sample_rate=44100, tone_start=1.0, tone_seconds=2.0)
     return root
 
 
@@ -93,7 +96,7 @@ def _reference(pipeline, path, num_frames: int = NUM_FRAMES):
 @pytest.mark.parametrize("case", list(CASES))
 def test_greedy_answer_prompt_and_first_logits_equal_pipeline(case, client, pipeline, media_dir):
     media, ids, logits, generated = _reference(pipeline, media_dir / CASES[case][0])
-    assert (media.audio is not None) == (case in ("video_audio", "audio"))
+    assert (media.audio is not None) == (case in HEARD)
     response = client.chat.completions.create(
         model=SERVED_NAME, messages=_message(media_dir, case), temperature=0.0, max_tokens=MAX_NEW_TOKENS,
         logprobs=True, top_logprobs=-1,

@@ -15,12 +15,13 @@ from transformers import AutoTokenizer
 from videollama.config import HF_ARCHITECTURE, HF_MODEL_TYPE, VideoLlamaConfig
 from videollama.defaults import SHIPPED_MODEL
 from videollama.model import VideoLlamaHFConfig
-from videollama.templates import VISUAL_SYSTEM, get_template, join_question, media_message, system_for
+from videollama.templates import get_template, join_question, media_message, system_for
 from videollama.vllm.chat_template import chat_template
 from videollama.vllm.prompt import VideoFacts, finish_prompt
 
 STAMPS = "The video contains 8 frames sampled at 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5 seconds. "
 KINDS = [None, "video", "video+sound", "image", "audio"]
+HEARD = ("video+sound", "audio")
 
 
 @pytest.fixture(scope="module")
@@ -28,26 +29,29 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(SHIPPED_MODEL))
 
 
-def _pipeline_prompt(template_name: str, kind: str | None, turns, system: str | None) -> str:
-    """What ``Pipeline.prompt_ids`` renders before tokenizing (media preamble in the first user message)."""
+def _pipeline_prompt(template_name: str, kind: str | None, turns, system: str | None, audio_branch: bool) -> str:
+    """What ``Pipeline.prompt_text`` renders (media preamble in the first user message)."""
     template = get_template(template_name)
     video, audio, image = kind in ("video", "video+sound"), kind in ("video+sound", "audio"), kind == "image"
     preamble = media_message(video=video, image=image, audio=audio, timestamps=STAMPS if kind == "video" else "")
     turns = [(join_question(preamble, turns[0][0]), turns[0][1]), *turns[1:]]
-    return template.render(system_for(template, video=video, image=image, audio=audio, system=system), turns)
+    return template.render(system_for(template, video=video, image=image, audio=audio, system=system,
+                                      audio_branch=audio_branch), turns)
 
 
-def _vllm_prompt(tokenizer, template_name: str, kind: str | None, messages) -> str:
-    rendered = tokenizer.apply_chat_template(messages, chat_template=chat_template(template_name), tokenize=False)
+def _vllm_prompt(tokenizer, template_name: str, kind: str | None, messages, audio_branch: bool) -> str:
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False,
+                                             chat_template=chat_template(template_name, audio_branch=audio_branch))
     assert rendered.startswith(tokenizer.bos_token)
     facts = None if kind not in ("video", "video+sound") else VideoFacts(STAMPS, has_audio=kind == "video+sound")
-    return finish_prompt(rendered[len(tokenizer.bos_token):], facts, template_name)
+    return finish_prompt(rendered[len(tokenizer.bos_token):], facts, template_name, audio_branch=audio_branch)
 
 
 @pytest.mark.parametrize("template_name", ["llama_2", "vicuna_v0"])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind, audio_branch", [(kind, branch) for kind in KINDS for branch in (True, False)
+                                                 if branch or kind not in HEARD])  # without the branch nothing is heard
 @pytest.mark.parametrize("system", [None, "Answer in one word."])
-def test_chat_template_and_video_facts_give_the_pipelines_prompt(tokenizer, template_name, kind, system):
+def test_chat_template_and_video_facts_give_the_pipelines_prompt(tokenizer, template_name, kind, system, audio_branch):
     part = {"video": "video", "video+sound": "video", "image": "image", "audio": "audio"}.get(kind)
     first = [{"type": "text", "text": "Is the red star small"}, {"type": "text", "text": "or large?"}]
     if part:
@@ -56,12 +60,13 @@ def test_chat_template_and_video_facts_give_the_pipelines_prompt(tokenizer, temp
         {"role": "user", "content": first}, {"role": "assistant", "content": " small "},
         {"role": "user", "content": "And its colour?"}, {"role": "user", "content": "One word."}]
     turns = [("Is the red star small\nor large?", "small"), ("And its colour?\nOne word.", None)]
-    assert _vllm_prompt(tokenizer, template_name, kind, messages) == _pipeline_prompt(template_name, kind, turns, system)
+    assert (_vllm_prompt(tokenizer, template_name, kind, messages, audio_branch)
+            == _pipeline_prompt(template_name, kind, turns, system, audio_branch))
 
 
-def test_a_video_with_sound_gets_the_audio_visual_preamble_and_no_visual_system_prompt():
-    plain = get_template("llama_2").render(VISUAL_SYSTEM, [(join_question(media_message(video=True), "Why?"), None)])
-    finished = finish_prompt(plain, VideoFacts(STAMPS, has_audio=True), "llama_2")
+def test_a_video_with_sound_gets_the_audio_visual_preamble():
+    plain = get_template("llama_2").render("", [(join_question(media_message(video=True), "Why?"), None)])
+    finished = finish_prompt(plain, VideoFacts(STAMPS, has_audio=True), "llama_2", audio_branch=True)
     assert finished.startswith("[INST] <<SYS>>\n\n<</SYS>>\n\nClose your eyes, open your ears")
     assert finished.index("<AudioHere>") < finished.index("<ImageHere>")
     assert STAMPS not in finished  # the official AV prompt has no sampling sentence
@@ -70,12 +75,12 @@ def test_a_video_with_sound_gets_the_audio_visual_preamble_and_no_visual_system_
 def test_the_chat_template_refuses_two_media_items(tokenizer):
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "audio"}, {"type": "text", "text": "?"}]}]
     with pytest.raises(Exception, match="one media item"):
-        tokenizer.apply_chat_template(messages, chat_template=chat_template("llama_2"), tokenize=False)
+        tokenizer.apply_chat_template(messages, chat_template=chat_template("llama_2", audio_branch=True), tokenize=False)
 
 
 def test_finish_prompt_needs_the_video_preamble():
     with pytest.raises(ValueError, match="video preamble"):
-        finish_prompt("[INST] hello [/INST]", VideoFacts(STAMPS, has_audio=False), "llama_2")
+        finish_prompt("[INST] hello [/INST]", VideoFacts(STAMPS, has_audio=False), "llama_2", audio_branch=True)
 
 
 def test_config_json_names_the_architecture_for_vllm(tmp_path):

@@ -40,10 +40,11 @@ def register() -> None:
 
 
 def chat_template_path(model_dir: str) -> Path:
-    """Our chat template for the folder's template (config.json ``videollama.template``), as a file."""
+    """Our chat template for the folder (its ``template`` and branches, from config.json), as a file."""
     from .chat_template import chat_template
 
-    source = chat_template(VideoLlamaConfig.load(Path(model_dir) / "config.json").template)
+    config = VideoLlamaConfig.load(Path(model_dir) / "config.json")
+    source = chat_template(config.template, audio_branch=config.with_audio)
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     path = Path(tempfile.gettempdir()) / f"videollama-chat-template-{digest}.jinja"
     if not path.is_file():

@@ -4,8 +4,8 @@ vLLM turns OpenAI messages into a prompt with the tokenizer's chat template. Our
 the plugin registers this one as vLLM's fallback for ``model_type: videollama`` (``--chat-template``
 still wins). It reproduces what ``videollama serve`` builds (``serve/api.py`` + ``Pipeline.prompt_ids``):
 
-* the system prompt the official demo uses for the media kind (``templates.system_for``), or the
-  system message;
+* the system prompt the official demos use for the media kind and the folder's branches
+  (``templates.system_for``, evaluated here in Python for each kind), or the system message;
 * the media preamble (``templates.media_message``) at the start of the first user message, joined to
   the question by one space; the media may sit in any user message, as with our own server;
 * consecutive user messages and the text parts of one message joined by a newline, and stripped;
@@ -13,7 +13,8 @@ still wins). It reproduces what ``videollama serve`` builds (``serve/api.py`` + 
 
 Two facts only the decoded file can tell are filled in later by the multimodal processor
 (``prompt.finish_prompt``): the frame timestamps of a video, and whether it has a sound track (then
-the audio-visual preamble and an empty system prompt replace the video ones).
+the audio-visual preamble, and the system prompt ``system_for`` gives a video with sound, replace the
+video ones).
 
 Every literal is taken from ``videollama.templates`` (JSON-quoted, which Jinja reads as a string
 literal), so the two cannot drift apart; ``tests/test_vllm_plugin.py`` renders both and compares.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import json
 
-from ..templates import AUDIO_SENTENCE, IMAGE_MESSAGE, LLAMA2_DEFAULT_SYSTEM, VIDEO_MESSAGE, VISUAL_SYSTEM
+from ..templates import AUDIO_SENTENCE, IMAGE_MESSAGE, VIDEO_MESSAGE, get_template, system_for
 
 # Jinja fragments shared by both layouts: the system message, the media kind and the turns.
 _COLLECT = """\
@@ -67,10 +68,13 @@ _COLLECT = """\
 {%- set preamble = preambles[ns.kind] if ns.kind is not none else '' -%}
 """
 
-_LLAMA_2 = """\
+_SYSTEM = """\
 {%- if ns.system is none -%}
-  {%- set ns.system = VISUAL_SYSTEM if ns.kind in ['image', 'video'] else DEFAULT_SYSTEM -%}
+  {%- set ns.system = SYSTEMS[ns.kind if ns.kind is not none else 'text'] -%}
 {%- endif -%}
+"""
+
+_LLAMA_2 = """\
 {{- bos_token -}}
 {%- for user, assistant in ns.turns -%}
   {%- if loop.first -%}
@@ -86,7 +90,7 @@ _LLAMA_2 = """\
 """
 
 _VICUNA_V0 = """\
-{{- bos_token ~ (ns.system if ns.system is not none else '') ~ '###' -}}
+{{- bos_token ~ ns.system ~ '###' -}}
 {%- for user, assistant in ns.turns -%}
   {%- if loop.first -%}
     {%- set user = (preamble ~ ' ' ~ user) if preamble else user -%}
@@ -101,11 +105,16 @@ _VICUNA_V0 = """\
 _LAYOUTS = {"llama_2": _LLAMA_2, "vicuna_v0": _VICUNA_V0}
 
 
-def chat_template(template: str) -> str:
-    """The Jinja source for one of our templates (``llama_2`` or ``vicuna_v0``)."""
+def chat_template(template: str, *, audio_branch: bool) -> str:
+    """The Jinja source for one of our templates (``llama_2`` or ``vicuna_v0``) and a folder with or without
+    the audio branch (the official demos' system prompts depend on it)."""
     if template not in _LAYOUTS:
         raise ValueError(f"no vLLM chat template for {template!r}; choose one of {sorted(_LAYOUTS)}")
+    rules = get_template(template)
+    systems = {kind: system_for(rules, video=kind == "video", image=kind == "image", audio=kind == "audio",
+                                system=None, audio_branch=audio_branch)
+               for kind in ("text", "image", "video", "audio")}
     constants = {"IMAGE_MESSAGE": IMAGE_MESSAGE, "VIDEO_MESSAGE": VIDEO_MESSAGE, "AUDIO_SENTENCE": AUDIO_SENTENCE,
-                 "VISUAL_SYSTEM": VISUAL_SYSTEM, "DEFAULT_SYSTEM": LLAMA2_DEFAULT_SYSTEM}
+                 "SYSTEMS": systems}
     header = "".join(f"{{%- set {name} = {json.dumps(value)} -%}}\n" for name, value in constants.items())
-    return header + _COLLECT + _LAYOUTS[template]
+    return header + _COLLECT + _SYSTEM + _LAYOUTS[template]

@@ -5,8 +5,8 @@ vLLM fetches ``video_url`` / ``image_url`` parts (data URLs, http(s), or ``file:
 those bytes by our own code, both streams from the same file, so frames, timestamps and fbank equal
 what ``Pipeline`` computes bit for bit (vLLM's own frame decoding is not used). An image is decoded by
 Pillow from its bytes, as ``load_image`` does. An audio part arrives as vLLM's decoded waveform, mixed
-to mono and resampled to 16 kHz with PyAV (FFmpeg's resampler, as ours); our clip cutting and fbank
-then run on it.
+to mono, and is resampled to 16 kHz by our sinc resampler (torchaudio's, as ``load_audio``); our clip
+cutting and fbank then run on it.
 
 Decoded frames without bytes (vLLM's offline API, or the dummy inputs vLLM profiles with) are resized
 and normalised by our transforms; their timestamps come from vLLM's metadata (``frames_indices`` /
@@ -27,6 +27,7 @@ from PIL import Image
 from ..media import (NoAudioError, audio_to_clips, load_audio, load_image, load_video, normalize, resize_squash,
                      sample_indices)
 from ..media.audio import SAMPLE_RATE
+from ..media.resample import resample
 
 UINT8_MAX = 255.0
 
@@ -35,7 +36,7 @@ UINT8_MAX = 255.0
 class DecodedVideo:
     frames: torch.Tensor  # (T, 3, S, S), CLIP-normalised
     audio: torch.Tensor | None  # (8, 1, 128, 204) log-mel clips, or None without a sound track
-    timestamps: list[float]  # seconds of each frame
+    message_seconds: list[float]  # the times the prompt states (``VideoClip.message_seconds``)
 
 
 def _original_bytes(item) -> bytes | None:
@@ -56,7 +57,7 @@ def decode_video(item, num_frames: int, *, image_size: int, max_frames: int, wit
                     audio = load_audio(path)
                 except NoAudioError:
                     audio = None
-        return DecodedVideo(clip.frames, audio, clip.timestamps)
+        return DecodedVideo(clip.frames, audio, clip.message_seconds)
     frames, metadata = item if isinstance(item, tuple) else (item, None)
     return _decoded_frames(np.asarray(frames), metadata, num_frames, image_size=image_size, max_frames=max_frames)
 
@@ -72,8 +73,8 @@ def _decoded_frames(frames: np.ndarray, metadata: dict | None, num_frames: int, 
     pixels = torch.from_numpy(frames[picks]).permute(0, 3, 1, 2).float() / UINT8_MAX
     fps = float((metadata or {}).get("fps") or 1.0)
     source_indices = (metadata or {}).get("frames_indices") or list(range(len(frames)))
-    timestamps = [source_indices[i] / fps for i in picks]
-    return DecodedVideo(normalize(resize_squash(pixels, image_size)), None, timestamps)
+    seconds = [source_indices[i] / fps for i in picks]  # index / fps, as the official message
+    return DecodedVideo(normalize(resize_squash(pixels, image_size)), None, seconds)
 
 
 def decode_image(item, *, image_size: int) -> torch.Tensor:
@@ -86,8 +87,18 @@ def decode_image(item, *, image_size: int) -> torch.Tensor:
 
 
 def decode_audio(waveform: np.ndarray) -> torch.Tensor:
-    """A mono 16 kHz waveform from vLLM's parser -> (8, 1, 128, 204) log-mel clips."""
+    """A mono 16 kHz waveform from vLLM's parser (resampled by :class:`SincResampler`) -> (8, 1, 128, 204)."""
     samples = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
     if samples.ndim != 1:
         raise ValueError(f"an audio waveform must be mono (samples,), got shape {tuple(samples.shape)}")
     return audio_to_clips(samples[None], SAMPLE_RATE)
+
+
+class SincResampler:
+    """vLLM's resampler interface over ours (torchaudio's sinc resampling, as ``load_audio`` uses)."""
+
+    def resample(self, audio: np.ndarray, *, orig_sr: float) -> np.ndarray:
+        if orig_sr != int(orig_sr):
+            raise ValueError(f"audio sample rate must be a whole number of Hz, got {orig_sr}")
+        samples = torch.as_tensor(np.asarray(audio, dtype=np.float32))
+        return resample(samples, int(orig_sr), SAMPLE_RATE).numpy()

@@ -47,7 +47,7 @@ from ..processor import Processor
 from ..templates import AUDIO_SENTENCE, AV_MESSAGE, IMAGE_MESSAGE, VIDEO_MESSAGE
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
 from ..model.hf_config import VideoLlamaHFConfig
-from .media import decode_audio, decode_image, decode_video
+from .media import SincResampler, decode_audio, decode_image, decode_video
 from .prompt import VideoFacts, finish_prompt
 
 NUM_FRAMES_KWARG = "num_frames"
@@ -74,6 +74,12 @@ class EncodedVideoItems(VideoProcessorItems):
 
 
 class VideoLlamaDataParser(MultiModalDataParser):
+    """vLLM's parser with our resampler for audio parts and video items that keep their bytes."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(target_sr=SAMPLE_RATE, target_channels=1, **kwargs)
+        self.audio_resampler = SincResampler()
+
     def _parse_video_data(self, data):
         items = super()._parse_video_data(data)
         if isinstance(items, VideoProcessorItems):
@@ -106,8 +112,7 @@ class VideoLlamaProcessingInfo(BaseProcessingInfo):
         return {}  # no Hugging Face processor: our processor reads num_frames itself
 
     def get_data_parser(self) -> MultiModalDataParser:
-        return VideoLlamaDataParser(target_sr=SAMPLE_RATE, target_channels=1, audio_resample_method="pyav",
-                                    expected_hidden_size=self._get_expected_hidden_size())
+        return VideoLlamaDataParser(expected_hidden_size=self._get_expected_hidden_size())
 
     def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
         spans = {"image": len(self.image_span()), "video": len(self.video_span(self.model_config.with_audio)),
@@ -175,7 +180,7 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
                                    max_frames=config.max_frames, with_audio=config.with_audio)
                       for item in mm_items["video"].data]
             out["video_pixel_values"] = torch.stack([v.frames for v in videos])  # (N, T, 3, S, S)
-            out["video_timestamps"] = torch.tensor([v.timestamps for v in videos], dtype=torch.float64)
+            out["video_message_seconds"] = torch.tensor([v.message_seconds for v in videos], dtype=torch.float64)
             out["video_has_audio"] = torch.tensor([v.audio is not None for v in videos])
             silent = torch.zeros(NUM_CLIPS, 1, NUM_MEL_BINS, TARGET_FRAMES)  # stands in for a missing sound track
             out["video_audio_values"] = torch.stack([silent if v.audio is None else v.audio for v in videos])
@@ -188,7 +193,7 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
         return dict(
             image_pixel_values=MultiModalFieldConfig.batched("image"),
             video_pixel_values=MultiModalFieldConfig.batched("video"),
-            video_timestamps=MultiModalFieldConfig.batched("video"),
+            video_message_seconds=MultiModalFieldConfig.batched("video"),
             video_has_audio=MultiModalFieldConfig.batched("video"),
             video_audio_values=MultiModalFieldConfig.batched("video"),
             audio_values=MultiModalFieldConfig.batched("audio"),
@@ -201,7 +206,7 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
 
         def video(item_idx: int) -> VideoPlaceholders:
             item = out_mm_kwargs["video"][item_idx]
-            facts = VideoFacts(timestamp_message(item["video_timestamps"].data.tolist()),
+            facts = VideoFacts(timestamp_message(item["video_message_seconds"].data.tolist()),
                                has_audio=bool(item["video_has_audio"].data))
             span = PromptUpdateDetails.select_token_ids(info.video_span(facts.has_audio), ids)
             return VideoPlaceholders(full=span.full, is_embed=span.is_embed, facts=facts)
@@ -250,7 +255,8 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
         bos = tokenizer.bos_token or ""
         text = text[len(bos):] if bos and text.startswith(bos) else text
         video = prompt_updates["video"][0][0].content.facts if counts.get("video") else None
-        text = finish_prompt(text, video, self.info.model_config.template)
+        config = self.info.model_config
+        text = finish_prompt(text, video, config.template, audio_branch=config.with_audio)
         has_audio = video is not None and video.has_audio
         expected = {IMAGE_PLACEHOLDER: counts.get("image", 0) + counts.get("video", 0),
                     AUDIO_PLACEHOLDER: counts.get("audio", 0) + int(has_audio)}
