@@ -38,6 +38,7 @@ system-deps:
 	  else echo "warning: missing system packages:$$missing (tests that need them will fail)"; fi; \
 	fi
 
+# The vLLM plugin tests (tests/test_vllm_plugin.py) build .venv-vllm themselves (`make vllm`) when it is missing.
 test: $(STAMP) system-deps
 	$(PY) -m pytest
 

@@ -165,6 +165,7 @@ def test_bad_requests_get_a_4xx(problem, client, media_dir):
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model=SERVED_NAME, max_tokens=1, messages=[{"role": "user", "content": content}])
     assert 400 <= caught.value.status_code < 500, f"{problem}: {caught.value}"
+    assert "videollama-vllm-" not in str(caught.value)  # never a server-side temporary path
 
 
 def test_too_many_frames_is_refused(client, media_dir):

@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..media import (NoAudioError, audio_to_clips, load_audio, load_image, load_video, normalize, resize_squash,
+from ..media import (MediaError, NoAudioError, audio_to_clips, load_audio, load_image, load_video, normalize, resize_squash,
                      sample_indices)
 from ..media.audio import SAMPLE_RATE
 from ..media.resample import resample
 
 UINT8_MAX = 255.0
+VIDEO_ITEM = "video_url"  # how an error names the video (vLLM keeps no file name)
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,16 @@ def decode_video(item, num_frames: int, *, image_size: int, max_frames: int, wit
         with tempfile.TemporaryDirectory(prefix="videollama-vllm-") as workdir:
             path = Path(workdir) / "video"
             path.write_bytes(data)
-            clip = load_video(path, num_frames, image_size=image_size, max_frames=max_frames)
-            audio = None
-            if with_audio:
-                try:
-                    audio = load_audio(path)
-                except NoAudioError:
-                    audio = None
+            try:
+                clip = load_video(path, num_frames, image_size=image_size, max_frames=max_frames)
+                audio = None
+                if with_audio:
+                    try:
+                        audio = load_audio(path)
+                    except NoAudioError:
+                        audio = None
+            except MediaError as err:  # name the request's item, never the server's temporary file
+                raise MediaError(VIDEO_ITEM, err.problem) from None
         return DecodedVideo(clip.frames, audio, clip.message_seconds)
     frames, metadata = item if isinstance(item, tuple) else (item, None)
     return _decoded_frames(np.asarray(frames), metadata, num_frames, image_size=image_size, max_frames=max_frames)

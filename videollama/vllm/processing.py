@@ -43,10 +43,10 @@ from vllm.multimodal.processing.processor import MultiModalPromptUpdates, Timing
 from ..config import VideoLlamaConfig
 from ..media.audio import CLIP_SECONDS, NUM_CLIPS, NUM_MEL_BINS, SAMPLE_RATE, TARGET_FRAMES
 from ..media.video import DEFAULT_NUM_FRAMES, timestamp_message
+from ..model.hf_config import VideoLlamaHFConfig
 from ..processor import Processor
 from ..templates import AUDIO_SENTENCE, AV_MESSAGE, IMAGE_MESSAGE, VIDEO_MESSAGE
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
-from ..model.hf_config import VideoLlamaHFConfig
 from .media import SincResampler, decode_audio, decode_image, decode_video
 from .prompt import VideoFacts, finish_prompt
 
