@@ -1,8 +1,10 @@
-"""The vLLM plugin's prompt side, without vLLM: the chat template and the video facts filled in later.
+"""The vLLM plugin's parts that run without vLLM: prompts and media, against our own Pipeline and loaders.
 
-vLLM renders our Jinja chat template (``videollama/vllm/chat_template.py``); the processor then adds
-what only the decoded file can tell (``videollama/vllm/prompt.py``). Together they must give exactly the
-prompt ``Pipeline`` builds for every media kind, template and conversation shape.
+Prompts: vLLM renders our Jinja chat template (``videollama/vllm/chat_template.py``); the processor then
+adds what only the decoded file can tell (``videollama/vllm/prompt.py``). Together they must give exactly
+the prompt ``Pipeline`` builds for every media kind, template, branch set and conversation shape.
+Media (``videollama/vllm/media.py``): a video from vLLM's bytes and an audio part from vLLM's samples
+must give our loaders' tensors bit for bit.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from videollama.config import HF_ARCHITECTURE, HF_MODEL_TYPE, VideoLlamaConfig
@@ -92,3 +95,53 @@ def test_config_json_names_the_architecture_for_vllm(tmp_path):
     hf = VideoLlamaHFConfig(videollama=document["videollama"])
     assert hf.get_text_config().hidden_size == config.llm_hidden_size
     assert hf.model.num_video_tokens == 32 and hf.model.num_audio_tokens == 8
+
+
+# ---------------------------------------------------------------------------------------------- media
+# vLLM hands the plugin a video as ``MediaWithBytes`` (its decoded frames plus ``original_bytes``); the
+# plugin reads only ``original_bytes``, so a plain object carrying the bytes is the same input here.
+@pytest.fixture(scope="module")
+def clip_with_sound(tmp_path_factory):
+    from media_fixtures import make_numbered_video
+
+    return make_numbered_video(tmp_path_factory.mktemp("vllm-clip") / "clip.mp4", 20, fps=10, size=(96, 64),
+                               with_audio=True)
+
+
+def test_a_video_from_vllms_bytes_decodes_as_our_loader_reads_the_file(clip_with_sound):
+    from types import SimpleNamespace
+
+    from videollama.media import load_audio, load_video
+    from videollama.vllm.media import decode_video
+
+    item = SimpleNamespace(original_bytes=clip_with_sound.read_bytes())
+    decoded = decode_video(item, 6, image_size=112, max_frames=32, with_audio=True)
+    clip = load_video(clip_with_sound, 6, image_size=112)
+    assert torch.equal(decoded.frames, clip.frames)
+    assert decoded.message_seconds == clip.message_seconds
+    assert torch.equal(decoded.audio, load_audio(clip_with_sound))
+
+
+def test_a_broken_video_names_the_request_item_not_a_server_path():
+    from types import SimpleNamespace
+
+    from videollama.media import MediaError
+    from videollama.vllm.media import decode_video
+
+    with pytest.raises(MediaError) as caught:
+        decode_video(SimpleNamespace(original_bytes=b"not a video\n" * 100), 8, image_size=112, max_frames=32,
+                     with_audio=True)
+    assert str(caught.value).startswith("video_url: ") and "/" not in str(caught.value)
+
+
+def test_an_audio_part_through_vllms_samples_and_our_resampler_equals_load_audio(tmp_path):
+    import soundfile
+
+    from media_fixtures import make_tone_audio
+    from videollama.media import load_audio
+    from videollama.vllm.media import SincResampler, decode_audio
+
+    path = make_tone_audio(tmp_path / "tone.wav", 3.0, freq=440, sample_rate=44100, tone_start=0.5, tone_seconds=1.5)
+    samples, rate = soundfile.read(str(path), dtype="float32")  # what vLLM's audio decoder returns (mono)
+    waveform = SincResampler().resample(samples, orig_sr=rate)
+    assert torch.equal(decode_audio(waveform), load_audio(path))
