@@ -49,11 +49,11 @@ class VideoLlamaForConditionalGeneration(nn.Module, SupportsMultiModal, Supports
         hf_config: VideoLlamaHFConfig = vllm_config.model_config.hf_config
         # ImageBind's vision trunk only trains the audio branch: leave it out.
         self.config = dataclasses.replace(hf_config.model, with_imagebind_vision=False)
-        modalities = set()
+        modalities = set()  # the modalities the encoders serve (as VideoLlamaProcessingInfo's limits)
         if self.config.with_vision:
             modalities |= {"image", "video"}
         if self.config.with_audio:
-            modalities |= {"audio", "video"}
+            modalities.add("audio")
         with self._mark_tower_model(vllm_config, modalities):
             self.encoders = VideoLlama(self.config, with_language_model=False).eval()
         with self._mark_language_model(vllm_config):
