@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "train": ["--steps", "8"],
     "stage0_threads": ["--steps", "5"],
     "serve_load": [],  # written separately; run with its defaults when present
+    "vllm_serve": [],  # needs the vLLM venv (built with `make vllm` when missing)
 }
 
 
