@@ -16,6 +16,8 @@ from contextlib import contextmanager
 
 import uvicorn
 
+from videollama.serve.connections import server_config
+
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 POLL_S = 0.02
@@ -29,8 +31,11 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(app) -> Iterator[str]:
+    """uvicorn configured as ``videollama serve`` configures it (connection guards included)."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    settings = app.state.service.settings
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port, settings=settings, log_level="warning",
+                                         lifespan="on"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     wait_until(lambda: server.started or not thread.is_alive(), START_TIMEOUT_S, "server start")

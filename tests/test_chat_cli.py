@@ -97,6 +97,23 @@ def test_batch_api_matches_one_at_a_time(tiny_pipeline, clips):
     assert batched == single
 
 
+def test_batch_api_one_bad_item_leaves_the_others_their_answers(tiny_pipeline, clips, tmp_path):
+    from videollama.inference import BatchAnswerError
+    from videollama.media import MediaError
+
+    good = [BatchItem(clips["av"], "what happens?"), BatchItem(None, "no media at all"),
+            BatchItem(clips["audio"], "what sound?")]
+    alone = [tiny_pipeline.answer_batch([item], GREEDY)[0] for item in good]
+    items = [good[0], BatchItem(tmp_path / "missing.mp4", "where is it?"), good[1],
+             BatchItem(None, "word " * 3000), good[2]]  # a missing file; a question over the context
+    with pytest.raises(BatchAnswerError, match="2 of 5 items failed: item 1: MediaError") as err:
+        tiny_pipeline.answer_batch(items, GREEDY, batch_size=5)
+    assert err.value.answers == [alone[0], None, alone[1], None, alone[2]]
+    assert isinstance(err.value.errors[1], MediaError) and "context" in str(err.value.errors[3])
+    with pytest.raises(MediaError):  # a single item's error is raised as it is
+        tiny_pipeline.answer_batch([items[1]], GREEDY)
+
+
 def _cli(*args, env_extra=None, stdin=None):
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "videollama", *map(str, args)], capture_output=True, text=True,
@@ -131,6 +148,25 @@ def test_cli_bad_media_is_one_line(tiny_model_dir, clips, name, message):
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(clips[name]) in errors[0] and message in errors[0]
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("directory", "is a directory, not a media file"),
+    ("fifo", "is not a regular file (FIFO)"),
+    ("missing", "no such file"),
+])
+def test_cli_says_what_a_media_path_that_is_no_file_is(tiny_model_dir, tmp_path, capsys, kind, says):
+    from videollama import cli
+
+    media = tmp_path / "clip.mp4"
+    if kind == "directory":
+        media.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(media)  # opening it for reading would block: it must be recognised without a read
+    status = cli.main(["chat", str(media), "q", "--model", str(tiny_model_dir), "--greedy", "--max-new-tokens", "2"])
+    assert status == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {media}: {says}"]
 
 
 def test_cli_missing_model_and_absurd_frame_count(tiny_model_dir, clips, tmp_path):

@@ -280,6 +280,43 @@ def test_projection_for_another_llm_size_is_a_shape_error(release, tmp_path):
     assert "LLM of width 96" in str(err.value)
 
 
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int64])
+def test_a_float_weight_given_as_bool_or_integers_is_refused(release, tmp_path, dtype):
+    def edit(state):
+        state["video_query_tokens"] = (state["video_query_tokens"] > 0).to(dtype)  # right shape, wrong kind
+
+    args = _with_vl_state(release, tmp_path, edit)
+    with pytest.raises(ValueError) as err:
+        convert(tmp_path / "out", **args, config=release.config, hash_sources=False)
+    message = str(err.value)
+    assert message.startswith("video_query_tokens: ") and "\n" not in message
+    kind = "bool" if dtype is torch.bool else "integer"
+    assert f"{kind} values ({dtype}) in {args['vl_ckpt'].name}:video_query_tokens, the model needs floating-point " \
+           "(torch.float32)" in message, message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dtype, value, says", [
+    ("bf16", 1e300, "values up to 1e+300 in {src} overflow to inf in torch.bfloat16 (largest finite 3.39e+38)"),
+    ("fp16", 1e5, "values up to 1e+05 in {src} overflow to inf in torch.float16 (largest finite 6.55e+04)"),
+    ("fp32", float("nan"), "1 NaN and 0 infinite values in {src}"),
+    ("bf16", float("-inf"), "0 NaN and 1 infinite values in {src}"),
+])
+def test_non_finite_weights_are_refused_after_the_cast(release, tmp_path, dtype, value, says):
+    def edit(state):
+        tokens = state["video_query_tokens"].double()  # float64 holds 1e300; bf16 and fp16 do not
+        tokens[0, 1, 2] = value
+        state["video_query_tokens"] = tokens
+
+    args = _with_vl_state(release, tmp_path, edit)
+    with pytest.raises(ValueError) as err:
+        convert(tmp_path / "out", **args, dtype=dtype, config=release.config, hash_sources=False)
+    message = str(err.value)
+    assert message.startswith("video_query_tokens: ") and "\n" not in message
+    assert says.format(src=f"{args['vl_ckpt'].name}:video_query_tokens") in message, message
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
 def test_missing_inputs_are_named(release, tmp_path):
     args = release_args(release)
     del args["imagebind"]

@@ -231,6 +231,19 @@ def test_keep_aspect_letterboxes_with_the_mean_colour(tmp_path):
     assert numbers(squashed) == official_uniform(20, 8)
 
 
+def test_load_image_is_blip2_image_eval_processor(tmp_path):
+    # official: Image.open(path).convert("RGB") -> torchvision 0.13 Resize((224, 224), BICUBIC), which for a
+    # PIL image calls img.resize((224, 224), BICUBIC) -> ToTensor (/255) -> CLIP normalisation
+    rgba = np.dstack([numbered_frame(77, 150, 90), np.full((90, 150), 128, np.uint8)])
+    for image in (Image.fromarray(rgba, "RGBA"), Image.fromarray(numbered_frame(77, 150, 90)[:, :, 0], "L"),
+                  Image.fromarray(numbered_frame(77, 150, 90)).convert("P")):
+        path = tmp_path / f"img_{image.mode}.png"
+        image.save(path)
+        expected = np.asarray(Image.open(path).convert("RGB").resize((224, 224), Image.Resampling.BICUBIC))
+        ours = load_image(path, normalize=False)[0]
+        assert torch.equal(ours, torch.from_numpy(expected.copy()).permute(2, 0, 1).float() / 255)
+
+
 def test_load_image_matches_pil_bicubic_squash(tmp_path):
     rgb = numbered_frame(1234, 200, 100)
     rgb[:, :, 0] = 200  # some colour

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from PIL import Image
 
 from media_fixtures import make_numbered_video, make_tone_audio
 from videollama.serve.media_input import (
@@ -56,7 +57,7 @@ def test_materialize_writes_private_temp_files_with_the_right_suffix(tmp_path):
     bad_format = AudioPart(type="input_audio", input_audio={"data": "AAAA", "format": "exe"})
     assert "format" in status_of(materialize, bad_format, limits, tmp_path)[1]
     video_as_image = ImagePart(type="image_url", image_url={"url": "data:video/mp4;base64,AAAA"})
-    assert "video" in status_of(materialize, video_as_image, limits, tmp_path)[1]
+    assert materialize(video_as_image, limits, tmp_path).path.suffix == ".mp4"  # refused by content: check_media
     ftp = VideoPart(type="video_url", video_url={"url": "ftp://example.com/a.mp4"})
     assert "unsupported URL scheme" in status_of(materialize, ftp, limits, tmp_path)[1]
 
@@ -192,8 +193,11 @@ def test_check_media_refuses_hostile_files_before_decoding(tmp_path):
     junk.write_bytes(os.urandom(4096))
     text = tmp_path / "notes.png"
     text.write_text("not an image")
+    picture = tmp_path / "still.mp4"  # a PNG under a video's name: the content decides
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(picture, format="PNG")
 
     check_media(MediaFile(video, "video", "v.mp4"), limits())
+    check_media(MediaFile(picture, "image", "still.mp4"), limits())  # an image named .mp4 is an image
     check_media(MediaFile(tone, "audio", "t.wav"), limits())
     check_media(MediaFile(tone, "video", "t.wav"), limits())  # audio-only through video_url: answered from audio
     cases = [
@@ -207,6 +211,9 @@ def test_check_media_refuses_hostile_files_before_decoding(tmp_path):
         (MediaFile(tone, "audio", "t.wav"), limits(model_has_audio=False), "no audio branch"),
         (MediaFile(silent, "audio", "silent.mp4"), limits(), "no audio stream"),
         (MediaFile(video, "audio", "v.mp4"), limits(), "send videos as video_url"),
+        (MediaFile(video, "image", "v.mp4"), limits(), "send videos as video_url"),
+        (MediaFile(picture, "video", "still.mp4"), limits(), "this is an image (PNG); send it as image_url"),
+        (MediaFile(picture, "audio", "still.mp4"), limits(), "send it as image_url"),
         (MediaFile(video, "video", "v.mp4"), limits(max_bytes=100), "larger than the limit"),
     ]
     for media, lim, expected in cases:

@@ -1,4 +1,4 @@
-"""Tiny training data in the official formats, and a tiny model folder without dropout (exact comparisons)."""
+"""Tiny training data in the official formats, and a tiny model folder (without dropout unless asked)."""
 
 from __future__ import annotations
 
@@ -55,16 +55,17 @@ def make_official_data(root: Path, *, clips: int = 6, bad_record: bool = True) -
             "llava": llava / "llava_instruct.json", "llava_images": llava / "images", "videochat": root / "videochat.json"}
 
 
-def make_model_dir(path: Path, tokenizer, *, seed: int = 0) -> Path:
-    """The tiny preset without dropout, saved as a model folder (with ImageBind's vision trunk)."""
+def make_model_dir(path: Path, tokenizer, *, seed: int = 0, dropout: float = 0.0) -> Path:
+    """The tiny preset saved as a model folder (with ImageBind's vision trunk); ``dropout`` in the Q-Formers
+    and ImageBind's drop path (0 by default: exact comparisons need no RNG for those)."""
     from videollama.model import VideoLlama
     from videollama.presets import tiny
     from videollama.processor import Processor
 
     config = tiny(vocab_size=tokenizer.vocab_size)
     for q in (config.image_qformer, config.video_qformer, config.audio_qformer):
-        q.dropout = 0.0
-    config.imagebind.audio_drop_path = 0.0
+        q.dropout = dropout
+    config.imagebind.audio_drop_path = dropout
     Processor(tokenizer, config)
     torch.manual_seed(seed)
     VideoLlama(config).save_pretrained(path, tokenizer=tokenizer)

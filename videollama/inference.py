@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from .engine import Engine, GenerationConfig, Request
+from .engine import Engine, GenerationConfig, GenerationError, Request, RowFailure
 from .long_video import Timeline, encode_video_file, encode_window_audio
-from .media import MediaError, NoAudioError, load_audio, load_image, probe
+from .media import MediaError, NoAudioError, image_format, load_audio, load_image, probe
+from .media.errors import check_media_file
 from .media.video import DEFAULT_NUM_FRAMES
 from .media.windows import DEFAULT_FPS_MAX_FRAMES, VideoSampling, time_label
 from .model import VideoLlama
@@ -171,7 +172,7 @@ class Pipeline:
     def _encode_uncached(self, path: Path, options: MediaOptions) -> MediaFeatures:
         device, dtype = self.model.device, self.model.dtype
         with_vision = self.model.config.with_vision
-        if path.suffix.lower() in IMAGE_SUFFIXES:
+        if path.suffix.lower() in IMAGE_SUFFIXES or image_format(path) is not None:  # an image named clip.mp4 too
             if not with_vision:
                 raise ValueError(f"{path}: this model has no vision branch (with_vision=False), so it cannot read "
                                  "images; give it an audio file or a video with an audio track")
@@ -319,6 +320,8 @@ class Pipeline:
         ids: list[int] = []
         shown = ""
         for step in self.engine.generate([request]):
+            if isinstance(step[0], RowFailure):
+                raise step[0].error
             if step[0] is None:
                 break
             ids.append(step[0])
@@ -334,16 +337,48 @@ class Pipeline:
 
     def answer_batch(self, items: list[BatchItem], gen: GenerationConfig = GenerationConfig(do_sample=False),
                      batch_size: int = 8) -> list[str]:
-        """Answer many (media, question) pairs; rows of a batch decode together (left-padded)."""
-        answers: list[str] = []
+        """Answer many (media, question) pairs; rows of a batch decode together (left-padded).
+
+        One bad item never costs the others their answers: an item whose media cannot be read, whose
+        prompt does not fit or whose generation fails is left out, every other item gets the answer it
+        gets alone, and :class:`BatchAnswerError` is raised at the end with all of them (a single item's
+        error is raised as it is)."""
+        answers: list[str | None] = [None] * len(items)
+        errors: dict[int, Exception] = {}
         for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
-            requests = []
-            for item in chunk:
-                media = self.encode_media(item.media, item.options) if item.media is not None else None
-                requests.append(self.request(media, [(item.question, None)], gen))
-            answers += [self.decode_answer(ids) for ids in self.engine.generate_all(requests)]
+            requests: dict[int, Request] = {}
+            for index in range(start, min(start + batch_size, len(items))):
+                item = items[index]
+                try:
+                    media = self.encode_media(item.media, item.options) if item.media is not None else None
+                    requests[index] = self.request(media, [(item.question, None)], gen)
+                except Exception as err:  # noqa: BLE001 - reported with the item's index below
+                    errors[index] = err
+            ids: dict[int, list[int]] = {index: [] for index in requests}
+            for step in self.engine.generate(list(requests.values())):
+                for index, value in zip(requests, step):
+                    if isinstance(value, RowFailure):
+                        errors[index] = value.error
+                    elif value is not None:
+                        ids[index].append(value)
+            for index, tokens in ids.items():
+                if index not in errors:
+                    answers[index] = self.decode_answer(tokens)
+        if errors and len(items) == 1:
+            raise errors[0]
+        if errors:
+            raise BatchAnswerError(errors, answers)
         return answers
+
+
+class BatchAnswerError(GenerationError):
+    """Items of :meth:`Pipeline.answer_batch` failed; ``answers`` holds the others' answers (None where failed)."""
+
+    noun = "item"
+
+    @property
+    def answers(self) -> list[str | None]:
+        return self.outputs
 
 
 class ChatSession:
@@ -390,8 +425,7 @@ def _longest_stop_prefix(text: str, stops: tuple[str, ...]) -> str:
 
 
 def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    if not path.is_file():
-        raise MediaError(path, "file not found")
+    check_media_file(path)  # missing, a directory, a FIFO (whose read would block), empty: one line saying which
     h = hashlib.blake2b(digest_size=16)
     with path.open("rb") as f:
         while block := f.read(chunk):
@@ -399,4 +433,5 @@ def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-__all__ = ["Pipeline", "ChatSession", "MediaFeatures", "MediaOptions", "BatchItem", "GenerationConfig"]
+__all__ = ["Pipeline", "ChatSession", "MediaFeatures", "MediaOptions", "BatchItem", "BatchAnswerError",
+           "GenerationConfig"]

@@ -13,8 +13,11 @@ Steps (each source goes through its explicit key table; nothing is loaded with `
    on the 'meta' device: that gives every key and shape the folder must hold;
 3. map every source (lazily: headers and memory maps, no data read) and collect one report per source;
    unknown or wrongly shaped keys fail, missing keys fail unless ``allow_missing`` (then they are filled
-   with a fresh random init, as the official ``strict=False`` loading leaves them, and listed);
+   with a fresh random init, as the official ``strict=False`` loading leaves them, and listed); a tensor
+   of the wrong dtype class (bool or integer where the model holds floats) fails, naming the key;
 4. stream the tensors, cast to ``dtype``, into safetensors shards, dropping memory maps as it goes;
+   a tensor with a NaN or an infinity, in the source or after the cast (float64 1e300 is inf in bf16),
+   fails, naming the key;
 5. write ``config.json``, the tokenizer files and a ``README.md`` card naming every source with its
    SHA-256, into a temporary folder that is renamed into place only when everything succeeded.
 
@@ -198,7 +201,8 @@ def convert(
     notes.append(f"placeholders <ImageHere>={image_id}, <AudioHere>={audio_id}; LLM vocabulary {vocab} "
                  "(embedding not resized, as in the official code)")
     meta_model = _meta_model(cfg)
-    expected = {k: tuple(v.shape) for k, v in meta_model.state_dict().items()}
+    meta_state = meta_model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in meta_state.items()}
     tied = {LLM_PREFIX + "lm_head.weight"} if cfg.llm.get("tie_word_embeddings") else set()
 
     # 3. map every source.
@@ -269,6 +273,7 @@ def convert(
         release_all(*releasers)
         raise ConversionError("\n".join(r.format() for r in failing), failing[0])
 
+    _check_dtype_classes(tensors, {k: v.dtype for k, v in meta_state.items()})
     if absent:
         report.filled = absent
         say(f"--allow-missing: {len(absent)} tensors get a fresh random init")
@@ -306,6 +311,24 @@ def convert(
 
 
 # ------------------------------------------------------------------------------------ helpers
+def _dtype_class(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "floating-point" if dtype.is_floating_point else "integer"
+
+
+def _check_dtype_classes(tensors: dict[str, LazyTensor], model_dtypes: dict[str, torch.dtype]) -> None:
+    """Every source tensor is of the model's dtype class (floating point for weights): a bool or integer
+    tensor of the right shape is a wrong or damaged file, never something to store or cast."""
+    for key, lazy in tensors.items():
+        want, have = _dtype_class(model_dtypes[key]), _dtype_class(lazy.dtype)
+        if want != have:
+            raise ValueError(f"{key}: {have} values ({lazy.dtype}) in {lazy.origin}, the model needs {want} "
+                             f"({model_dtypes[key]}); a wrong or damaged checkpoint")
+
+
 def _require_inputs(given, with_vision, with_audio, allow_missing, branches) -> None:
     needed: list[str] = []
     if with_vision:

@@ -37,6 +37,7 @@ __all__ = [
     "PthStateDict",
     "SafetensorsStateDict",
     "load_pth",
+    "first_specific_line",
     "open_state_dict",
     "open_hf_folder",
     "identify_checkpoint",
@@ -95,7 +96,7 @@ def _explain_load_error(path: Path, err: Exception, zipped: bool) -> CheckpointR
     text = str(err)
     if "Weights only load failed" in text:
         found = re.search(r"GLOBAL ([\w.]+)", text)
-        detail = f"it references {found.group(1)}" if found else _first_specific_line(text)
+        detail = f"it references {found.group(1)}" if found else first_specific_line(text)
         return UnsafeCheckpointError(
             f"{path}: refused: loading this pickle would need to run code or build arbitrary objects ({detail}); "
             "only plain tensor checkpoints are read. If you trust the file, re-save its weights elsewhere with "
@@ -103,13 +104,13 @@ def _explain_load_error(path: Path, err: Exception, zipped: bool) -> CheckpointR
         )
     truncated = "central directory" in text or "failed reading zip archive" in text or "truncated" in text
     if truncated or (not zipped and isinstance(err, EOFError)):
-        return CheckpointReadError(f"{path}: truncated or corrupt file (incomplete download?): {_first_specific_line(text)}")
+        return CheckpointReadError(f"{path}: truncated or corrupt file (incomplete download?): {first_specific_line(text)}")
     if "data.pkl" in text or "invalid load key" in text or "could not find MARK" in text:
-        return CheckpointReadError(f"{path}: not a PyTorch checkpoint ({_first_specific_line(text)})")
-    return CheckpointReadError(f"{path}: cannot be read as a PyTorch checkpoint: {type(err).__name__}: {_first_specific_line(text)}")
+        return CheckpointReadError(f"{path}: not a PyTorch checkpoint ({first_specific_line(text)})")
+    return CheckpointReadError(f"{path}: cannot be read as a PyTorch checkpoint: {type(err).__name__}: {first_specific_line(text)}")
 
 
-def _first_specific_line(text: str) -> str:
+def first_specific_line(text: str) -> str:
     """The most informative line of a torch error message (they are long and generic)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in lines:

@@ -11,6 +11,10 @@ Sources are released (their memory maps dropped) every ``release_every`` bytes r
 of the input files that were touched leave the process's resident set as the conversion proceeds.
 The result is the standard layout: ``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` +
 ``model.safetensors.index.json``; every file is re-opened with the safetensors library to check it.
+
+Every floating-point tensor is checked after its cast: a NaN or an infinity, already in the source or
+made by the cast (a float64 1e300 is inf in bf16 and fp16), raises :class:`NonFiniteTensorError`
+naming the key, so a written folder never holds non-finite weights.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 
 from .safe_load import SAFETENSORS_DTYPES, LazyTensor
 
-__all__ = ["WrittenShards", "write_shards", "parse_size"]
+__all__ = ["NonFiniteTensorError", "WrittenShards", "write_shards", "parse_size"]
 
 HEADER_ALIGN = 8  # the header is padded with spaces to a multiple of 8 bytes
 HEADER_LENGTH_BYTES = 8
@@ -35,6 +39,10 @@ SINGLE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+
+
+class NonFiniteTensorError(ValueError):
+    """A tensor holds NaN or infinite values, in its source or after the cast to the stored dtype."""
 
 
 @dataclass
@@ -89,7 +97,10 @@ def write_shards(
             f.write(struct.pack("<Q", len(header)))
             f.write(header)
             for key, lazy, out_dtype in shard:
-                tensor = lazy.load().to(out_dtype).contiguous()
+                source = lazy.load()
+                tensor = source.to(out_dtype).contiguous()
+                _check_finite(key, lazy, source, tensor)
+                del source
                 f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)  # (numel * itemsize,) raw bytes
                 nbytes = tensor.numel() * tensor.element_size()
                 if nbytes > out.largest_tensor[1]:
@@ -113,6 +124,19 @@ def write_shards(
         (directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     _verify(out.files, {key for shard in plan for key, _, _ in shard})
     return out
+
+
+def _check_finite(key: str, lazy: LazyTensor, source: torch.Tensor, stored: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteTensorError` when ``stored`` (``source`` cast) holds a NaN or an infinity."""
+    if not stored.is_floating_point() or bool(torch.isfinite(stored).all()):
+        return
+    if not bool(torch.isfinite(source).all()):
+        nan, inf = int(torch.isnan(source).sum()), int(torch.isinf(source).sum())
+        raise NonFiniteTensorError(f"{key}: {nan} NaN and {inf} infinite values in {lazy.origin}; a model folder "
+                                   "never stores non-finite weights (a damaged or diverged checkpoint?)")
+    largest = float(source.abs().max())
+    raise NonFiniteTensorError(f"{key}: values up to {largest:.3g} in {lazy.origin} overflow to inf in {stored.dtype} "
+                               f"(largest finite {torch.finfo(stored.dtype).max:.3g}); a damaged checkpoint?")
 
 
 def _plan_shards(tensors, dtype_for, max_shard_bytes) -> list[list[tuple[str, LazyTensor, torch.dtype]]]:

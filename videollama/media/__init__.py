@@ -22,7 +22,7 @@ from .audio import (
 )
 from .errors import MediaError, NoAudioError, NoVideoError
 from .fbank import kaldi_fbank, kaldi_fbank_many
-from .image import load_image
+from .image import image_format, load_image
 from .transforms import denormalize, normalize, random_resized_crop, resize_squash
 from .video import (
     CLIP_MEAN,

@@ -14,6 +14,7 @@ when its audio loader fails.
 from __future__ import annotations
 
 import os
+import stat
 
 __all__ = ["MediaError", "NoAudioError", "NoVideoError", "check_media_file"]
 
@@ -50,10 +51,20 @@ def check_media_file(path: str | os.PathLike[str], max_bytes: int | None = None)
     if os.path.isdir(path):
         raise MediaError(path, "is a directory, not a media file")
     if not os.path.isfile(path):
-        raise MediaError(path, "not a regular file")
+        raise MediaError(path, f"is not a regular file ({_special_kind(path)})")
     size = os.path.getsize(path)
     if size == 0:
         raise MediaError(path, "empty file (0 bytes)")
     if max_bytes is not None and size > max_bytes:
         raise MediaError(path, f"file is {size} bytes, over the limit of {max_bytes} bytes")
     return size
+
+
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                  (stat.S_ISBLK, "block device"))
+
+
+def _special_kind(path: str | os.PathLike[str]) -> str:
+    """What a path that is neither a regular file nor a directory is, in words (never opened: a FIFO would block)."""
+    mode = os.stat(path).st_mode
+    return next((name for test, name in _SPECIAL_KINDS if test(mode)), "special file")

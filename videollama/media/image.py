@@ -19,9 +19,10 @@ from .errors import MediaError, check_media_file
 from .transforms import normalize as clip_normalize
 from .video import DEFAULT_IMAGE_SIZE
 
-__all__ = ["load_image"]
+__all__ = ["load_image", "image_format"]
 
 UINT8_MAX = 255.0
+STILL_IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # what Pillow may sniff a file as
 
 
 def load_image(path_or_pil: str | os.PathLike[str] | Image.Image, *, image_size: int = DEFAULT_IMAGE_SIZE,
@@ -40,6 +41,19 @@ def load_image(path_or_pil: str | os.PathLike[str] | Image.Image, *, image_size:
     pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, 3)
     frames = pixels.permute(2, 0, 1).unsqueeze(0).float() / UINT8_MAX  # (1, 3, H, W) in [0, 1]
     return clip_normalize(frames) if normalize else frames
+
+
+def image_format(path: str | os.PathLike[str]) -> str | None:
+    """The still-image format in the file's header ("PNG", "JPEG", ...), or None: the content decides, not the name.
+
+    Only the header is read. An image too large to open safely is still an image ("oversized")."""
+    try:
+        with Image.open(path, formats=STILL_IMAGE_FORMATS) as image:
+            return image.format
+    except Image.DecompressionBombError:
+        return "oversized"
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
 
 
 def _open(path: str | os.PathLike[str], max_bytes: int | None) -> Image.Image:

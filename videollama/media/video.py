@@ -147,10 +147,14 @@ class VideoClip:
         return list(self.timestamps)
 
     def timestamp_message(self) -> str:
-        """The official prompt sentence, e.g. "The video contains 8 frames sampled at 0.0, 0.7,
-        ... seconds. " (seconds rounded to 0.1; note the trailing space)."""
-        stamps = ", ".join(str(round(t, 1)) for t in self.message_seconds)
-        return f"The video contains {len(self.indices)} frames sampled at {stamps} seconds. "
+        return timestamp_message(self.message_seconds)
+
+
+def timestamp_message(seconds: list[float]) -> str:
+    """The official prompt sentence, e.g. "The video contains 8 frames sampled at 0.0, 0.7,
+    ... seconds. " (seconds rounded to 0.1; note the trailing space)."""
+    stamps = ", ".join(str(round(t, 1)) for t in seconds)
+    return f"The video contains {len(seconds)} frames sampled at {stamps} seconds. "
 
 
 # --------------------------------------------------------------------------- opening / probing

@@ -108,7 +108,9 @@ def _query_tokens(num: int, width: int) -> nn.Parameter:
 class VideoLlama(nn.Module):
     """The full Video-LLaMA model. Build with a config; load with :meth:`from_pretrained`."""
 
-    def __init__(self, config: VideoLlamaConfig):
+    def __init__(self, config: VideoLlamaConfig, *, with_language_model: bool = True):
+        """``with_language_model=False`` builds the media encoders only: the vLLM plugin
+        (``videollama/vllm/``) runs them in front of vLLM's own implementation of the LLM."""
         super().__init__()
         self.config = config
         c = config
@@ -132,7 +134,8 @@ class VideoLlama(nn.Module):
         if c.with_audio and c.with_imagebind_vision:
             self.imagebind_vision = ImageBindVisionEncoder(c.imagebind)
         # Language model (any transformers causal LM).
-        self.language_model = AutoModelForCausalLM.from_config(llm_config(c.llm))
+        if with_language_model:
+            self.language_model = AutoModelForCausalLM.from_config(llm_config(c.llm))
         self.set_trainable(())
 
     # ------------------------------------------------------------------ parts and trainability

@@ -3,10 +3,11 @@
     videollama serve --model DIR --port 8000      # POST /v1/chat/completions, GET /v1/models, GET /health
     videollama web --model DIR --port 7860        # upload a clip and chat about it
 
-Modules: ``settings`` (limits), ``schemas`` (OpenAI wire format), ``media_input`` (content parts ->
-checked files), ``scheduler`` (bounded queue + batching engine worker), ``answer`` (ids -> text,
-stop strings), ``api`` (FastAPI app), ``web`` (Gradio), ``cli`` (subcommands). Importing this
-package imports neither FastAPI nor Gradio.
+Modules: ``settings`` (limits), ``schemas`` (OpenAI wire format), ``body`` (strict body reading and
+JSON decoding), ``media_input`` (content parts -> checked files), ``scheduler`` (bounded queue +
+batching engine worker), ``answer`` (ids -> text, stop strings), ``api`` (FastAPI app),
+``connections`` (header/body timeouts, per-client cap, the uvicorn config), ``web`` (Gradio),
+``cli`` (subcommands). Importing this package imports neither FastAPI nor Gradio.
 """
 
 __all__ = ["create_app", "ServeSettings", "Scheduler", "build_demo"]

@@ -3,16 +3,19 @@
 Routes: ``POST /v1/chat/completions`` (plain JSON or server-sent events), ``GET /v1/models``,
 ``GET /v1/models/{id}``, ``GET /health``. Run it with ``videollama serve`` or any ASGI server::
 
-    app = create_app(Pipeline.from_pretrained("model/"), ServeSettings(media_root=Path("clips")))
-    uvicorn.run(app, host="127.0.0.1", port=8000)
+    settings = ServeSettings(media_root=Path("clips"))
+    app = create_app(Pipeline.from_pretrained("model/"), settings)
+    uvicorn.Server(server_config(app, host="127.0.0.1", port=8000, settings=settings)).run()  # .connections
 
-One request, in order: read the body (size-capped) -> validate it (400 with the offending field) ->
-build the conversation (roles, one media item) -> take a queue slot (429 + Retry-After when full) ->
-fetch, check and encode the media on the media thread (4xx for anything wrong with them; encoded
-features are cached by content hash) -> tokenise and check the context length -> queue the engine
-request -> stream or collect tokens. A client that goes away, or the per-request timeout, cancels
-the request in the scheduler. Any error is answered in OpenAI's ``{"error": {...}}`` format and the
-server keeps serving.
+One request, in order: check the content type (415 unless JSON) -> read the body (size-capped;
+``body``) -> on a worker thread: decode and validate it (400 with the offending field), build the
+conversation (roles, one media item), check its text length (400 before any tokenising) -> take a
+queue slot (429 + Retry-After when full) -> fetch, check and encode the media on the media thread
+(4xx for anything wrong with them; encoded features are cached by content hash) -> tokenise and check
+the context length on a worker thread -> queue the engine request -> stream or collect tokens. No
+CPU-heavy step runs on the event loop, so ``/health`` and other streams keep answering. A client
+that goes away, or the per-request timeout, cancels the request in the scheduler. Any error is
+answered in OpenAI's ``{"error": {...}}`` format and the server keeps serving.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from ..engine import GenerationConfig
 from ..engine import Request as EngineRequest
 from ..inference import MediaFeatures, MediaOptions, Pipeline
 from .answer import AnswerText, make_stop_check
+from .body import check_content_type, decode_json, read_body
+from .connections import BodyTimeoutMiddleware, ConnectionGuard
 from .media_input import ContentLimits, MediaLimits, check_media, describe_media_error, materialize, new_workdir
 from .scheduler import JobChannel, QueueFull, Scheduler, Ticket
 from .schemas import (
@@ -47,6 +52,7 @@ from .settings import ServeSettings
 logger = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks whether its client is still there
+DEFAULT_CONTEXT_TOKENS = 4096  # for the text limit of a model whose config names no context length
 SYSTEM_ROLES = ("system", "developer")
 
 
@@ -105,6 +111,20 @@ def build_conversation(req: ChatCompletionRequest) -> Conversation:
     return Conversation(system="\n".join(system) if system else None, turns=turns, media=media[0][0] if media else None)
 
 
+@dataclass
+class ParsedRequest:
+    request: ChatCompletionRequest
+    conversation: Conversation
+    stops: tuple[str, ...]  # the request's own stop strings
+    options: MediaOptions | None  # how to read its media item (None: no media)
+
+
+def text_chars(conv: Conversation, stops: tuple[str, ...]) -> int:
+    """Characters of text the prompt will hold (system, every turn, stop strings)."""
+    turns = sum(len(user) + len(answer or "") for user, answer in conv.turns)
+    return len(conv.system or "") + turns + sum(len(s) for s in stops)
+
+
 # ------------------------------------------------------------------------------------ the app
 class ChatService:
     """Everything a chat-completions request needs; owned by the app (``app.state.service``)."""
@@ -121,6 +141,7 @@ class ChatService:
                                         allow_remote=settings.allow_remote_media,
                                         remote_timeout_s=settings.remote_timeout_s, max_redirects=settings.max_redirects)
         self.created = now()
+        self.max_text_chars = settings.max_text_chars or default_max_text_chars(pipeline)
 
     def close(self) -> None:
         self.scheduler.stop()
@@ -128,6 +149,19 @@ class ChatService:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -------------------------------------------------------------- pieces of one request
+    def parse(self, body: bytes) -> ParsedRequest:
+        """Body bytes -> a checked request and conversation (CPU work: the handler runs it on a thread)."""
+        req = parse_request(decode_json(body))
+        req.check_supported()
+        stops = req.stop_sequences()
+        conv = build_conversation(req)
+        chars = text_chars(conv, stops)
+        if chars > self.max_text_chars:
+            raise ServeError(400, f"the messages hold {chars:,} characters of text; this server accepts at most "
+                             f"{self.max_text_chars:,} (--max-text-chars; the model's context is "
+                             f"{self.pipeline.engine.max_positions} tokens)", param="messages", code="text_too_long")
+        return ParsedRequest(req, conv, stops, self.media_options(req) if conv.media is not None else None)
+
     def media_options(self, req: ChatCompletionRequest) -> MediaOptions:
         s = self.settings
         frames = s.default_frames if req.frames is None else req.frames
@@ -225,6 +259,13 @@ def with_timeline(body: dict, media: MediaFeatures | None) -> dict:
     return body
 
 
+def default_max_text_chars(pipeline: Pipeline) -> int:
+    """Text longer than the context x the vocabulary's longest token (in characters) can never fit the context."""
+    longest = max(len(token) for token in pipeline.tokenizer.get_vocab())
+    context = pipeline.engine.max_positions or DEFAULT_CONTEXT_TOKENS
+    return context * longest
+
+
 def _is_decode_error(err: Exception) -> bool:
     try:
         import av
@@ -235,7 +276,10 @@ def _is_decode_error(err: Exception) -> bool:
 
 
 def create_app(pipeline: Pipeline, settings: ServeSettings | None = None, *, scheduler: Scheduler | None = None) -> FastAPI:
-    """The API app. The scheduler's worker starts with the app and stops (cancelling all work) with it."""
+    """The API app. The scheduler's worker starts with the app and stops (cancelling all work) with it.
+
+    Serve it with ``uvicorn.Server(connections.server_config(app, ...))`` to get the header timeout and the
+    per-client connection cap as well (``videollama serve`` does)."""
     service = ChatService(pipeline, settings or ServeSettings(), scheduler)
 
     @asynccontextmanager
@@ -249,6 +293,8 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None, *, sch
     app = FastAPI(title="videollama", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     app.state.scheduler = service.scheduler
+    app.state.connections = guard = ConnectionGuard.from_settings(service.settings)
+    app.add_middleware(BodyTimeoutMiddleware, guard=guard)
     _install_error_handlers(app)
 
     @app.get("/health")
@@ -257,7 +303,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None, *, sch
         return {"status": "ok", "model": service.settings.model_name,
                 "queue": {"pending": sched.pending, "running": sched.running, "max_queue": sched.max_queue,
                           "max_batch": sched.max_batch},
-                "scheduler": sched.stats.summary()}
+                "scheduler": sched.stats.summary(), "connections": guard.stats.summary()}
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -281,12 +327,10 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None, *, sch
             raise _internal_error(err) from None
 
     async def _chat_completions(http: Request):
-        payload = await _read_json(http, service.settings.max_body_bytes)
-        req = parse_request(payload)
-        req.check_supported()
-        stops = req.stop_sequences()
-        conv = build_conversation(req)
-        options = service.media_options(req) if conv.media is not None else None
+        check_content_type(http)
+        body = await read_body(http, service.settings.max_body_bytes)
+        parsed = await asyncio.to_thread(service.parse, body)  # JSON decoding and validation are CPU work
+        req, conv, stops, options = parsed.request, parsed.conversation, parsed.stops, parsed.options
         try:
             ticket = service.scheduler.reserve()
         except QueueFull as err:
@@ -298,7 +342,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None, *, sch
                 media = await _with_deadline(ticket, asyncio.wrap_future(
                     service.media_pool.submit(service.prepare_media, conv.media, options)))
             all_stops = tuple(pipeline.template.stop_strings) + stops
-            engine_request = service.engine_request(media, conv, req, all_stops)
+            engine_request = await asyncio.to_thread(service.engine_request, media, conv, req, all_stops)
             channel = JobChannel()
             job = service.scheduler.submit(ticket, engine_request, channel.emit)
         finally:
@@ -420,29 +464,7 @@ class _Reply:
             self.service.scheduler.cancel(self.job)  # no-op when finished; stops generation on disconnect
 
 
-# ------------------------------------------------------------------------------------ body and errors
-async def _read_json(http: Request, limit: int):
-    declared = http.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _body_too_large(limit)
-    body = bytearray()
-    async for chunk in http.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _body_too_large(limit)
-    if not body:
-        raise bad_request("the request body is empty; send a JSON chat-completions request")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise bad_request(f"the request body is not valid JSON ({err})", code="invalid_json") from None
-
-
-def _body_too_large(limit: int) -> ServeError:
-    return ServeError(413, f"the request body is larger than {limit / 2**20:.1f} MB (media are limited by "
-                      "--max-media-mb)", code="request_too_large")
-
-
+# ------------------------------------------------------------------------------------ errors
 def _error_response(err: ServeError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 

@@ -17,6 +17,7 @@ from ..cli import add_model_args
 from .settings import MODEL_MAX_FRAMES, ServeSettings
 
 DEFAULT_CACHE_SIZE = 64
+GRACEFUL_SHUTDOWN_S = 5
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -53,6 +54,22 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     q.add_argument("--timeout", type=float, default=d.timeout_s, help="per-request time limit (s); then 504")
     q.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens,
                    help="new tokens when a request gives no max_tokens")
+    m.add_argument("--max-text-chars", type=int, default=None,
+                   help="most characters of text per request, checked before tokenising (default: the model's "
+                        "context x its longest token)")
+    c = p.add_argument_group("connections")
+    c.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
+                   help="seconds a connection has to send a request's complete headers; then 408")
+    c.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
+                   help="seconds a request has to send its whole body after its headers; then 408")
+    c.add_argument("--keep-alive", type=float, default=d.keep_alive_s,
+                   help="seconds an idle keep-alive connection stays open")
+    c.add_argument("--max-connections-per-client", type=int, default=None,
+                   help="open connections one client address may hold; one more gets 429 (default: "
+                        "2 x (max queue + max batch))")
+    c.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help="open connections and in-flight requests in all; more get 503")
+    c.add_argument("--max-header-kb", type=int, default=d.max_header_kb, help="largest request line + headers (KB)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     commands["serve"] = cmd_serve
 
@@ -82,6 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api import create_app
+    from .connections import server_config
 
     settings = ServeSettings(
         media_root=args.media_root, allow_remote_media=args.allow_remote_media, max_queue=args.max_queue,
@@ -89,7 +107,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_media_mb=args.max_media_mb, max_duration_s=args.max_duration_s, max_frames=args.max_frames,
         max_sampled_frames=args.max_sampled_frames,
         default_frames=args.default_frames, max_pixels=args.max_pixels, remote_timeout_s=args.remote_timeout,
-        default_max_tokens=args.default_max_tokens)
+        default_max_tokens=args.default_max_tokens, max_text_chars=args.max_text_chars,
+        header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout, keep_alive_s=args.keep_alive,
+        max_connections_per_client=args.max_connections_per_client, max_connections=args.max_connections,
+        max_header_kb=args.max_header_kb)
     pipe, resolved = load_pipeline(args)
     settings.model_name = args.model_name or ("videollama-tiny" if not resolved.trained else Path(resolved.path).name)
     if args.host not in LOOPBACK_HOSTS:
@@ -97,8 +118,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
     print(f"serving {settings.model_name!r} on http://{_url_host(args.host)}:{args.port}/v1 "
           f"(max batch {settings.max_batch}, queue {settings.max_queue})", file=sys.stderr)
-    uvicorn.run(create_app(pipe, settings), host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
+    app = create_app(pipe, settings)
+    uvicorn.Server(server_config(app, host=args.host, port=args.port, settings=settings, log_level=args.log_level,
+                                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)).run()
     return 0
 
 

@@ -14,8 +14,11 @@ Where media may come from, and what is refused:
   at ``max_media_mb`` bytes or ``remote_timeout_s`` seconds.
 
 :func:`check_media` then reads only the headers (PyAV probe, or Pillow for images) and refuses
-empty files, files with no usable stream, frames over ``max_pixels`` and media over
-``max_duration_s`` before any frame is decoded. Every refusal is a :class:`ServeError` (4xx).
+empty files, files with no usable stream, frames over ``max_pixels``, media over ``max_duration_s``
+and a part holding another kind of media (an image in ``video_url`` or ``input_audio``, anything but
+an image in ``image_url``) before any frame is decoded. The content decides, never the file name or
+MIME type: an image named ``clip.mp4`` is an image, as the CLI reads it. Every refusal is a
+:class:`ServeError` (4xx).
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 
-from ..inference import IMAGE_SUFFIXES
 from .schemas import AudioPart, ImagePart, MediaPart, ServeError
 
 KIND_OF_PART = {"image_url": "image", "video_url": "video", "input_audio": "audio"}
@@ -96,16 +98,12 @@ def materialize(part: MediaPart, limits: MediaLimits, workdir: Path, *,
     scheme = urlsplit(url).scheme.lower()
     if scheme == "data":
         mime, data = parse_data_url(url, limits.max_bytes, param)
-        suffix = MIME_SUFFIXES.get(mime, DEFAULT_SUFFIX[kind])
-        _check_suffix(suffix, kind, f"{kind} data URL ({mime})", param)
-        return _write_temp(data, suffix, kind, f"{kind} data URL", workdir)
+        return _write_temp(data, MIME_SUFFIXES.get(mime, DEFAULT_SUFFIX[kind]), kind, f"{kind} data URL", workdir)
     if scheme in ("http", "https"):
         path, mime = fetch_remote(url, limits, workdir, kind, resolver=resolver, address_allowed=address_allowed)
         return MediaFile(path, kind, source=_short(url), temporary=True)
     if scheme in ("", "file"):
-        path = resolve_local(url, limits.media_root, limits.max_bytes)
-        _check_suffix(path.suffix, kind, _short(url), param)
-        return MediaFile(path, kind, source=_short(url))
+        return MediaFile(resolve_local(url, limits.media_root, limits.max_bytes), kind, source=_short(url))
     raise ServeError(400, f"{param}: unsupported URL scheme {scheme!r}; use a data: URL, a path below the media "
                      "root, or http(s) (when enabled)", param=param)
 
@@ -166,29 +164,24 @@ def resolve_local(ref: str, media_root: Path | None, max_bytes: int) -> Path:
     raw = unquote(urlsplit(ref).path) if ref.lower().startswith("file:") else ref
     if "\x00" in raw:
         raise ServeError(400, "media path contains a NUL character", code="invalid_media_path")
-    candidate = Path(raw).expanduser() if raw.startswith("~") else Path(raw)
-    if not candidate.is_absolute():
-        candidate = media_root / candidate
-    root = media_root.resolve()
-    resolved = candidate.resolve()  # follows every symlink that exists
-    if not resolved.is_relative_to(root):
-        raise ServeError(403, f"{_short(ref)}: outside the media root (--media-root); only files below it are "
-                         "served", code="media_path_forbidden")
-    if not resolved.is_file():
-        raise ServeError(404, f"{_short(ref)}: no such file below the media root", code="media_not_found")
-    size = resolved.stat().st_size
+    try:
+        candidate = Path(raw).expanduser() if raw.startswith("~") else Path(raw)
+        if not candidate.is_absolute():
+            candidate = media_root / candidate
+        root = media_root.resolve()
+        resolved = candidate.resolve()  # follows every symlink that exists
+        if not resolved.is_relative_to(root):
+            raise ServeError(403, f"{_short(ref)}: outside the media root (--media-root); only files below it are "
+                             "served", code="media_path_forbidden")
+        if not resolved.is_file():
+            raise ServeError(404, f"{_short(ref)}: no such file below the media root", code="media_not_found")
+        size = resolved.stat().st_size
+    except (OSError, RuntimeError) as err:  # e.g. ENAMETOOLONG, a symlink loop: the path itself is unusable
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ServeError(400, f"{_short(ref)}: not a usable media path ({reason})", code="invalid_media_path") from None
     if size > max_bytes:
         raise _too_large("media", max_bytes)
     return resolved
-
-
-def _check_suffix(suffix: str, kind: str, source: str, param: str) -> None:
-    is_image = suffix.lower() in IMAGE_SUFFIXES
-    if kind == "image" and not is_image:
-        raise ServeError(400, f"{source}: image_url must name an image file ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                         "send videos as video_url", param=param)
-    if kind == "video" and is_image:
-        raise ServeError(400, f"{source}: this is an image file; send it as image_url", param=param)
 
 
 # ------------------------------------------------------------------------------------------- remote URLs
@@ -271,7 +264,6 @@ def _save_stream(response, limits: MediaLimits, workdir: Path, kind: str, source
     suffix = MIME_SUFFIXES.get(mime) or Path(urlsplit(str(response.request.url)).path).suffix.lower() or DEFAULT_SUFFIX[kind]
     if not suffix[1:].isalnum():
         suffix = DEFAULT_SUFFIX[kind]
-    _check_suffix(suffix, kind, source, "url")
     path = workdir / f"{uuid.uuid4().hex}{suffix}"
     written = 0
     try:
@@ -333,8 +325,13 @@ def check_media(media: MediaFile, limits: ContentLimits) -> None:
                              "video with an audio track)", code="invalid_media")
         _check_image(media, limits)
         return
-    from ..media import probe
+    from ..media import image_format, probe
     from ..media.errors import MediaError
+
+    found = image_format(media.path)
+    if found is not None:  # the content decides, whatever the file or MIME type says
+        use = "send it as image_url" if media.kind == "video" else "input_audio takes audio only; send it as image_url"
+        raise ServeError(400, f"{media.source}: this is an image ({found}); {use}", code="invalid_media")
 
     try:
         info = probe(media.path, max_bytes=limits.max_bytes)
@@ -376,7 +373,8 @@ def _check_image(media: MediaFile, limits: ContentLimits) -> None:
         with Image.open(media.path) as image:  # reads the header only
             width, height = image.size
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ServeError(400, f"{media.source}: not a readable image ({type(err).__name__})", code="invalid_media") from None
+        raise ServeError(400, f"{media.source}: not a readable image ({type(err).__name__}); send videos as video_url "
+                         "and audio as input_audio", code="invalid_media") from None
     if width * height > limits.max_pixels:
         raise ServeError(400, f"{media.source}: {width}x{height} is larger than the limit of {limits.max_pixels:,} "
                          "pixels", code="media_too_large")

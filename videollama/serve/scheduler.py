@@ -13,7 +13,9 @@ Flow of one request::
 The engine decodes a fixed set of rows per ``generate`` call, so a request arriving while a batch
 runs waits for the next batch (static batching). Events sent to ``emit`` (from the worker thread):
 ``("token", id)``, ``("done", "stop" | "length" | "cancelled")`` or ``("error", ServeError)`` (504 on
-timeout, 500 when the engine failed, 503 on shutdown).
+timeout, 500 when generation failed, 503 on shutdown). The engine confines a generation failure to
+the row that caused it (:class:`~videollama.engine.RowFailure`): only that job gets the 500, the
+other jobs of its batch finish with the tokens they get alone.
 :class:`JobChannel` hands them to an asyncio handler. :class:`SchedulerStats` records batch sizes,
 cancels and timeouts for ``/health``, the tests and the benchmark.
 """
@@ -31,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..engine import Request
+from ..engine import Request, RowFailure
 from .schemas import ServeError
 
 logger = logging.getLogger(__name__)
@@ -297,17 +299,20 @@ class Scheduler:
         done = [False] * len(batch)
         try:
             for step in self.engine.generate([job.request for job in batch]):
-                for row, token in enumerate(step):
-                    if token is not None:
-                        batch[row].tokens.append(token)
-                        batch[row].emit(("token", token))
+                for row, value in enumerate(step):
+                    if isinstance(value, RowFailure):  # this request alone failed; the others go on
+                        done[row] = True
+                        self._fail_row(batch[row], value.error)
+                    elif value is not None:
+                        batch[row].tokens.append(value)
+                        batch[row].emit(("token", value))
                     elif not done[row]:
                         done[row] = True
                         self._finish_locked(batch[row])
             for row, job in enumerate(batch):
                 if not done[row]:
                     self._finish_locked(job)
-        except Exception as err:  # one bad batch must not take the server down
+        except Exception as err:  # the engine isolates rows; this is a bug, and it must not take the server down
             logger.exception("generation failed for a batch of %d", len(batch))
             error = ServeError(500, f"generation failed: {type(err).__name__}: {err}", type="server_error")
             for job in batch:
@@ -320,6 +325,13 @@ class Scheduler:
                 self._running = []
                 self._batch_seconds = elapsed if self._batch_seconds == 0 else (
                     EMA_WEIGHT * elapsed + (1 - EMA_WEIGHT) * self._batch_seconds)
+
+    def _fail_row(self, job: Job, err: Exception) -> None:
+        logger.error("generation failed for request %d (the other rows of its batch went on): %s: %s",
+                     job.id, type(err).__name__, err, exc_info=err)
+        job.cancel_reason = job.cancel_reason or "error"
+        self._finish_locked(job, ServeError(500, f"generation failed for this request: {type(err).__name__}: {err}",
+                                            type="server_error", code="generation_failed"))
 
     def _finish_locked(self, job: Job, error: ServeError | None = None) -> None:
         with self._cond:

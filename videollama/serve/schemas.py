@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
+from ..engine import REPETITION_PENALTY_MAX, REPETITION_PENALTY_MIN, SEED_MAX, SEED_MIN
+
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit on ``stop``
 
 
@@ -45,8 +47,9 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = No
 
 
 # ------------------------------------------------------------------------------------------ request
+# Strict types, as OpenAI's API: "stream": "yes", "max_tokens": "5" or 5.0 are refused, not coerced.
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextPart(_Strict):
@@ -55,7 +58,7 @@ class TextPart(_Strict):
 
 
 class MediaURL(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # e.g. OpenAI's ``detail`` on images: accepted, not used
+    model_config = ConfigDict(extra="ignore", strict=True)  # e.g. OpenAI's ``detail`` on images: accepted, not used
     url: str = Field(min_length=1)
 
 
@@ -84,13 +87,13 @@ MediaPart = ImagePart | VideoPart | AudioPart
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # e.g. ``name``
+    model_config = ConfigDict(extra="ignore", strict=True)  # e.g. ``name``
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     include_usage: bool = False
 
 
@@ -109,7 +112,7 @@ class VideoSamplingField(_Strict):
 class ChatCompletionRequest(BaseModel):
     """The request body. Unknown OpenAI fields that change nothing here (``user``, ``metadata``...) are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
@@ -117,7 +120,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -127,7 +130,7 @@ class ChatCompletionRequest(BaseModel):
     audio: bool | None = Field(default=None, description="use the audio track of a video (default true)")
     video_sampling: VideoSamplingField | None = Field(default=None, description="long videos: frames/fps/windows")
     top_k: int | None = Field(default=None, ge=0)
-    repetition_penalty: float | None = Field(default=None, gt=0)
+    repetition_penalty: float | None = Field(default=None, ge=REPETITION_PENALTY_MIN, le=REPETITION_PENALTY_MAX)
     # OpenAI features this model does not have: refused when set to a non-default value
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -173,7 +176,8 @@ def parse_request(payload: Any) -> ChatCompletionRequest:
         raise bad_request(message, param=param) from None
 
 
-_UNION_LABELS = ("str", "list[", "none", "function-", "tagged-union[", "int", "float", "bool")
+_UNION_LABELS = ("str", "none", "int", "float", "bool")  # whole location parts naming a union branch
+_UNION_PREFIXES = ("list[", "function-", "tagged-union[")
 
 
 def describe_validation_error(err: ValidationError) -> tuple[str, str]:
@@ -184,7 +188,8 @@ def describe_validation_error(err: ValidationError) -> tuple[str, str]:
     errors = err.errors(include_url=False)
 
     def path(e: dict) -> list[str]:
-        return [str(p) for p in e["loc"] if not any(str(p).lower().startswith(label) for label in _UNION_LABELS)]
+        parts = [str(p) for p in e["loc"]]
+        return [p for p in parts if p.lower() not in _UNION_LABELS and not p.lower().startswith(_UNION_PREFIXES)]
 
     best = max(errors, key=lambda e: len(path(e)))
     where = ".".join(path(best)) or "body"

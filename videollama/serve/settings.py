@@ -59,20 +59,43 @@ class ServeSettings:
     """Nucleus sampling mass when the request gives none (the official demo's)."""
     media_workers: int = 1
     """Threads that read and encode media (encodes of one content hash never run twice at once with 1)."""
+    max_text_chars: int | None = None
+    """Most characters of text in one request's messages, checked before tokenising (400 ``text_too_long``).
+    None: the model's context (4096 tokens if its config names none) x its vocabulary's longest token, a length
+    no text that fits the context can exceed."""
+    header_timeout_s: float = 10.0
+    """A connection must deliver a request's complete headers within this many seconds (then 408, closed)."""
+    body_timeout_s: float = 120.0
+    """A request's whole body must arrive within this many seconds of its headers (then 408, closed)."""
+    keep_alive_s: float = 5.0
+    """An idle keep-alive connection is closed after this many seconds (uvicorn's ``timeout_keep_alive``)."""
+    max_connections_per_client: int | None = None
+    """Open connections one client address may hold; one more is answered 429 and closed. None: twice what the
+    server can work on at once (2 x (max_queue + max_batch)), room for a client pool's idle keep-alive ones."""
+    max_connections: int = 1024
+    """Open connections (and in-flight requests) in all; past it uvicorn answers 503 (``limit_concurrency``)."""
+    max_header_kb: int = 64
+    """Largest request line + headers (h11's ``max_incomplete_event_size``); bigger ones get 400."""
 
     def __post_init__(self) -> None:
         if self.media_root is not None:
             self.media_root = Path(self.media_root).expanduser().resolve()
             if not self.media_root.is_dir():
                 raise ValueError(f"--media-root {self.media_root}: not a directory")
-        for name in ("max_queue", "max_batch", "default_max_tokens", "media_workers", "max_sampled_frames"):
+        if self.max_connections_per_client is None:
+            self.max_connections_per_client = 2 * (self.max_queue + self.max_batch)
+        for name in ("max_queue", "max_batch", "default_max_tokens", "media_workers", "max_connections_per_client",
+                     "max_connections", "max_header_kb", "max_sampled_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.max_frames <= MODEL_MAX_FRAMES:
             raise ValueError(f"max_frames must be between 1 and {MODEL_MAX_FRAMES}, got {self.max_frames}")
         if not 1 <= self.default_frames <= self.max_frames:
             raise ValueError(f"default_frames must be between 1 and max_frames ({self.max_frames})")
-        for name in ("timeout_s", "max_media_mb", "max_duration_s", "remote_timeout_s"):
+        if self.max_text_chars is not None and self.max_text_chars < 1:
+            raise ValueError(f"max_text_chars must be >= 1, got {self.max_text_chars}")
+        for name in ("timeout_s", "max_media_mb", "max_duration_s", "remote_timeout_s", "header_timeout_s",
+                     "body_timeout_s", "keep_alive_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 

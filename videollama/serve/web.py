@@ -36,6 +36,11 @@ from .settings import MODEL_MAX_FRAMES  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
+# What the audio branch can answer about, said on the page of a model that has one (README, "What the audio
+# branch hears"): ImageBind's audio encoder embeds sound events, and no training stage saw transcripts.
+AUDIO_SCOPE = ("The audio branch hears sound events and their sources (a dog barking, an engine, music, someone "
+               "talking); it does not understand speech: it can tell that someone talks, not what is said.")
+
 AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"}
 DEFAULT_QUESTION = "What happens in this video?"
 MAX_NEW_TOKENS_LIMIT = 1024
@@ -150,8 +155,9 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         audio_only = "" if model_has_vision else (" This model has no vision branch: it reads audio clips and the "
                                                   "audio track of videos, not images or frames.")
+        scope = f"\n\n{AUDIO_SCOPE}" if model_has_audio else ""
         gr.Markdown(f"# {title}\nUpload a video, an image or an audio clip, then ask about it. "
-                    f"Model: `{pipeline.description or 'unnamed'}`.{audio_only}")
+                    f"Model: `{pipeline.description or 'unnamed'}`.{audio_only}{scope}", elem_id="vl-intro")
         turns = gr.State([])  # [(question, answer), ...] of the conversation so far
         subject = gr.State(None)  # subject_of(...) the turns are about
         with gr.Row():

@@ -39,6 +39,7 @@ DESCRIBE_VIDEO = "Describe what happens in the video."
 DESCRIBE_IMAGE = "Describe the image."
 WHAT_DO_YOU_HEAR = "What do you hear?"
 NOTHING = "nothing"
+SILENCE = "silence."
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,15 @@ def still_caption(scene: Scene, frame: int) -> str:
     return _join([f"a {o.phrase}" for o in objs]) + "."
 
 
+def audio_caption(scene: Scene) -> str:
+    """What is *heard*, in order of onset (an audio caption, WavCaps-style).
+
+    E.g. "a circle sound, then a bell sound." or "silence." when nothing sounds.
+    """
+    sources = scene.sound_sources()
+    return ", then ".join(f"a {s} sound" for s in sources) + "." if sources else SILENCE
+
+
 def sound_answer(scene: Scene) -> str:
     """Answer to "What do you hear?": the audible sources in order of onset, or "nothing"."""
     sources = scene.sound_sources()
@@ -304,6 +314,13 @@ def video_instruction(scene: Scene, config: WorldConfig, rng: np.random.Generato
             turns.append({"q": item.question, "a": item.answer})
     order = rng.permutation(len(turns))
     return [turns[int(i)] for i in order]
+
+
+def audio_instruction(scene: Scene, config: WorldConfig, rng: np.random.Generator) -> list[dict[str, str]]:
+    """QA turns about the soundtrack alone: what is heard + every applicable audio question; shuffled."""
+    turns = [{"q": WHAT_DO_YOU_HEAR, "a": sound_answer(scene)}]
+    turns += [{"q": item.question, "a": item.answer} for item in applicable(scene, config, rng, family="audio")]
+    return [turns[int(i)] for i in rng.permutation(len(turns))]
 
 
 def image_instruction(scene: Scene, config: WorldConfig, rng: np.random.Generator, frame: int) -> list[dict[str, str]]:

@@ -21,7 +21,7 @@ def cmd_generate(args) -> int:
     from .generate import format_summary, generate
 
     summary = generate(args.out, args.clips, args.seed, test_clips=args.test_clips, instruct_clips=args.instruct_clips,
-                       images=args.images, workers=args.workers, wav=args.wav, overwrite=args.overwrite,
+                       images=args.images, audio_clips=args.audio_clips, workers=args.workers, wav=args.wav, overwrite=args.overwrite,
                        progress=True)
     print(format_summary(summary))
     return 0
@@ -106,6 +106,8 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.add_argument("--images", type=int, default=None, help="stills per image dataset; default: clips // 2")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--wav", action="store_true", help="also write a .wav beside every clip")
+    p.add_argument("--audio-clips", type=int, default=0,
+                   help="soundtracks for audio captions (WavCaps format) and audio-only instruction QA; default 0: none")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(synthav_func=cmd_generate)
 

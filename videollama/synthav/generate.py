@@ -8,6 +8,10 @@
     llava/llava_instruct.json, llava/images/COCO_train2014_<image>  LLaVA-Instruct-style chats
     videochat/videochat_instruct.json, videochat/videos/<id>.mp4   VideoChat-style video QA
     qa/test.json, qa/videos/<id>.mp4         held-out QA test set (its own seed stream)
+    audio_captions/audio_captions.json, audio_captions/audio/<id>.wav   WavCaps-style audio captions
+    audio_instruct/audio_instruct.json, audio_instruct/audio/<id>.wav   audio-only instruction QA
+                                             (these two only with ``audio_clips`` > 0; the formats of
+                                             ``videollama.train.audio_data``: ``wavcaps``, ``audio_instruct``)
     truth.jsonl                              the full scene of every clip and still
     corpus.txt                               all training text (no test text)
     meta.json                                version, seed, counts, world, per-family chance
@@ -39,11 +43,12 @@ import numpy as np
 
 from . import annotate
 from .annotate import FAMILIES
-from .render import render_clip, render_still
+from .render import render_clip, render_sound, render_still
 from .world import COLOURS, DIRECTIONS, SHAPES, SIGNATURES, SIZES, SOUND_SOURCES, Scene, WorldConfig, sample_scene
 
 GENERATOR_VERSION = "1.0.0"
-STREAMS: dict[str, int] = {"webvid": 1, "videochat": 2, "test": 3, "cc_sbu": 4, "llava": 5}
+STREAMS: dict[str, int] = {"webvid": 1, "videochat": 2, "test": 3, "cc_sbu": 4, "llava": 5, "audio_captions": 6,
+                           "audio_instruct": 7}
 """Seed stream per split; the test stream is used by nothing else."""
 ID_BASE: dict[str, int] = {s: 10_000_000 * k for s, k in STREAMS.items()}
 """Ids of split s are ID_BASE[s] + index: disjoint ranges, numeric like WebVid's, no leading zeros."""
@@ -53,20 +58,24 @@ SHARD_SIZE = 1000
 """Clips per WebVid page_dir folder."""
 LLAVA_IMAGE_DIGITS = 12  # COCO file names: COCO_train2014_000000000009.jpg
 WEBVID_COLUMNS = ("videoid", "name", "page_dir", "duration")
-OUTPUTS = ("webvid", "cc_sbu", "llava", "videochat", "qa", "truth.jsonl", "corpus.txt", "meta.json")
+OUTPUTS = ("webvid", "cc_sbu", "llava", "videochat", "qa", "audio_captions", "audio_instruct", "truth.jsonl", "corpus.txt",
+           "meta.json")
 
 
 @dataclass(frozen=True)
 class RenderJob:
-    """One file to render: a clip (``frame`` None) or a still JPEG of one frame."""
+    """One file to render: a clip (``frame`` None), a still JPEG of one frame, or a soundtrack alone (``sound_only``)."""
 
     scene: Scene
     path: str
     frame: int | None = None
     wav: bool = False
+    sound_only: bool = False
 
 
 def _run_job(job: RenderJob, config: WorldConfig) -> int:
+    if job.sound_only:
+        return render_sound(job.scene, config, job.path)
     if job.frame is None:
         return render_clip(job.scene, config, job.path, wav=job.wav)
     return render_still(job.scene, config, job.frame, job.path)
@@ -154,6 +163,7 @@ def generate(
     test_clips: int = 400,
     instruct_clips: int | None = None,
     images: int | None = None,
+    audio_clips: int = 0,
     fps: int = 8,
     seconds: float = 4.0,
     size: int = 112,
@@ -171,6 +181,8 @@ def generate(
         test_clips: held-out QA clips (one question per applicable family each).
         instruct_clips: VideoChat-style instruction clips; default ``clips // 2``.
         images: stills for each of cc_sbu and LLaVA; default ``clips // 2``.
+        audio_clips: soundtracks (wav) for each of the audio captions and the audio instructions; 0 (default)
+            writes neither.
         fps, seconds, size: clip frame rate, length and square frame side (pixels).
         workers: processes used for rendering (output does not depend on it).
         wav: also write a 16-kHz ``.wav`` beside every mp4.
@@ -179,7 +191,8 @@ def generate(
     """
     instruct_clips = clips // 2 if instruct_clips is None else instruct_clips
     images = clips // 2 if images is None else images
-    counts = {"webvid": clips, "videochat": instruct_clips, "test": test_clips, "cc_sbu": images, "llava": images}
+    counts = {"webvid": clips, "videochat": instruct_clips, "test": test_clips, "cc_sbu": images, "llava": images,
+              "audio_captions": audio_clips, "audio_instruct": audio_clips}
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
     for name, n in counts.items():
@@ -258,6 +271,29 @@ def generate(
         jobs.append(RenderJob(scene, str(out / "llava/images" / f"COCO_train2014_{name}"), frame=frame))
         add_truth("llava", ID_BASE["llava"] + i, f"llava/images/COCO_train2014_{name}", scene, frame)
 
+    # Audio-text data: soundtracks alone, with what is heard as WavCaps-style captions and as instruction QA.
+    audio_captions, audio_instruct = [], []
+    for i in range(audio_clips):
+        scene = sample_scene(_rngs(seed, "audio_captions", i)[0], config)
+        clip_id = str(ID_BASE["audio_captions"] + i)
+        caption = annotate.audio_caption(scene)
+        audio_captions.append({"id": clip_id, "caption": caption, "duration": seconds})
+        corpus.append(caption)
+        jobs.append(RenderJob(scene, str(out / "audio_captions/audio" / f"{clip_id}.wav"), sound_only=True))
+        add_truth("audio_captions", int(clip_id), f"audio_captions/audio/{clip_id}.wav", scene)
+    for i in range(audio_clips):
+        scene_rng, text_rng = _rngs(seed, "audio_instruct", i)
+        scene = sample_scene(scene_rng, config)
+        clip_id = ID_BASE["audio_instruct"] + i
+        qa = annotate.audio_instruction(scene, config, text_rng)
+        audio_instruct.append({"audio": f"{clip_id}.wav", "QA": qa})
+        corpus.extend(line for turn in qa for line in (turn["q"], turn["a"]))
+        jobs.append(RenderJob(scene, str(out / "audio_instruct/audio" / f"{clip_id}.wav"), sound_only=True))
+        add_truth("audio_instruct", clip_id, f"audio_instruct/audio/{clip_id}.wav", scene)
+    if audio_clips:
+        for sub in ("audio_captions/audio", "audio_instruct/audio"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+
     # Held-out QA test set: one question per applicable family per clip.
     test_items: list[dict[str, Any]] = []
     test_qa: list[annotate.QAItem] = []
@@ -298,6 +334,9 @@ def generate(
     _write_json(out / "llava/llava_instruct.json", llava)
     _write_json(out / "videochat/videochat_instruct.json", videochat)
     _write_json(out / "qa/test.json", test_items)
+    if audio_clips:
+        _write_json(out / "audio_captions/audio_captions.json", {"data": audio_captions})
+        _write_json(out / "audio_instruct/audio_instruct.json", audio_instruct)
     with open(out / "truth.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(rec) + "\n" for rec in truth)
     (out / "corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
@@ -328,6 +367,9 @@ def generate(
             "videochat_videos": "videochat/videos",
             "test_json": "qa/test.json",
             "test_videos_relative_to": "qa",
+            **({"audio_captions_json": "audio_captions/audio_captions.json", "audio_captions_audio": "audio_captions/audio",
+                "audio_instruct_json": "audio_instruct/audio_instruct.json", "audio_instruct_audio": "audio_instruct/audio"}
+               if audio_clips else {}),
         },
     }
     _write_json(out / "meta.json", meta)

@@ -290,6 +290,12 @@ def render_clip(scene: Scene, config: WorldConfig, path: str | Path, *, wav: boo
     return size
 
 
+def render_sound(scene: Scene, config: WorldConfig, path: str | Path) -> int:
+    """Write only the soundtrack of ``scene`` as a 16-bit wav (audio-text data); returns the bytes written."""
+    write_wav(path, render_audio(scene, config), config.sample_rate)
+    return Path(path).stat().st_size
+
+
 def render_still(scene: Scene, config: WorldConfig, frame: int, path: str | Path) -> int:
     """Write frame ``frame`` of ``scene`` as a JPEG; returns the bytes written."""
     if not 0 <= frame < config.num_frames:

@@ -7,16 +7,18 @@ Modules (one component each; the trainer loop lives in ``recipe.py``):
 * ``text``       -- caption/conversation rendering, official label masks, ``collate``
 * ``mixing``     -- ``MultiDatasetSampler`` (one dataset per batch ∝ sample_ratio) + ``MixedDataset``
 * ``optim``      -- AdamW param groups (official no-decay rule), ``LinearWarmupCosineLR``
-* ``checkpoint`` -- atomic ``save_checkpoint`` / ``load_latest`` with keep-last-K
+* ``checkpoint`` -- atomic, checksummed ``save_checkpoint`` / verified ``load_latest`` with keep-last-K
 * ``logging``    -- ``RunLogger``: progress bar, TensorBoard, loss curve, summary.json
 """
 
 from .checkpoint import (
     CheckpointError,
     LoadedCheckpoint,
+    NoUsableCheckpoint,
     capture_rng_state,
     load_checkpoint,
     load_latest,
+    remove_leftovers,
     restore_rng_state,
     save_checkpoint,
 )
@@ -36,6 +38,7 @@ __all__ = [
     "LoadedCheckpoint",
     "MixedDataset",
     "MultiDatasetSampler",
+    "NoUsableCheckpoint",
     "RunLogger",
     "SampleKey",
     "SkipStats",
@@ -52,6 +55,7 @@ __all__ = [
     "load_train_config",
     "merge_skip_reports",
     "param_groups",
+    "remove_leftovers",
     "restore_rng_state",
     "save_checkpoint",
 ]

@@ -7,7 +7,11 @@ def register(sub, commands) -> None:
     p = sub.add_parser("train", help="train a stage from a YAML config (also under torchrun)")
     p.add_argument("config", help="YAML file, e.g. configs/visionbranch_stage1_pretrain.yaml")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.batch_size=4 run.resume=true")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue from the run's newest checkpoint that verifies (refuses when none does)")
+    start.add_argument("--restart", action="store_true",
+                       help="start over at step 0: delete the run's checkpoints, metrics.jsonl and logs first")
     commands["train"] = cmd_train
 
     p = sub.add_parser("export", help="write a model folder from a training run's checkpoint")
@@ -23,7 +27,8 @@ def cmd_train(args) -> int:
     from .config import load_train_config
     from .recipe import train
 
-    overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
+    overrides = list(args.overrides) + (["run.resume=true"] if args.resume else []) + (
+        ["run.restart=true"] if args.restart else [])
     summary = train(load_train_config(args.config, overrides))
     if summary.get("world_size", 1) == 1 or __import__("os").environ.get("RANK", "0") == "0":
         print(json.dumps({k: v for k, v in summary.items() if k != "skipped"}, indent=2))

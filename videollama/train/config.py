@@ -36,6 +36,7 @@ __all__ = [
     "VISION_TRAINABLE",
     "AUDIO_TRAINABLE",
     "DATASET_TYPES",
+    "AUDIO_DATASET_TYPES",
     "load_train_config",
     "apply_overrides",
     "config_from_dict",
@@ -48,8 +49,10 @@ AUDIO_TRAINABLE = ("audio_qformer", "audio_query_tokens", "audio_position_embedd
 VISION_PLACEHOLDERS = 32
 AUDIO_PLACEHOLDERS = 8
 
-DATASET_TYPES = ("webvid", "cc_sbu_align", "llava_instruct", "videochat_instruct", "webdataset")
-CONVERSATION_TYPES = ("llava_instruct", "videochat_instruct")
+# Real audio for the audio branch (through ImageBind's audio encoder): videollama.train.audio_data.
+AUDIO_DATASET_TYPES = ("audiocaps", "clotho", "wavcaps", "audio_instruct")
+DATASET_TYPES = ("webvid", "cc_sbu_align", "llava_instruct", "videochat_instruct", "webdataset") + AUDIO_DATASET_TYPES
+CONVERSATION_TYPES = ("llava_instruct", "videochat_instruct", "audio_instruct")
 
 
 class ConfigError(ValueError):
@@ -99,6 +102,16 @@ class DatasetSpec:
       videos folder (``media_root/{video}``).
     * ``webdataset``: ``shards`` = tar files (globs and ``{000..099}`` brace ranges allowed),
       members ``<key>.mp4|jpg`` + ``<key>.txt|json``.
+
+    Real audio (audio branch only; file naming in :mod:`videollama.train.audio_data`):
+
+    * ``audiocaps``: ``annotations`` = CSV ``audiocap_id,youtube_id,start_time,caption``;
+      ``media_root`` = clip folder.
+    * ``clotho``: ``annotations`` = CSV ``file_name,caption_1..caption_5``; ``media_root`` = audio
+      folder; ``captions``: ``each`` caption a record, or one drawn per draw (``sample``).
+    * ``wavcaps``: ``annotations`` = JSON ``{"data": [{"id", "caption"}]}``; ``media_root`` = audio folder.
+    * ``audio_instruct``: ``annotations`` = JSON list of ``{"audio", "conversations"|"QA"}``;
+      ``media_root`` = audio folder (``media_root/{audio}``).
     """
 
     type: str = ""  # one of DATASET_TYPES; defaults to the dataset's name in the YAML mapping
@@ -112,6 +125,8 @@ class DatasetSpec:
     template: Literal["vicuna_v0", "llama_2"] | None = None  # conversation template; None -> data.template
     data_type: str = "video"  # official ``data_type``; 'cn' in it drops the timestamp message
     max_bad_fraction: float = 0.5  # stop with an error when more records than this fail
+    captions: Literal["each", "sample"] = "each"  # clotho: every caption a record, or one drawn per draw
+    prompts: list[str] | None = None  # caption prompts of this dataset; None -> data.prompts
 
     @property
     def is_conversation(self) -> bool:
@@ -126,7 +141,8 @@ class DataSection:
     template: Literal["vicuna_v0", "llama_2"] = "llama_2"  # conversation template (instruct data)
     end_sym: str = "\n"  # appended to captions: "\n" (stage 1), "###" (vicuna) or "</s>" (llama-2)
     prompt_template: str = ""  # caption prompt template, e.g. '###Human: {} ###Assistant: '
-    # Caption prompts, each with one <ImageHere> marker; "alignment_image" = the official 4 lines.
+    # Caption prompts, each with one <ImageHere> marker; "alignment_image" = the official 4 lines,
+    # "audio_caption" = the official audio message + a request to describe the sound (text.py).
     prompts: list[str] = field(default_factory=list)
     image_size: int = 224
     conversation_max_len: int = 512  # official instruct datasets truncate at 512 tokens
@@ -175,7 +191,8 @@ class RunSection:
     fsdp_frozen: Literal["shard", "replicate"] = "shard"
     branch: Literal["vision", "audio"] = "vision"
     trainable: list[str] | None = None  # top-level model parts; None -> the branch's official set
-    resume: bool = False  # continue from output_dir's latest checkpoint
+    resume: bool = False  # continue from output_dir's newest checkpoint that verifies (refuses if none verifies)
+    restart: bool = False  # start over at step 0: delete output_dir's checkpoints, metrics and logs first
     export: bool = True  # write output_dir/export (a from_pretrained model folder) at the end
     stop_after: int | None = None  # stop (with a checkpoint) once this global step is done; resume later
     tensorboard: bool = True
@@ -211,6 +228,13 @@ class TrainConfig:
         return self.data.datasets[dataset].template or self.data.template
 
     @property
+    def needs_imagebind_vision(self) -> bool:
+        """The audio branch reads some dataset's frames through ImageBind's vision encoder (the paper's
+        visual-only training); runs on real audio alone do not build that encoder."""
+        return self.run.branch == "audio" and any(
+            spec.type not in AUDIO_DATASET_TYPES for spec in self.data.datasets.values())
+
+    @property
     def trainable(self) -> list[str]:
         return list(self.run.trainable)  # filled in by _validate
 
@@ -234,10 +258,13 @@ class TrainConfig:
                 raise ConfigError(f"{where}.max_bad_fraction must be in (0, 1], got {spec.max_bad_fraction}")
             if spec.num_frames < 1:
                 raise ConfigError(f"{where}.num_frames must be >= 1, got {spec.num_frames}")
-        if self.data.prompts == ["alignment_image"]:
-            from videollama.train.text import ALIGNMENT_IMAGE_PROMPTS
-
-            self.data.prompts = list(ALIGNMENT_IMAGE_PROMPTS)
+            if spec.type in AUDIO_DATASET_TYPES and self.run.branch != "audio":
+                raise ConfigError(f"{where}: {spec.type!r} is real audio for the audio branch; set run.branch: audio")
+            if spec.captions != "each" and spec.type != "clotho":
+                raise ConfigError(f"{where}.captions applies to clotho only (this dataset is {spec.type!r})")
+            if spec.prompts is not None:
+                spec.prompts = _named_prompts(spec.prompts)
+        self.data.prompts = _named_prompts(self.data.prompts)
         o = self.optim
         for key in ("init_lr", "min_lr", "warmup_lr", "weight_decay"):
             if getattr(o, key) < 0:
@@ -255,6 +282,17 @@ class TrainConfig:
             raise ConfigError("run.branch is 'audio' but model.with_audio is false")
         if self.run.keep_last_k < 1:
             raise ConfigError(f"run.keep_last_k must be >= 1, got {self.run.keep_last_k}")
+        if self.run.resume and self.run.restart:
+            raise ConfigError("run.resume and run.restart exclude each other: continue the run or start it over")
+
+
+def _named_prompts(prompts: list[str]) -> list[str]:
+    """A one-item list naming a prompt set (``alignment_image``, ``audio_caption``) -> its prompts."""
+    from videollama.train.text import NAMED_PROMPTS
+
+    if len(prompts) == 1 and prompts[0] in NAMED_PROMPTS:
+        return list(NAMED_PROMPTS[prompts[0]])
+    return list(prompts)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -330,7 +368,14 @@ def _list_index(node: list, part: str, where: str) -> int:
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
-    """Typed conversion of a plain dict (YAML) into :class:`TrainConfig` (raises ConfigError)."""
+    """Typed conversion of a plain dict (YAML) into :class:`TrainConfig` (raises ConfigError).
+
+    A dataset set to null is left out, so an override can drop one from a mix
+    (``data.datasets.webvid=null``)."""
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("datasets"), dict):
+        kept = {name: spec for name, spec in data["datasets"].items() if spec is not None}
+        raw = {**raw, "data": {**data, "datasets": kept}}
     return _convert(TrainConfig, raw, "")
 
 

@@ -19,6 +19,9 @@ Formats (reference section 4):
                         ``caption``/``text``/``name``); caption mode with ``blip_caption``.
 =====================  ===========================================================================
 
+Audio-text formats (``audiocaps``, ``clotho``, ``wavcaps``, ``audio_instruct``: real audio for the
+audio branch) are read by :mod:`videollama.train.audio_data`.
+
 N and the placeholder token depend on the branch: 32 x ``<ImageHere>`` for the vision branch,
 8 x ``<AudioHere>`` for the audio branch. The official code wrote ``<ImageHere>`` x 8 for the audio
 branch too (its model had one placeholder id and a ``train_flag``); our model fills ``<AudioHere>``
@@ -66,6 +69,7 @@ from torch.utils.data import Dataset
 
 from videollama.media.errors import MediaError
 
+from .config import AUDIO_DATASET_TYPES
 from .text import (
     EncodedText,
     Turn,
@@ -178,8 +182,11 @@ class TrainDataset(Dataset):
     """Base class: record list, skip-and-continue logic, seeded augmentation.
 
     Subclasses implement ``_load(index, generator) -> dict`` returning ``input_ids``, ``labels``
-    and ``frames`` ``(T, 3, H, W)``, raising on any problem, and ``_describe(index)``.
+    and the media under ``media_field`` (``frames`` ``(T, 3, H, W)`` here; the audio readers of
+    :mod:`videollama.train.audio_data` give ``audio``), raising on any problem, and ``_describe(index)``.
     """
+
+    media_field = "frames"
 
     def __init__(
         self,
@@ -272,7 +279,7 @@ class TrainDataset(Dataset):
         frames = random_resized_crop(pixels, size=self.image_size, scale=CROP_SCALE, generator=generator)
         return normalize(frames)
 
-    def _caption_sample(self, caption: str, frames: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
+    def _caption_sample(self, caption: str, media: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
         if not caption:
             raise RecordError("empty caption")
         t = self.text
@@ -282,9 +289,9 @@ class TrainDataset(Dataset):
         encoded = encode_caption(t.tokenizer, caption, media_token_id=self._media_token_id,
                                  num_media_tokens=t.num_media_tokens, end_sym=t.end_sym,
                                  max_txt_len=t.max_txt_len, prompt=prompt)
-        return self._sample(encoded, frames)
+        return self._sample(encoded, media)
 
-    def _conversation_sample(self, turns: list[Turn], frames: torch.Tensor) -> dict[str, Any]:
+    def _conversation_sample(self, turns: list[Turn], media: torch.Tensor) -> dict[str, Any]:
         t = self.text
         encoded = encode_conversation(t.tokenizer, turns, t.template, t.conversation_max_len)
         found = int((encoded.input_ids == self._media_token_id).sum())
@@ -293,11 +300,10 @@ class TrainDataset(Dataset):
                 f"{found} {t.media_token} tokens after tokenisation, expected {t.num_media_tokens} "
                 "(missing media tag, several media, or cut by the length limit)"
             )
-        return self._sample(encoded, frames)
+        return self._sample(encoded, media)
 
-    @staticmethod
-    def _sample(encoded: EncodedText, frames: torch.Tensor) -> dict[str, Any]:
-        return {"input_ids": encoded.input_ids, "labels": encoded.labels, "frames": frames}
+    def _sample(self, encoded: EncodedText, media: torch.Tensor) -> dict[str, Any]:
+        return {"input_ids": encoded.input_ids, "labels": encoded.labels, self.media_field: media}
 
 
 def _one_line(err: BaseException) -> str:
@@ -334,6 +340,14 @@ def _read_json(path: Path, dataset: str) -> Any:
         raise DatasetError(f"dataset {dataset!r}: cannot read {path} ({err.strerror or err})") from None
     except json.JSONDecodeError as err:
         raise DatasetError(f"dataset {dataset!r}: {path} is not valid JSON ({err})") from None
+
+
+def _read_json_list(path: Path, dataset: str) -> list:
+    """An annotation file holding a JSON list of records (instruction datasets)."""
+    data = _read_json(path, dataset)
+    if not isinstance(data, list):
+        raise DatasetError(f"dataset {dataset!r}: {path} must hold a JSON list of records")
+    return data
 
 
 def _require(record: Any, key: str, kind: type | tuple[type, ...] = str) -> Any:
@@ -415,10 +429,7 @@ class LlavaInstructDataset(TrainDataset):
 
     def __init__(self, name: str, text: TextOptions, *, annotations: str, media_root: str, **kwargs) -> None:
         super().__init__(name, text, **kwargs)
-        data = _read_json(Path(annotations), name)
-        if not isinstance(data, list):
-            raise DatasetError(f"dataset {name!r}: {annotations} must hold a JSON list of records")
-        self.records = data
+        self.records = _read_json_list(Path(annotations), name)
         self.media_root = Path(media_root)
 
     def _load(self, index: int, generator: torch.Generator) -> dict[str, Any]:
@@ -440,10 +451,7 @@ class VideoChatInstructDataset(TrainDataset):
     def __init__(self, name: str, text: TextOptions, *, annotations: str, media_root: str,
                  num_frames: int = 8, sampling: str = "uniform", data_type: str = "video", **kwargs) -> None:
         super().__init__(name, text, **kwargs)
-        data = _read_json(Path(annotations), name)
-        if not isinstance(data, list):
-            raise DatasetError(f"dataset {name!r}: {annotations} must hold a JSON list of records")
-        self.records = data
+        self.records = _read_json_list(Path(annotations), name)
         self.media_root = Path(media_root)
         self.num_frames, self.sampling, self.data_type = num_frames, sampling, data_type
 
@@ -592,7 +600,9 @@ def _index_shard(shard_index: int, path: str) -> list[tuple[int, str, dict[str, 
 def text_options(cfg, tokenizer, dataset: str) -> TextOptions:
     """TextOptions for ``dataset`` of a :class:`~videollama.train.config.TrainConfig`."""
     data = cfg.data
-    prompts = tuple(data.prompt_template.format(p) if data.prompt_template else p for p in data.prompts)
+    spec_prompts = data.datasets[dataset].prompts
+    chosen = data.prompts if spec_prompts is None else spec_prompts
+    prompts = tuple(data.prompt_template.format(p) if data.prompt_template else p for p in chosen)
     return TextOptions(
         tokenizer=tokenizer,
         media_token=cfg.media_placeholder,
@@ -626,6 +636,12 @@ def build_datasets(cfg, tokenizer) -> list[TrainDataset]:
         elif spec.type == "webdataset":
             ds = WebDatasetShards(name, text, shards=spec.shards, num_frames=spec.num_frames,
                                   sampling=spec.sampling, **common)
+        elif spec.type in AUDIO_DATASET_TYPES:
+            from .audio_data import AUDIO_DATASET_CLASSES
+
+            extra = {"captions": spec.captions} if spec.type == "clotho" else {}
+            ds = AUDIO_DATASET_CLASSES[spec.type](name, text, annotations=spec.annotations,
+                                                  media_root=spec.media_root, **extra, **common)
         else:  # config validation makes this unreachable
             raise DatasetError(f"dataset {name!r}: unknown type {spec.type!r}")
         built.append(ds)

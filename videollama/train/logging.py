@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CURVE_FILE = "loss_curve.png"
+TENSORBOARD_DIR = "tensorboard"
 _RATE_WINDOW = 20  # steps in the moving window of the samples/s estimate
 _CURVE_DPI = 120
 
@@ -77,7 +78,7 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"), purge_step=start_step)
+                self._writer = SummaryWriter(log_dir=str(self.output_dir / TENSORBOARD_DIR), purge_step=start_step)
             except ImportError as err:
                 logger.warning("TensorBoard logging disabled (%s); install 'tensorboard' to enable it", err)
         if progress_bar:

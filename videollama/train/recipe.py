@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..model import VideoLlama
-from .checkpoint import capture_rng_state, load_latest, restore_rng_state, save_checkpoint
+from .checkpoint import (
+    NoUsableCheckpoint,
+    capture_rng_state,
+    load_latest,
+    remove_leftovers,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .config import ModelSection, TrainConfig
 from .data import build_datasets
-from .logging import RunLogger
+from .logging import CURVE_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, RunLogger
 from .mixing import AccumulationSampler, MixedDataset
 from .optim import LinearWarmupCosineLR, build_optimizer
 from .text import IGNORE_INDEX, collate
@@ -390,8 +398,9 @@ def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed()) ->
     """The run's micro-batches: the configured datasets mixed one dataset per step, this rank's part of
     each step's global batch in ``optim.accum_grad_iters`` micro-batches (:class:`AccumulationSampler`).
 
-    The audio branch's batches carry ``visual_audio_values`` (frames for ImageBind's vision path),
-    the vision branch's ``pixel_values``. The sampler is returned too: it holds the data position
+    The audio branch's batches carry ``visual_audio_values`` (frames for ImageBind's vision path) or,
+    from the audio-text datasets, ``audio_values`` (real audio for ImageBind's audio encoder); the vision
+    branch's carry ``pixel_values``. The sampler is returned too: it holds the data position
     that checkpoints save and resuming restores.
     """
     datasets = build_datasets(cfg, tokenizer)
@@ -401,11 +410,14 @@ def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed()) ->
                                   num_steps=cfg.optim.total_steps)
     media_key = "visual_audio_values" if cfg.run.branch == "audio" else "pixel_values"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # The loader's own generator: starting its iterator (the workers' base seed) draws nothing from the global
+    # torch RNG, whose state a resume restores for dropout. Its first draw is the same in every process, so a
+    # resumed run's workers get the uninterrupted run's seeds; augmentation itself is seeded per record.
     loader = DataLoader(
         MixedDataset(datasets), batch_sampler=sampler, num_workers=cfg.run.num_workers,
         collate_fn=lambda samples: collate(samples, pad_id=pad_id, mask_pad_by_length=cfg.data.mask_pad_by_length,
                                            media_key=media_key),
-        persistent_workers=False,
+        persistent_workers=False, generator=torch.Generator().manual_seed(cfg.run.seed),
     )
     return loader, sampler
 
@@ -437,8 +449,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) a training run; returns the run summary (on every rank)."""
     d = setup_distributed()
     out = Path(cfg.run.output_dir)
+    _prepare_output(cfg, d)
     torch.manual_seed(cfg.run.seed)  # same initialisation on every rank
-    model, tokenizer = build_model(cfg.model, with_audio_vision=cfg.run.branch == "audio", cache_dir=out,
+    model, tokenizer = build_model(cfg.model, with_audio_vision=cfg.needs_imagebind_vision, cache_dir=out,
                                    is_main=d.is_main)
     model.set_trainable(cfg.trainable)
     if cfg.optim.lora.enabled:
@@ -665,9 +678,39 @@ def _save(cfg, model, optimizer, scheduler, sampler, next_step: int, d: Distribu
         dist.barrier()
 
 
+# Written by a run into its output_dir (besides export/ and the converted base-model/): what starting over removes.
+RUN_RECORDS = (CHECKPOINTS, METRICS_FILE, SUMMARY_FILE, CURVE_FILE, TENSORBOARD_DIR)
+
+
+def _prepare_output(cfg: TrainConfig, d: Distributed) -> None:
+    """Before the run reads or writes its output_dir (main process): with ``run.restart`` delete the earlier
+    run's records, and remove the temp folders of saves that were killed mid-write."""
+    if d.is_main:
+        out = Path(cfg.run.output_dir)
+        if cfg.run.restart:
+            found = [out / name for name in RUN_RECORDS if (out / name).exists()]
+            for path in found:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            print(f"starting over at step 0 (run.restart): removed {', '.join(p.name for p in found) or 'nothing'} "
+                  f"in {out}")
+        for path in remove_leftovers(out / CHECKPOINTS):
+            print(f"removed {path} (left by an interrupted save)")
+    if d.enabled:
+        dist.barrier()
+
+
 def _resume(cfg, model, optimizer, scheduler, sampler, d: Distributed) -> int:
-    """Restore a checkpoint into the (already wrapped) model and its optimizer; every rank reads the files."""
-    ckpt = load_latest(Path(cfg.run.output_dir) / CHECKPOINTS)
+    """Restore the newest checkpoint that verifies into the (already wrapped) model and its optimizer, with every
+    rank's RNG states; every rank reads the files. No checkpoint at all: step 0. Checkpoints that all fail
+    verification: an error (never a silent restart that appends to the damaged run's metrics)."""
+    try:
+        ckpt = load_latest(Path(cfg.run.output_dir) / CHECKPOINTS)
+    except NoUsableCheckpoint as err:
+        raise NoUsableCheckpoint(f"cannot resume: {err}; pass --restart (run.restart=true) to start over at "
+                                 "step 0") from None
     if ckpt is None:
         return 0
     params = dict(model.named_parameters())
@@ -684,6 +727,10 @@ def _resume(cfg, model, optimizer, scheduler, sampler, d: Distributed) -> int:
     sampler.load_state_dict(ckpt.data["sampler"])
     if ckpt.rng and len(ckpt.rng) == d.world_size:
         restore_rng_state(ckpt.rng[d.rank])
+    elif d.is_main:
+        saved = len(ckpt.rng) if ckpt.rng else 0
+        print(f"warning: RNG states not restored ({saved} saved, {d.world_size} processes now): dropout draws new "
+              "masks from here on, so the losses will differ from an uninterrupted run")
     if d.is_main:
         print(f"resumed from {ckpt.path} at step {ckpt.step}")
     return ckpt.step
@@ -708,7 +755,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, step: int | None = None)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint under {CHECKPOINTS}/")
     cfg = config_from_dict(yaml.safe_load(ckpt.config))
-    model, tokenizer = build_model(cfg.model, with_audio_vision=cfg.run.branch == "audio", cache_dir=run_dir)
+    model, tokenizer = build_model(cfg.model, with_audio_vision=cfg.needs_imagebind_vision, cache_dir=run_dir)
     if cfg.optim.lora.enabled:
         _apply_lora(model, cfg)
     state = dict(model.named_parameters())

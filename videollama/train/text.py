@@ -42,10 +42,15 @@ from typing import Any, Literal
 
 import torch
 
+from videollama.templates import AUDIO_SENTENCE, join_question
+from videollama.tokenizer import AUDIO_PLACEHOLDER
+
 __all__ = [
     "IGNORE_INDEX",
     "OFFICIAL_CONVERSATION_MAX_LEN",
     "ALIGNMENT_IMAGE_PROMPTS",
+    "AUDIO_CAPTION_PROMPTS",
+    "NAMED_PROMPTS",
     "PROMPT_MEDIA_MARKER",
     "VICUNA_PROMPT_TEMPLATE",
     "LLAMA2_PROMPT_TEMPLATE",
@@ -62,6 +67,8 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100  # label value that ``CrossEntropyLoss`` skips
+AUDIO_SAMPLE_KEY = "audio"  # a sample's real-audio features (audio_data.py)
+AUDIO_BATCH_KEY = "audio_values"  # ... batched as VideoLlama.forward's argument
 OFFICIAL_CONVERSATION_MAX_LEN = 512  # hard-coded max_length of the official instruct datasets
 CAPTION_MAX_WORDS = 50  # blip_caption default
 TEMPLATES = ("vicuna_v0", "llama_2")
@@ -77,6 +84,19 @@ ALIGNMENT_IMAGE_PROMPTS = (
     "<Image><ImageHere></Image> Please provide a detailed description of the picture.",
     "<Image><ImageHere></Image> Could you describe the contents of this image for me?",
 )
+# Audio captions asked as inference asks about a sound: the official audio message (one space, as the
+# demo's ``ask()``), then a request for a description. Not from the official repository (it trained the
+# audio branch on images only); the marker becomes the 8 <AudioHere> of the audio branch.
+AUDIO_CAPTION_PROMPTS = tuple(
+    join_question(AUDIO_SENTENCE.replace(AUDIO_PLACEHOLDER, PROMPT_MEDIA_MARKER), question)
+    for question in (
+        "Describe what you hear.",
+        "What sounds can you hear in this audio?",
+        "Describe the sounds in this recording in one sentence.",
+        "Listen and describe the audio.",
+    )
+)
+NAMED_PROMPTS = {"alignment_image": ALIGNMENT_IMAGE_PROMPTS, "audio_caption": AUDIO_CAPTION_PROMPTS}
 VICUNA_PROMPT_TEMPLATE = "###Human: {} ###Assistant: "
 LLAMA2_PROMPT_TEMPLATE = "[INST] <<SYS>>\n \n<</SYS>>\n\n{} [/INST] "
 
@@ -294,10 +314,13 @@ def collate(
 ) -> dict[str, Any]:
     """Right-pad a list of samples into a batch.
 
-    Each sample has ``input_ids`` and ``labels`` (``(L,)``) and ``frames`` ``(T, 3, H, W)``.
+    Each sample has ``input_ids`` and ``labels`` (``(L,)``) and either ``frames`` ``(T, 3, H, W)``
+    or ``audio`` ``(8, 1, 128, 204)`` (real audio, :mod:`videollama.train.audio_data`).
     Returns ``input_ids`` ``(B, L)`` padded with ``pad_id``, ``labels`` padded with -100,
-    ``attention_mask`` ``(B, L)`` and the media under ``media_key``: ``(B, T, 3, H, W)`` when all
-    samples have the same shape, else a list (the model encodes groups of equal length).
+    ``attention_mask`` ``(B, L)`` and the media: frames under ``media_key``, ``(B, T, 3, H, W)`` when
+    all samples have the same shape, else a list (the model encodes groups of equal length); audio
+    under ``audio_values`` ``(B, 8, 1, 128, 204)``, whatever the branch reads frames with. A batch
+    is one dataset's, so it never mixes the two.
 
     ``mask_pad_by_length`` (default) builds the attention mask from the sequence lengths. The
     official collate uses ``input_ids != pad_id``, which also hides every *real* token whose id
@@ -322,7 +345,11 @@ def collate(
         attention_mask = (torch.arange(max_len)[None, :] < lengths[:, None]).long()  # (B, L)
     else:
         attention_mask = (input_ids != pad_id).long()
-    frames = [s["frames"] for s in samples]
+    audio = [AUDIO_SAMPLE_KEY in s for s in samples]
+    if any(audio) and not all(audio):
+        raise ValueError("a batch mixes audio samples and frame samples; a batch holds one dataset's samples")
+    field, media_key = (AUDIO_SAMPLE_KEY, AUDIO_BATCH_KEY) if all(audio) else ("frames", media_key)
+    frames = [s[field] for s in samples]
     same_shape = all(f.shape == frames[0].shape for f in frames)
     batch: dict[str, Any] = {
         "input_ids": input_ids,
