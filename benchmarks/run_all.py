@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "stage0_threads": ["--steps", "5"],
     "serve_load": [],  # written separately; run with its defaults when present
     "vllm_serve": [],  # needs the vLLM venv (built with `make vllm` when missing)
+    "long_video": ["--minutes", "1", "10", "60"],  # the full run adds 120 minutes (about 5 minutes in all)
 }
 
 
