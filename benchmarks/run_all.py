@@ -27,6 +27,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "train": ["--steps", "8"],
     "stage0_threads": ["--steps", "5"],
     "serve_load": [],  # written separately; run with its defaults when present
+    "vllm_serve": [],  # needs the vLLM venv (built with `make vllm` when missing)
+    "long_video": ["--minutes", "1", "10", "60"],  # the full run adds 120 minutes (about 5 minutes in all)
 }
 
 

@@ -30,6 +30,8 @@ DARK, LIGHT = 16, 235  # video-range levels: nothing clips in the YUV round trip
 VFR_TIME_BASE = Fraction(1, 90000)  # MPEG clock, used when explicit timestamps are given
 
 __all__ = [
+    "make_long_video",
+    "make_video_segment",
     "make_numbered_video",
     "make_tone_audio",
     "numbered_frame",
@@ -208,4 +210,72 @@ def truncate_file(path: str | os.PathLike[str], fraction: float = 0.5) -> Path:
     path = Path(path)
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def make_long_video(path: str | os.PathLike[str], seconds: int, *, segment_seconds: int = 60, **segment) -> Path:
+    """Write a long H.264 + AAC video: one :func:`make_video_segment` of ``segment_seconds``, then
+    that segment's packets copied again and again with shifted timestamps (no re-encoding, so an
+    hour takes seconds). ``seconds`` must be a multiple of ``segment_seconds`` when longer.
+    Used by the long-video tests and ``benchmarks/bench_long_video.py``."""
+    path = Path(path)
+    if seconds <= segment_seconds:
+        return make_video_segment(path, seconds, **segment)
+    if seconds % segment_seconds:
+        raise ValueError(f"seconds ({seconds}) must be a multiple of segment_seconds ({segment_seconds})")
+    base = make_video_segment(path.with_name(path.stem + ".segment.mp4"), segment_seconds, **segment)
+    try:
+        with av.open(str(base)) as source, av.open(str(path), mode="w") as target:
+            outputs = {s.index: target.add_stream_from_template(s) for s in source.streams}
+            for repeat in range(seconds // segment_seconds):
+                source.seek(0)
+                for packet in source.demux():
+                    if packet.dts is None:  # the demuxer's flush packets
+                        continue
+                    shift = int(repeat * segment_seconds / packet.time_base)
+                    packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+                    packet.stream = outputs[packet.stream.index]
+                    target.mux(packet)
+    finally:
+        base.unlink(missing_ok=True)
+    return path
+
+
+def make_video_segment(path: str | os.PathLike[str], seconds: int, fps: int = 25, size: tuple[int, int] = (64, 64),
+                       gop_seconds: float = 2.0, audio_rate: int = 8000, audio_freq: float = 440.0) -> Path:
+    """Write an H.264 + AAC video second by second (memory stays flat while writing).
+
+    Every frame of second ``s`` shows the number ``s % 65536`` (:func:`numbered_frame`), so a
+    decoded frame tells which second it came from; the sound is a tone whose loudness steps every
+    second. Keyframes every ``gop_seconds``.
+    """
+    path = Path(path)
+    width, height = size
+    with av.open(str(path), mode="w") as container:
+        options = {**_x264_options(max(1, round(gop_seconds * fps)), bframes=0), "preset": "ultrafast"}
+        video = container.add_stream("libx264", rate=fps, options=options)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.time_base = Fraction(1, fps)
+        audio = container.add_stream("aac", rate=audio_rate, layout="mono", options={"aac_coder": "fast"})
+        chunk = audio.codec_context.frame_size or 1024
+        audio_pts = 0
+        for second in range(seconds):
+            image = numbered_frame(second % 2**NUM_BITS, width, height)
+            for k in range(fps):
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = second * fps + k
+                for packet in video.encode(frame):
+                    container.mux(packet)
+            while audio_pts < (second + 1) * audio_rate:  # the tone up to the end of this second
+                t = (audio_pts + np.arange(chunk)) / audio_rate
+                loudness = 0.1 + 0.4 * ((t.astype(int) * 7919) % 10) / 10  # steps every second
+                wave = (loudness * np.sin(2 * math.pi * audio_freq * t)).astype(np.float32)[None, :]
+                piece = av.AudioFrame.from_ndarray(wave, format="fltp", layout="mono")
+                piece.sample_rate, piece.pts = audio_rate, audio_pts
+                audio_pts += chunk
+                for packet in audio.encode(piece):
+                    container.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode(None):
+                container.mux(packet)
     return path

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DEFAULT_MAX_NEW_TOKENS = 300  # the official demo's
+DEFAULT_FPS_MAX_FRAMES = 3 * 3600  # = videollama.media.windows.DEFAULT_FPS_MAX_FRAMES (kept import-free for --help)
 
 
 class UserError(Exception):
@@ -32,7 +34,8 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=float, default=0.9)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--max-new-tokens", type=int, default=300)
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"default {DEFAULT_MAX_NEW_TOKENS}, cut to what the model's context leaves after the prompt")
     g.add_argument("--seed", type=int, default=None, help="sampling seed")
 
 
@@ -59,7 +62,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_media_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-audio", action="store_true", help="ignore the audio track")
-    p.add_argument("--frames", type=int, default=8, help="frames sampled from a video (max 32)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames sampled uniformly from a video (default 8; more than 32 are read in windows of 32)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="sample this many frames per second of video instead of a count (capped by --max-frames)")
+    p.add_argument("--max-frames", type=int, default=DEFAULT_FPS_MAX_FRAMES,
+                   help="cap of --fps: past it, this many frames spread uniformly over the video")
+    p.add_argument("--max-windows", type=int, default=None,
+                   help="at most this many windows of 32 frames: the most similar adjacent frames are merged "
+                        "(default: as many as fit half the model's context)")
     p.add_argument("--keep-aspect", action="store_true", help="letterbox frames instead of squashing to 224x224")
     p.add_argument("--frame-lookup", choices=["index", "time"], default="index",
                    help="which frame is frame i of a variable-frame-rate video: the i-th in presentation order "
@@ -69,7 +80,8 @@ def add_media_args(p: argparse.ArgumentParser) -> None:
 def generation_config(args):
     from .engine import GenerationConfig
 
-    return GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, temperature=args.temperature,
+    max_new_tokens = DEFAULT_MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=not args.greedy, temperature=args.temperature,
                             top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
@@ -99,17 +111,22 @@ def load_pipeline(args, **extra):
 def media_options(args):
     from .inference import MediaOptions
 
-    return MediaOptions(num_frames=args.frames, use_audio=not args.no_audio,
-                        resize="keep_aspect" if args.keep_aspect else "squash", frame_lookup=args.frame_lookup)
+    try:
+        return MediaOptions(num_frames=args.frames, use_audio=not args.no_audio,
+                            resize="keep_aspect" if args.keep_aspect else "squash", frame_lookup=args.frame_lookup,
+                            fps=args.fps, max_frames=args.max_frames, max_windows=args.max_windows)
+    except ValueError as err:  # the numbers of --frames/--fps/--max-frames/--max-windows, named as the flags
+        raise UserError(str(err)) from None
 
 
 def cmd_chat(args) -> int:
     """Chat about a video, image or audio file."""
     gen = generation_config(args)
+    options = media_options(args)  # bad numbers fail before the model loads
     pipe, resolved = load_pipeline(args)
     if not resolved.trained:
         print(f"[using the {resolved.description}]", file=sys.stderr)
-    session = pipe.chat(args.media, options=media_options(args), system=args.system)
+    session = pipe.chat(args.media, options=options, system=args.system)
     if session.notice:
         print(f"[{session.notice}]", file=sys.stderr)
     questions = [args.question] if args.question else None
@@ -120,12 +137,12 @@ def cmd_chat(args) -> int:
             session.reset()
             print("[conversation cleared]", file=sys.stderr)
             continue
-        _print_stream(session, question, gen)
+        _print_stream(session, question, gen, fit_to_context=args.max_new_tokens is None)
     return 0
 
 
-def _print_stream(session, question: str, gen) -> None:
-    for piece in session.stream(question, gen):
+def _print_stream(session, question: str, gen, *, fit_to_context: bool = False) -> None:
+    for piece in session.stream(question, gen, fit_to_context=fit_to_context):
         print(piece, end="", flush=True)
     print()
 

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# How a model folder names itself to Hugging Face-style loaders (vLLM reads these two keys of config.json).
+HF_MODEL_TYPE = "videollama"
+HF_ARCHITECTURE = "VideoLlamaForConditionalGeneration"
+
 
 @dataclass
 class VisionConfig:
@@ -151,7 +155,11 @@ class VideoLlamaConfig:
         return _from_dict(cls, data)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"videollama": self.to_dict()}, indent=2) + "\n")
+        """Write ``config.json``. The top-level ``model_type`` / ``architectures`` keys name the model to
+        Hugging Face-style loaders (vLLM with our plugin, ``videollama/vllm/``); ``load`` reads only the
+        ``videollama`` section."""
+        document = {"model_type": HF_MODEL_TYPE, "architectures": [HF_ARCHITECTURE], "videollama": self.to_dict()}
+        Path(path).write_text(json.dumps(document, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "VideoLlamaConfig":

@@ -4,6 +4,8 @@
 features once (cached by content hash in a bounded LRU), builds the official prompts, and runs the
 token-level :class:`~videollama.engine.Engine`. ``ChatSession`` is a multi-turn conversation about one
 media file; ``Pipeline.answer_batch`` answers many (media, question) pairs with batched decoding.
+Videos sampled beyond the model's 32 frames are read in time-labelled windows
+(:mod:`videollama.long_video`; ``MediaOptions(fps=..., max_windows=...)``).
 
     >>> pipe = Pipeline.from_pretrained("path/to/model")           # doctest: +SKIP
     >>> chat = pipe.chat("clip.mp4")                                # doctest: +SKIP
@@ -12,6 +14,7 @@ media file; ``Pipeline.answer_batch`` answers many (media, question) pairs with 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections import OrderedDict
@@ -22,26 +25,53 @@ from pathlib import Path
 import torch
 
 from .engine import Engine, GenerationConfig, GenerationError, Request, RowFailure
-from .media import MediaError, NoAudioError, image_format, load_audio, load_image, load_video, probe
+from .long_video import Timeline, encode_video_file, encode_window_audio
+from .media import MediaError, NoAudioError, image_format, load_audio, load_image, probe
 from .media.errors import check_media_file
+from .media.video import DEFAULT_NUM_FRAMES
+from .media.windows import DEFAULT_FPS_MAX_FRAMES, VideoSampling, time_label
 from .model import VideoLlama
 from .processor import Processor, attach_media_tokens
-from .templates import Template, get_template, join_question, media_message, system_for
+from .templates import Template, get_template, join_question, media_message, system_for, windowed_video_message
 
 NO_VISION_NOTICE = "this model has no vision branch: answering from the audio track only"
+# With no window budget given, a long video's soft tokens may fill at most this share of the LLM's context
+# (the rest is for the text and the answer); beyond it the most similar frames are merged.
+MEDIA_CONTEXT_SHARE = 0.5
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
 class MediaOptions:
-    """How a media file is read. Part of the feature-cache key."""
+    """How a media file is read. Part of the feature-cache key.
 
-    num_frames: int = 8
+    Frames of a video: ``num_frames`` (a count, default 8; any count up to 100,000) or ``fps`` (a rate,
+    capped at ``max_frames``), not both. More than the model's 32 frames are read in windows
+    (:mod:`videollama.long_video`); ``max_windows`` caps the windows by merging similar frames (None: as
+    many windows as fit half the LLM's context). Invalid values raise ``ValueError``.
+    """
+
+    num_frames: int | None = None  # None: DEFAULT_NUM_FRAMES (8) unless fps is given
     use_audio: bool = True
     resize: str = "squash"  # or "keep_aspect"
     frame_lookup: str = "index"  # official; "time": the frame on screen at i / fps (differs on VFR video)
     max_bytes: int | None = None
     max_duration: float | None = None
+    fps: float | None = None
+    max_frames: int = DEFAULT_FPS_MAX_FRAMES  # cap of fps sampling
+    max_windows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_frames is not None and self.fps is not None:
+            raise ValueError(f"give either a frame count ({self.num_frames}) or fps ({self.fps}), not both")
+        if self.num_frames is None and self.fps is None:
+            object.__setattr__(self, "num_frames", DEFAULT_NUM_FRAMES)
+        self.sampling  # validates the numbers
+
+    @property
+    def sampling(self) -> VideoSampling:
+        return VideoSampling(frames=self.num_frames, fps=self.fps, max_frames=self.max_frames,
+                             max_windows=self.max_windows)
 
 
 @dataclass
@@ -49,13 +79,23 @@ class MediaFeatures:
     """A media file encoded for the LLM: soft tokens plus what the prompt needs to say about it."""
 
     kind: str  # "video" | "image" | "audio"
-    video: torch.Tensor | None = None  # (1, 32, D)
-    audio: torch.Tensor | None = None  # (1, 8, D)
-    timestamps: str = ""  # the official sampling sentence, for videos
+    video: torch.Tensor | None = None  # (W, 32, D): one row per window (W = 1 for an image or up to 32 frames)
+    audio: torch.Tensor | None = None  # (W, 8, D): one row per window of a video (1 for an audio file)
+    timestamps: str = ""  # the official sampling sentence, for videos read in one window
     notice: str | None = None  # e.g. "no audio track found: answering from the frames only" (or the reverse)
+    timeline: Timeline | None = None  # videos: the windows' time ranges and the sampled frame times
+    windowed: bool = False  # a video read beyond max_frames: one row of video tokens per window, time-labelled
+
+    @property
+    def windows(self) -> int:
+        """Rows of video tokens (one per window; 1 for an image or a short video, 0 without video)."""
+        return 0 if self.video is None else self.video.shape[0]
 
     @property
     def preamble(self) -> str:
+        if self.windowed:
+            return windowed_video_message([w.label for w in self.timeline.windows], audio=self.audio is not None,
+                                          duration=self.timeline.duration)
         return media_message(
             video=self.kind == "video", image=self.kind == "image", audio=self.audio is not None,
             timestamps=self.timestamps,
@@ -158,18 +198,50 @@ class Pipeline:
             audio = load_audio(path, max_bytes=options.max_bytes)[None]
             return MediaFeatures("audio", audio=self.model.encode_audio(audio.to(device, dtype)),
                                  notice=NO_VISION_NOTICE)
-        clip = load_video(path, options.num_frames, image_size=self.image_size, resize=options.resize,
-                          frame_lookup=options.frame_lookup, max_bytes=options.max_bytes,
-                          max_duration=options.max_duration)
-        features = MediaFeatures("video", video=self.model.encode_video(clip.frames[None].to(device, dtype)),
-                                 timestamps=clip.timestamp_message())
-        if want_audio:
+        return self._encode_video(path, options, audio_expected=want_audio and info.has_audio)
+
+    def _encode_video(self, path: Path, options: MediaOptions, *, audio_expected: bool) -> MediaFeatures:
+        """A video's frames (one row of tokens per window) and its sound (per window too) when used.
+        ``audio_expected``: the window budget leaves room for audio tokens."""
+        sampling = self._fit_windows(options.sampling, audio_expected)
+        encoded = encode_video_file(self.model, path, sampling, image_size=self.image_size, resize=options.resize,
+                                    frame_lookup=options.frame_lookup, max_bytes=options.max_bytes,
+                                    max_duration=options.max_duration)
+        timeline = encoded.timeline
+        notices = []
+        if timeline.merged_frames and options.max_windows is None:
+            sampled = len(timeline.frame_times)
+            notices.append(f"{sampled} sampled frames merged into {sampled - timeline.merged_frames} "
+                           f"({encoded.video.shape[0]} windows) to fit the model's context of "
+                           f"{self.engine.max_positions} tokens; max_windows (--max-windows) sets the budget")
+        features = MediaFeatures("video", video=encoded.video, timeline=timeline, windowed=encoded.windowed,
+                                 timestamps="" if encoded.clip is None else encoded.clip.timestamp_message())
+        if options.use_audio and self.model.config.with_audio:
             try:
-                audio = load_audio(path, max_bytes=options.max_bytes)[None]
-                features.audio = self.model.encode_audio(audio.to(device, dtype))
+                if encoded.windowed:
+                    features.audio = encode_window_audio(self.model, path, timeline.windows, max_bytes=options.max_bytes)
+                else:
+                    audio = load_audio(path, max_bytes=options.max_bytes)[None]  # (1, 8, 1, 128, 204)
+                    features.audio = self.model.encode_audio(audio.to(self.model.device, self.model.dtype))
             except NoAudioError:
-                features.notice = "no audio track found: answering from the frames only"
+                notices.append("no audio track found: answering from the frames only")
+        features.notice = "; ".join(notices) or None
         return features
+
+    def window_tokens(self, with_audio: bool) -> int:
+        """Prompt positions one window of a long video takes: its video (and audio) tokens and time labels."""
+        config = self.model.config
+        label = len(self.tokenizer(f" {time_label(0, 0)} ", add_special_tokens=False)["input_ids"])
+        return config.num_video_tokens + label + (config.num_audio_tokens + label if with_audio else 0)
+
+    def _fit_windows(self, sampling: VideoSampling, with_audio: bool) -> VideoSampling:
+        """``sampling`` with a window budget: as given, else as many windows as fit
+        :data:`MEDIA_CONTEXT_SHARE` of the LLM's context (no budget when the context is unknown)."""
+        context = self.engine.max_positions
+        if sampling.max_windows is not None or context is None:
+            return sampling
+        fit = max(1, int(context * MEDIA_CONTEXT_SHARE) // self.window_tokens(with_audio))
+        return VideoSampling(sampling.frames, sampling.fps, sampling.max_frames, max_windows=fit)
 
     # ------------------------------------------------------------------ prompts
     def prompt_text(self, media: MediaFeatures | None, turns: list[tuple[str, str | None]],
@@ -188,12 +260,28 @@ class Pipeline:
 
     def prompt_ids(self, media: MediaFeatures | None, turns: list[tuple[str, str | None]],
                    system: str | None = None) -> list[int]:
-        """Token ids for a conversation (:meth:`prompt_text`, placeholders expanded)."""
-        return self.processor.tokenize(self.prompt_text(media, turns, system))
+        """Token ids for a conversation (:meth:`prompt_text`, placeholders expanded).
 
-    def request(self, media: MediaFeatures | None, turns, gen: GenerationConfig, system: str | None = None) -> Request:
+        Raises ValueError when the prompt's markers do not match the media's rows of features (one
+        ``<ImageHere>`` per video window or image, one ``<AudioHere>`` per audio row)."""
+        prompt = self.prompt_text(media, turns, system)
+        video_rows = 0 if media is None else media.windows
+        audio_rows = 0 if media is None or media.audio is None else media.audio.shape[0]
+        return self.processor.tokenize(prompt, expected=(video_rows, audio_rows))
+
+    def request(self, media: MediaFeatures | None, turns, gen: GenerationConfig, system: str | None = None, *,
+                fit_to_context: bool = False) -> Request:
+        """The engine request of a conversation. ``fit_to_context``: cut ``gen.max_new_tokens`` to the room the
+        LLM's context leaves after the prompt (a prompt that fills the context still raises ``ValueError``)."""
+        ids = self.prompt_ids(media, turns, system)
+        context = self.engine.max_positions
+        if fit_to_context and context is not None:
+            room = context - len(ids)
+            if room < 1:
+                raise ValueError(f"the prompt has {len(ids)} tokens (media included); the model's context is {context}")
+            gen = dataclasses.replace(gen, max_new_tokens=min(gen.max_new_tokens, room))
         return Request(
-            input_ids=self.prompt_ids(media, turns, system),
+            input_ids=ids,
             video_features=None if media is None else media.video,
             audio_features=None if media is None else media.audio,
             generation=gen,
@@ -307,8 +395,10 @@ class ChatSession:
     def notice(self) -> str | None:
         return None if self.media is None else self.media.notice
 
-    def stream(self, question: str, gen: GenerationConfig | None = None) -> Iterator[str]:
-        request = self.pipeline.request(self.media, [*self.turns, (question, None)], gen or GenerationConfig(), self.system)
+    def stream(self, question: str, gen: GenerationConfig | None = None, *, fit_to_context: bool = False) -> Iterator[str]:
+        """Stream the answer; ``fit_to_context`` as :meth:`Pipeline.request`."""
+        request = self.pipeline.request(self.media, [*self.turns, (question, None)], gen or GenerationConfig(), self.system,
+                                        fit_to_context=fit_to_context)
         pieces: list[str] = []
         for piece in self.pipeline.stream(request):
             pieces.append(piece)

@@ -63,8 +63,18 @@ class Processor:
     def audio_token_id(self) -> int:
         return self.config.audio_token_id  # type: ignore[return-value]
 
-    def tokenize(self, prompt: str, *, add_bos: bool = True) -> list[int]:
-        """Token ids of ``prompt`` with every placeholder marker expanded to its token run."""
+    def count_markers(self, prompt: str) -> tuple[int, int]:
+        return prompt.count(IMAGE_PLACEHOLDER), prompt.count(AUDIO_PLACEHOLDER)
+
+    def tokenize(self, prompt: str, *, add_bos: bool = True, expected: tuple[int, int] | None = None) -> list[int]:
+        """Token ids of ``prompt`` with every placeholder marker expanded to its token run.
+
+        ``expected``: (video/image items, audio items) the caller has features for (a long video has one
+        item per window); a prompt with other marker counts raises ``ValueError`` naming both."""
+        if expected is not None and self.count_markers(prompt) != tuple(expected):
+            found = self.count_markers(prompt)
+            raise ValueError(f"the prompt holds {found[0]} {IMAGE_PLACEHOLDER} and {found[1]} {AUDIO_PLACEHOLDER} "
+                             f"markers but the media give {expected[0]} video and {expected[1]} audio items")
         ids: list[int] = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
         for piece in _MARKER.split(prompt):
             if piece == IMAGE_PLACEHOLDER:

@@ -128,6 +128,23 @@ def media_message(*, video: bool = False, image: bool = False, audio: bool = Fal
     return ""
 
 
+def windowed_video_message(labels: list[str], *, audio: bool, duration: float) -> str:
+    """The first-message preamble of a video read in windows (ours; the official demo has none).
+
+    The official messages, with each window's ``<ImageHere>`` (and ``<AudioHere>``) run after its
+    time label, e.g. ``<Video>00:00:00-00:00:32 <ImageHere> 00:00:32-00:01:04 <ImageHere></Video>``.
+    A video without sound also gets a sentence saying how the windows are labelled, in place of the
+    official sampling sentence.
+    """
+    video = "<Video>" + " ".join(f"{label} {IMAGE_PLACEHOLDER}" for label in labels) + "</Video>"
+    if not audio:
+        return (f"{video} The video lasts {duration:.1f} seconds and is shown in {len(labels)} windows, each after "
+                "its time range (hours:minutes:seconds). ")
+    sounds = " ".join(f"{label} {AUDIO_PLACEHOLDER}" for label in labels)
+    # AV_MESSAGE with the runs in place of its single video and audio markers
+    return AV_MESSAGE.replace(f"<Video>{IMAGE_PLACEHOLDER}</Video>", video, 1).replace(AUDIO_PLACEHOLDER, sounds, 1)
+
+
 def join_question(preamble: str, question: str) -> str:
     """Official ``ask()``: the question joins the media message with one space (``' '.join``)."""
     return f"{preamble} {question}" if preamble else question

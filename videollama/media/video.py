@@ -24,6 +24,10 @@ and decodes forward from there, and returns the frame whose pts is nearest. Non-
 that lie well before the target are skipped by the decoder (``skip_frame="NONREF"``): nothing
 references them, so every decoded frame is bit-identical to a decode-everything pass.
 
+:class:`VideoReader` keeps one file open, scanned once, and reads ascending batches of frames from
+it: :func:`load_video` reads one batch; long videos (:mod:`videollama.long_video`) one window at a
+time, so only one window of decoded frames is ever held.
+
 Resizing runs the FFmpeg filter graph decord builds, ``scale=W:H:flags=bilinear`` then
 ``format=rgb24`` (decord's bundled FFmpeg 4.1 defaults the scale filter to bilinear): one
 swscale pass from the decoder's pixel format, bit-identical to decord's frames on
@@ -57,6 +61,7 @@ __all__ = [
     "DecodeStats",
     "MediaInfo",
     "VideoClip",
+    "VideoReader",
     "load_video",
     "open_media",
     "probe",
@@ -142,10 +147,14 @@ class VideoClip:
         return list(self.timestamps)
 
     def timestamp_message(self) -> str:
-        """The official prompt sentence, e.g. "The video contains 8 frames sampled at 0.0, 0.7,
-        ... seconds. " (seconds rounded to 0.1; note the trailing space)."""
-        stamps = ", ".join(str(round(t, 1)) for t in self.message_seconds)
-        return f"The video contains {len(self.indices)} frames sampled at {stamps} seconds. "
+        return timestamp_message(self.message_seconds)
+
+
+def timestamp_message(seconds: list[float]) -> str:
+    """The official prompt sentence, e.g. "The video contains 8 frames sampled at 0.0, 0.7,
+    ... seconds. " (seconds rounded to 0.1; note the trailing space)."""
+    stamps = ", ".join(str(round(t, 1)) for t in seconds)
+    return f"The video contains {len(seconds)} frames sampled at {stamps} seconds. "
 
 
 # --------------------------------------------------------------------------- opening / probing
@@ -387,6 +396,10 @@ class _FrameSeeker:
         return self._last  # the last frame stays on screen until the end
 
 
+class UnseekableError(Exception):
+    """The container cannot seek back (raised by the packet scan; becomes a MediaError)."""
+
+
 @dataclass
 class _PacketScan:
     """Every packet of the video stream, read once without decoding (as decord's index)."""
@@ -413,7 +426,12 @@ def _scan_packets(container: av.container.InputContainer, stream: av.video.strea
         pts.append(packet.pts)
         if packet.is_keyframe:
             keyframes.append(packet.pts)
-    container.seek(stream.start_time or 0, stream=stream, backward=True)
+    try:
+        container.seek(stream.start_time or 0, stream=stream, backward=True)
+    except av.FFmpegError as err:
+        raise UnseekableError(f"the stream cannot be rewound after its packet scan ({_ffmpeg_reason(err)}): "
+                              "a raw elementary or live stream; remux it into a file first "
+                              "(ffmpeg -i IN -c copy OUT.mp4)") from err
     if missing:
         return _PacketScan(None, None, count)
     return _PacketScan(sorted(pts), sorted(keyframes), count)
@@ -527,25 +545,58 @@ def load_video(
     if not 1 <= num_frames <= max_frames:
         raise MediaError(path, f"num_frames must be between 1 and {max_frames} "
                                f"(the frame-position table size), got {num_frames}")
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"unknown resize {resize!r}; expected one of {RESIZE_MODES}")
     if sampling not in SAMPLING_MODES:
         raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
-    if frame_lookup not in FRAME_LOOKUPS:
-        raise ValueError(f"unknown frame_lookup {frame_lookup!r}; expected one of {FRAME_LOOKUPS}")
-    with open_media(path, max_bytes=max_bytes) as container:
-        info = _info(path, container)
+    with VideoReader(path, image_size=image_size, resize=resize, frame_lookup=frame_lookup, max_bytes=max_bytes,
+                     max_duration=max_duration, normalize=normalize) as reader:
+        return reader.read(sample_indices(reader.num_frames, num_frames, sampling, generator))
+
+
+class VideoReader:
+    """An open video, scanned once, from which frames are read in ascending batches.
+
+    ``load_video`` reads one batch; long videos are read window by window
+    (:mod:`videollama.long_video`): the container, the packet scan and the decoder position stay
+    between batches, so reading ascending windows one after another decodes no more than reading
+    all their frames at once, and only one batch of decoded frames is held at a time. The packet
+    scan keeps one Python int per packet (about 40 bytes: 7 MB for two hours at 25 fps).
+
+    Use as a context manager; every failure is a :class:`MediaError` (``NoVideoError`` when there
+    is no video stream).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, image_size: int = DEFAULT_IMAGE_SIZE, resize: str = "squash",
+                 frame_lookup: str = "index", max_bytes: int | None = None, max_duration: float | None = None,
+                 normalize: bool = True) -> None:
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"unknown resize {resize!r}; expected one of {RESIZE_MODES}")
+        if frame_lookup not in FRAME_LOOKUPS:
+            raise ValueError(f"unknown frame_lookup {frame_lookup!r}; expected one of {FRAME_LOOKUPS}")
+        self.path, self.image_size, self.resize, self.normalize = path, image_size, resize, normalize
+        self._container = open_media(path, max_bytes=max_bytes)
+        try:
+            self._open(max_duration, frame_lookup)
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _open(self, max_duration: float | None, frame_lookup: str) -> None:
+        path, container = self.path, self._container
+        self.info = info = _info(path, container)
         if not info.has_video:
             raise NoVideoError(path, "no video stream (audio-only file?)")
-        stream = container.streams.video[0]
+        self._stream = stream = container.streams.video[0]
         rate = _video_rate(stream)
         if rate is None:
             raise MediaError(path, "video stream has no frame rate")
-        if max_duration is not None and info.duration > max_duration:
+        if max_duration is not None and info.duration > max_duration:  # header check, before any packet is read
             raise MediaError(path, f"video lasts {info.duration:.1f} s, over the limit of {max_duration:g} s")
+        self._rate = rate
         stream.thread_type = _THREAD_TYPE
         try:
             scan = _scan_packets(container, stream)
+        except UnseekableError as err:
+            raise MediaError(path, str(err)) from err
         except av.FFmpegError as err:
             raise MediaError(path, f"corrupt or truncated video data ({_ffmpeg_reason(err)})") from err
         if scan.count < 1:
@@ -553,38 +604,76 @@ def load_video(
         if stream.frames and scan.count < _COMPLETE_FRACTION * stream.frames:
             raise MediaError(path, f"truncated or corrupt: {scan.count} video packets present, "
                                    f"the stream header says {stream.frames}")
-        wanted = sample_indices(scan.count, num_frames, sampling, generator)
-        seeker = _FrameSeeker(path, container, stream, rate, keyframes=scan.keyframes)
+        self._scan = scan
+        self._seeker = _FrameSeeker(path, container, stream, rate, keyframes=scan.keyframes)
+        self._rescale = _Rescaler(self.image_size, self.resize, _pixel_aspect(stream))
+        self.frame_lookup = frame_lookup if scan.pts is not None else "time"
+        self.duration = info.duration or self._scanned_duration()
+        if max_duration is not None and self.duration > max_duration:  # a header without a duration
+            raise MediaError(path, f"video lasts {self.duration:.1f} s, over the limit of {max_duration:g} s")
+
+    def _scanned_duration(self) -> float:
+        """Seconds from the packet scan, for streams whose headers give no duration (a broken index)."""
+        frame_seconds = 1 / float(self._rate)
+        if self._scan.pts is None:
+            return self._scan.count * frame_seconds
+        return float((self._scan.pts[-1] - self._seeker.start_pts) * self._stream.time_base) + frame_seconds
+
+    @property
+    def num_frames(self) -> int:
+        """Frames in the stream (packets, as decord counts them)."""
+        return self._scan.count
+
+    @property
+    def fps(self) -> float:
+        return float(self._rate)
+
+    @property
+    def stats(self) -> DecodeStats:
+        """Decoding work so far, over every batch read."""
+        return self._seeker.stats
+
+    def read(self, wanted: list[int]) -> VideoClip:
+        """Decode the frames at positions ``wanted`` (ascending, in presentation order) -> a clip."""
+        if any(b < a for a, b in zip(wanted, wanted[1:])):
+            raise ValueError("frame positions must be ascending")
+        if wanted and not 0 <= wanted[0] <= wanted[-1] < self.num_frames:
+            raise ValueError(f"frame positions must lie in [0, {self.num_frames}), got {wanted[0]}..{wanted[-1]}")
+        stream, scan, seeker, rate = self._stream, self._scan, self._seeker, self._rate
         start = seeker.start_pts
-        if frame_lookup == "index" and scan.pts is not None:
+        if self.frame_lookup == "index":
             targets = [scan.pts[i] for i in wanted]  # the i-th frame in presentation order
         else:  # "time", or packets without timestamps: the frame shown at i / fps
             targets = [start + round(Fraction(i) / rate / stream.time_base) for i in wanted]
-        rescale = _Rescaler(image_size, resize, _pixel_aspect(stream))
         images, timestamps, indices = [], [], []
         try:
-            for i, target in zip(wanted, targets):  # ascending for both sampling modes
-                frame = seeker.frame_at(target, info.duration)
-                images.append(rescale(frame, stream.time_base))
+            for i, target in zip(wanted, targets):
+                frame = seeker.frame_at(target, self.duration)
+                images.append(self._rescale(frame, stream.time_base))
                 timestamps.append(float((frame.pts - start) * stream.time_base))
                 indices.append(bisect.bisect_left(scan.pts, frame.pts) if scan.pts is not None else i)
         except av.FFmpegError as err:
-            raise MediaError(path, f"cannot decode video ({_ffmpeg_reason(err)})") from err
-    if resize == "squash":
-        frames = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # (T, S, S, 3) -> (T, 3, S, S)
-        frames = frames.float().div_(UINT8_MAX)  # [0, 1]
-    else:
-        frames = _letterbox(images, image_size)  # (T, 3, S, S) in [0, 1]
-    if normalize:
-        from .transforms import normalize as clip_normalize
+            raise MediaError(self.path, f"cannot decode video ({_ffmpeg_reason(err)})") from err
+        return VideoClip(frames=self._to_tensor(images), timestamps=timestamps, indices=indices, fps=float(rate),
+                         duration=self.duration, frame_lookup=self.frame_lookup, stats=seeker.stats)
 
-        frames = clip_normalize(frames)
-    return VideoClip(
-        frames=frames,
-        timestamps=timestamps,
-        indices=indices,
-        fps=float(rate),
-        duration=info.duration,
-        frame_lookup=frame_lookup if scan.pts is not None else "time",
-        stats=seeker.stats,
-    )
+    def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
+        if self.resize == "squash":
+            frames = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # (T, S, S, 3) -> (T, 3, S, S)
+            frames = frames.float().div_(UINT8_MAX)  # [0, 1]
+        else:
+            frames = _letterbox(images, self.image_size)  # (T, 3, S, S) in [0, 1]
+        if self.normalize:
+            from .transforms import normalize as clip_normalize
+
+            frames = clip_normalize(frames)
+        return frames
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

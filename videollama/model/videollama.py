@@ -108,7 +108,9 @@ def _query_tokens(num: int, width: int) -> nn.Parameter:
 class VideoLlama(nn.Module):
     """The full Video-LLaMA model. Build with a config; load with :meth:`from_pretrained`."""
 
-    def __init__(self, config: VideoLlamaConfig):
+    def __init__(self, config: VideoLlamaConfig, *, with_language_model: bool = True):
+        """``with_language_model=False`` builds the media encoders only: the vLLM plugin
+        (``videollama/vllm/``) runs them in front of vLLM's own implementation of the LLM."""
         super().__init__()
         self.config = config
         c = config
@@ -132,7 +134,8 @@ class VideoLlama(nn.Module):
         if c.with_audio and c.with_imagebind_vision:
             self.imagebind_vision = ImageBindVisionEncoder(c.imagebind)
         # Language model (any transformers causal LM).
-        self.language_model = AutoModelForCausalLM.from_config(llm_config(c.llm))
+        if with_language_model:
+            self.language_model = AutoModelForCausalLM.from_config(llm_config(c.llm))
         self.set_trainable(())
 
     # ------------------------------------------------------------------ parts and trainability
@@ -167,10 +170,17 @@ class VideoLlama(nn.Module):
     # ------------------------------------------------------------------ encoders
     def encode_video(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Frames (B, T, 3, H, W) -> video soft tokens (B, num_video_tokens, D_llm). An image is T=1."""
+        self._check_frame_count(pixel_values.shape[1])  # before the ViT runs
+        return self.encode_frame_features(self.encode_frames(pixel_values))
+
+    def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frames (B, T, 3, H, W) -> image-Q-Former features (B, T, Q, 768), before frame positions.
+
+        The frozen half of :meth:`encode_video`; long videos run it window by window and may merge
+        similar frames' features (:mod:`videollama.frame_merge`) before :meth:`encode_frame_features`.
+        """
         self._require_vision()
-        batch, num_frames = pixel_values.shape[:2]
-        if num_frames > self.config.max_frames:
-            raise ValueError(f"{num_frames} frames given; the frame-position table holds {self.config.max_frames}")
+        batch = pixel_values.shape[0]
         frames = rearrange(pixel_values, "b t c h w -> (b t) c h w")
         with self._frozen_context("vision_model"):
             frame_tokens = self.vision_model(pixel_values=frames.to(self._dtype_of(self.vision_model))).last_hidden_state
@@ -178,8 +188,14 @@ class VideoLlama(nn.Module):
         with self._frozen_context("image_qformer", "image_query_tokens"):
             queries = self.image_query_tokens.expand(frame_tokens.shape[0], -1, -1)
             frame_queries = self.image_qformer(query_embeds=queries, encoder_hidden_states=frame_tokens).last_hidden_state
-        # frame_queries: (B*T, Q, 768); add the position of frame t to all of its queries.
-        frame_queries = rearrange(frame_queries, "(b t) q d -> b t q d", b=batch)
+        return rearrange(frame_queries, "(b t) q d -> b t q d", b=batch)  # (B, T, Q, 768)
+
+    def encode_frame_features(self, frame_queries: torch.Tensor) -> torch.Tensor:
+        """Image-Q-Former features (B, T, Q, 768) -> video soft tokens (B, num_video_tokens, D_llm):
+        frame t gets position row t (T <= max_frames), then the video Q-Former and the projection."""
+        self._require_vision()
+        batch, num_frames = frame_queries.shape[:2]
+        self._check_frame_count(num_frames)
         if self.config.use_frame_position:
             positions = self.frame_position_embedding(torch.arange(num_frames, device=frame_queries.device))  # (T, 768)
             frame_queries = frame_queries + positions[None, :, None, :].to(frame_queries.dtype)
@@ -249,6 +265,8 @@ class VideoLlama(nn.Module):
             if found != given:
                 detail = "no features" if features is None else f"{features.shape[0]} items x {features.shape[1]} tokens"
                 raise ValueError(f"input_ids hold {found} {name} tokens but the media features fill {given} ({detail})")
+            if features is not None and found:
+                _check_runs(mask, features.shape[1], name)
             masks.append((mask, features))
         any_media = masks[0][0] | masks[1][0]
         pad_id = self.language_model.config.pad_token_id or 0
@@ -292,6 +310,11 @@ class VideoLlama(nn.Module):
     def _require_vision(self) -> None:
         if not self.config.with_vision:
             raise ValueError("this model has no vision branch (with_vision=False)")
+
+    def _check_frame_count(self, num_frames: int) -> None:
+        if num_frames > self.config.max_frames:
+            raise ValueError(f"{num_frames} frames given; the frame-position table holds {self.config.max_frames} "
+                             "(longer videos: videollama.long_video reads them in windows)")
 
     def _require_audio(self) -> None:
         if not self.config.with_audio:
@@ -344,6 +367,20 @@ class VideoLlama(nn.Module):
 
         return load_model_folder(cls, directory, device=device, dtype=dtype, with_audio=with_audio,
                                  with_vision=with_vision)
+
+
+def _check_runs(mask: torch.Tensor, tokens_per_item: int, name: str) -> None:
+    """Every run of placeholder positions in (B, L) ``mask`` must be whole items of ``tokens_per_item``
+    (a long video's windows are adjacent items, so a run may hold several). Raises ValueError otherwise."""
+    edges = torch.diff(mask.to(torch.int8), dim=1, prepend=mask.new_zeros(mask.shape[0], 1, dtype=torch.int8),
+                       append=mask.new_zeros(mask.shape[0], 1, dtype=torch.int8))  # (B, L + 1): +1 run start, -1 end
+    starts = (edges == 1).nonzero()[:, 1]
+    ends = (edges == -1).nonzero()[:, 1]
+    lengths = (ends - starts).tolist()
+    bad = [n for n in lengths if n % tokens_per_item]
+    if bad:
+        raise ValueError(f"a run of {bad[0]} {name} tokens is not a whole number of media items of {tokens_per_item} "
+                         "tokens each (placeholders expanded by hand?)")
 
 
 def _encode_grouped(encode, values) -> torch.Tensor | None:

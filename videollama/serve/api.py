@@ -167,8 +167,29 @@ class ChatService:
         frames = s.default_frames if req.frames is None else req.frames
         if not 1 <= frames <= s.max_frames:
             raise bad_request(f"frames must be between 1 and {s.max_frames}, got {frames}", param="frames")
-        return MediaOptions(num_frames=frames, use_audio=True if req.audio is None else req.audio,
+        use_audio = True if req.audio is None else req.audio
+        if req.video_sampling is not None:
+            return self._sampled_options(req, use_audio)
+        return MediaOptions(num_frames=frames, use_audio=use_audio,
                             max_bytes=s.max_media_bytes, max_duration=s.max_duration_s)
+
+    def _sampled_options(self, req: ChatCompletionRequest, use_audio: bool) -> MediaOptions:
+        """MediaOptions of the ``video_sampling`` extension (long videos, read in windows)."""
+        s, vs = self.settings, req.video_sampling
+        if req.frames is not None:
+            raise bad_request("give frames or video_sampling, not both", param="video_sampling")
+        if vs.frames is not None and vs.frames > s.max_sampled_frames:
+            raise bad_request(f"video_sampling.frames must be at most {s.max_sampled_frames}, got {vs.frames}",
+                              param="video_sampling.frames")
+        if vs.max_frames is not None and vs.max_frames > s.max_sampled_frames:
+            raise bad_request(f"video_sampling.max_frames must be at most {s.max_sampled_frames}, got {vs.max_frames}",
+                              param="video_sampling.max_frames")
+        try:
+            return MediaOptions(num_frames=vs.frames, fps=vs.fps, max_frames=vs.max_frames or s.max_sampled_frames,
+                                max_windows=vs.max_windows, use_audio=use_audio, max_bytes=s.max_media_bytes,
+                                max_duration=s.max_duration_s)
+        except ValueError as err:
+            raise bad_request(f"video_sampling: {err}", param="video_sampling") from None
 
     def prepare_media(self, part: MediaPart, options: MediaOptions) -> MediaFeatures:
         """Fetch, check and encode one media item (runs on the media thread)."""
@@ -228,6 +249,14 @@ class ChatService:
             raise ServeError(400, f"{err}; lower max_tokens or shorten the conversation", param="max_tokens",
                              code="context_length_exceeded") from None
         return request
+
+
+def with_timeline(body: dict, media: MediaFeatures | None) -> dict:
+    """``body`` plus the extension field ``video_timeline`` when the media are a video: its windows' time
+    ranges and labels, and the sampled frame times (``Timeline.to_dict``; docs/serving.md)."""
+    if media is not None and media.timeline is not None:
+        body["video_timeline"] = media.timeline.to_dict()
+    return body
 
 
 def default_max_text_chars(pipeline: Pipeline) -> int:
@@ -319,12 +348,12 @@ def create_app(pipeline: Pipeline, settings: ServeSettings | None = None, *, sch
         finally:
             service.scheduler.release(ticket)  # no-op once submitted
         headers = {"x-videollama-notice": media.notice} if media is not None and media.notice else {}
-        reply = _Reply(service, job, channel, AnswerText(pipeline.tokenizer, all_stops), req)
+        reply = _Reply(service, job, channel, AnswerText(pipeline.tokenizer, all_stops), req, media)
         if req.stream:
             return StreamingResponse(reply.sse(), media_type="text/event-stream",
                                      headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         completion = await reply.collect(http)
-        return JSONResponse(completion.model_dump(), headers=headers)
+        return JSONResponse(with_timeline(completion.model_dump(), media), headers=headers)
 
     return app
 
@@ -344,8 +373,10 @@ class _ClientGone(Exception):
 class _Reply:
     """Turns one job's token events into a chat.completion or a stream of chunks."""
 
-    def __init__(self, service: ChatService, job, channel: JobChannel, answer: AnswerText, req: ChatCompletionRequest):
+    def __init__(self, service: ChatService, job, channel: JobChannel, answer: AnswerText, req: ChatCompletionRequest,
+                 media: MediaFeatures | None = None):
         self.service, self.job, self.channel, self.answer, self.req = service, job, channel, answer, req
+        self.media = media
         self.id = completion_id()
         self.created = now()
         self.model = service.settings.model_name
@@ -396,15 +427,15 @@ class _Reply:
         finally:
             self.service.scheduler.cancel(self.job)  # no-op when finished
 
-    def _chunk(self, delta: Delta, finish_reason: str | None = None) -> str:
+    def _chunk(self, delta: Delta, finish_reason: str | None = None, *, timeline: bool = False) -> str:
         chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
-                                    choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)])
-        return f"data: {json.dumps(chunk.model_dump())}\n\n"
+                                    choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)]).model_dump()
+        return f"data: {json.dumps(with_timeline(chunk, self.media) if timeline else chunk)}\n\n"
 
     async def sse(self) -> AsyncIterator[str]:
         """Server-sent events in OpenAI's chunk format; a disconnect cancels the generator (and the job)."""
         try:
-            yield self._chunk(Delta(role="assistant", content=""))
+            yield self._chunk(Delta(role="assistant", content=""), timeline=True)  # the first chunk carries it
             while True:
                 try:
                     kind, value = await self._next(None)

@@ -40,6 +40,8 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     m.add_argument("--max-frames", type=int, default=d.max_frames,
                    help=f"most frames a request may sample (1..{MODEL_MAX_FRAMES})")
     m.add_argument("--default-frames", type=int, default=d.default_frames, help="frames sampled when a request says none")
+    m.add_argument("--max-sampled-frames", type=int, default=d.max_sampled_frames,
+                   help="most frames a request's video_sampling may read (long videos, in windows of 32)")
     m.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest frame/image width x height")
     m.add_argument("--remote-timeout", type=float, default=d.remote_timeout_s, help="download time limit per URL (s)")
     m.add_argument("--cache-size", type=int, default=DEFAULT_CACHE_SIZE,
@@ -103,6 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         media_root=args.media_root, allow_remote_media=args.allow_remote_media, max_queue=args.max_queue,
         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, timeout_s=args.timeout,
         max_media_mb=args.max_media_mb, max_duration_s=args.max_duration_s, max_frames=args.max_frames,
+        max_sampled_frames=args.max_sampled_frames,
         default_frames=args.default_frames, max_pixels=args.max_pixels, remote_timeout_s=args.remote_timeout,
         default_max_tokens=args.default_max_tokens, max_text_chars=args.max_text_chars,
         header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout, keep_alive_s=args.keep_alive,

@@ -2,7 +2,9 @@
 
 Requests follow OpenAI's ``POST /v1/chat/completions`` body. Content parts are ``text``,
 ``image_url`` ``{url}``, ``video_url`` ``{url}`` (vLLM's convention for video) and ``input_audio``
-``{data, format}``; two extra fields, ``frames`` and ``audio``, control media reading. Responses are
+``{data, format}``; extra fields ``frames``, ``audio`` and ``video_sampling`` control media reading.
+A response about a video carries the extension field ``video_timeline`` (the windows' time ranges
+and the sampled frame times). Responses are
 ``chat.completion`` objects, or ``chat.completion.chunk`` objects sent as server-sent events.
 
 Every error, whatever its cause, is sent as ``{"error": {"message", "type", "param", "code"}}``
@@ -95,6 +97,18 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class VideoSamplingField(_Strict):
+    """Extension ``video_sampling``: how densely a video is read (long videos go in windows of 32 frames).
+
+    ``frames`` (a count, up to the server's ``max_sampled_frames``) or ``fps`` (a rate, capped by
+    ``max_frames``), and ``max_windows`` (merge the most similar frames to fit that many windows)."""
+
+    frames: int | None = Field(default=None, ge=1)
+    fps: float | None = Field(default=None, gt=0)
+    max_frames: int | None = Field(default=None, ge=1)
+    max_windows: int | None = Field(default=None, ge=1)
+
+
 class ChatCompletionRequest(BaseModel):
     """The request body. Unknown OpenAI fields that change nothing here (``user``, ``metadata``...) are ignored."""
 
@@ -114,6 +128,7 @@ class ChatCompletionRequest(BaseModel):
     # extensions (vLLM-style extra fields)
     frames: int | None = Field(default=None, description="frames sampled from a video (1..max_frames)")
     audio: bool | None = Field(default=None, description="use the audio track of a video (default true)")
+    video_sampling: VideoSamplingField | None = Field(default=None, description="long videos: frames/fps/windows")
     top_k: int | None = Field(default=None, ge=0)
     repetition_penalty: float | None = Field(default=None, ge=REPETITION_PENALTY_MIN, le=REPETITION_PENALTY_MAX)
     # OpenAI features this model does not have: refused when set to a non-default value

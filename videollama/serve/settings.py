@@ -42,6 +42,9 @@ class ServeSettings:
     """Most frames one request may ask to sample (``frames`` field); never above the model's 32."""
     default_frames: int = 8
     """Frames sampled when the request does not say (the official setting)."""
+    max_sampled_frames: int = 3600
+    """Most frames one request may sample through ``video_sampling`` (read in windows of 32; the duration
+    limit applies first)."""
     max_pixels: int = 8192 * 4320
     """Largest width x height of a video frame or image (8K); bigger media are refused before decoding."""
     remote_timeout_s: float = 20.0
@@ -82,7 +85,7 @@ class ServeSettings:
         if self.max_connections_per_client is None:
             self.max_connections_per_client = 2 * (self.max_queue + self.max_batch)
         for name in ("max_queue", "max_batch", "default_max_tokens", "media_workers", "max_connections_per_client",
-                     "max_connections", "max_header_kb"):
+                     "max_connections", "max_header_kb", "max_sampled_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.max_frames <= MODEL_MAX_FRAMES:

@@ -3,7 +3,8 @@
 ``build_demo(pipeline)`` returns the ``gr.Blocks``; ``launch_demo`` serves it (``videollama web``).
 The page holds an upload area (video / image / audio tabs), an "use the audio track" switch,
 example clips, a streaming chatbot, generation settings (greedy, temperature, top-p, max new
-tokens, frames) and a clear button. A new upload starts a new conversation; follow-up questions
+tokens) and video sampling (frames, or frames per second, and a window budget), a clear button,
+and a timeline strip: one thumbnail per window of the video with its time range. A new upload starts a new conversation; follow-up questions
 reuse the encoded media (the pipeline caches them by content hash).
 
 Offline by construction: analytics and the version check are off (``GRADIO_ANALYTICS_ENABLED=False``
@@ -28,7 +29,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 
 from ..engine import GenerationConfig  # noqa: E402
-from ..inference import IMAGE_SUFFIXES, MediaOptions, Pipeline  # noqa: E402
+from ..inference import IMAGE_SUFFIXES, MediaFeatures, MediaOptions, Pipeline  # noqa: E402
 from .media_input import ContentLimits, MediaFile, check_media  # noqa: E402
 from .schemas import ServeError  # noqa: E402
 from .settings import MODEL_MAX_FRAMES  # noqa: E402
@@ -46,6 +47,8 @@ MAX_NEW_TOKENS_LIMIT = 1024
 MAX_UPLOAD = "200mb"
 DEFAULT_MAX_DURATION_S = 600.0
 DEFAULT_MAX_PIXELS = 8192 * 4320
+MAX_WEB_FRAMES = 1024  # frame-count slider; more than the model's 32 are read in windows
+MAX_WEB_FPS = 8.0
 
 
 def default_examples() -> list[tuple[Path, str]]:
@@ -86,17 +89,23 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
             raise gr.Error("One media item per conversation: clear the other uploads first.")
         return given[0] if given else (None, "")
 
-    def subject_of(video, image, audio, use_audio, frames) -> tuple:
+    def subject_of(video, image, audio, use_audio, frames, fps, max_windows) -> tuple:
         """What a conversation is about: the media and how they are read. Another subject: a new conversation."""
-        return video, image, audio, bool(use_audio), int(frames)
+        return video, image, audio, bool(use_audio), int(frames), float(fps or 0), int(max_windows or 0)
+
+    def reading_options(use_audio, frames, fps, max_windows) -> MediaOptions:
+        """fps 0: the frame count; max windows 0: as many as fit the model's context."""
+        return MediaOptions(num_frames=None if fps else int(frames), fps=float(fps) if fps else None,
+                            max_windows=int(max_windows) if max_windows else None, use_audio=bool(use_audio),
+                            max_duration=max_duration_s)
 
     def respond(question, history, turns, video, image, audio, use_audio, greedy, temperature, top_p, max_tokens,
-                frames, subject) -> Iterator[tuple[list, str, list, tuple]]:
+                frames, fps, max_windows, subject) -> Iterator[tuple[list, str, list, tuple, list]]:
         question = (question or "").strip()
         if not question:
             raise gr.Error("Type a question first.")
         path, kind = pick_media(video, image, audio)
-        current = subject_of(video, image, audio, use_audio, frames)
+        current = subject_of(video, image, audio, use_audio, frames, fps, max_windows)
         if current != subject:  # new media or options, and their change event has not reset the chat yet
             history, turns = [], []
         features = None
@@ -106,8 +115,7 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
                 check_media(media, ContentLimits(max_bytes=Path(path).stat().st_size, max_pixels=max_pixels,
                                                  max_duration_s=max_duration_s, use_audio=bool(use_audio),
                                                  model_has_audio=model_has_audio, model_has_vision=model_has_vision))
-                features = pipeline.encode_media(path, MediaOptions(num_frames=int(frames), use_audio=bool(use_audio),
-                                                                    max_duration=max_duration_s))
+                features = pipeline.encode_media(path, reading_options(use_audio, frames, fps, max_windows))
             except ServeError as err:
                 raise gr.Error(err.message) from None
             except ValueError as err:  # MediaError is a ValueError
@@ -122,24 +130,25 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
         except ValueError as err:
             raise gr.Error(f"{err}. Press Clear to start a new conversation.") from None
         history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
-        yield history, "", turns, current
+        strip = timeline_items(features)
+        yield history, "", turns, current, strip
         answer = ""
         for piece in pipeline.stream(request):
             answer += piece
             history = [*history[:-1], {"role": "assistant", "content": answer}]
-            yield history, "", turns, current
-        yield history, "", [*turns, (question, answer.strip())], current
+            yield history, "", turns, current, strip
+        yield history, "", [*turns, (question, answer.strip())], current, strip
 
     def clear():
-        return [], [], None, "", None, None, None
+        return [], [], None, "", None, None, None, []
 
     def forget():
         return [], [], None
 
-    def new_conversation(video, image, audio, use_audio, frames, subject):
+    def new_conversation(video, image, audio, use_audio, frames, fps, max_windows, subject):
         # The browser sends a new upload's change event a moment after the upload; when a question about exactly
         # these media was answered first, the conversation is already about them: keep it.
-        if subject is not None and subject == subject_of(video, image, audio, use_audio, frames):
+        if subject is not None and subject == subject_of(video, image, audio, use_audio, frames, fps, max_windows):
             return gr.skip(), gr.skip(), gr.skip()
         return [], [], None
 
@@ -171,7 +180,13 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
                     top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
                     max_tokens = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=300, step=1, label="Max new tokens",
                                            elem_id="vl-max-tokens")
-                    frames = gr.Slider(1, MODEL_MAX_FRAMES, value=8, step=1, label="Frames sampled from a video")
+                with gr.Accordion("Video sampling", open=False):
+                    frames = gr.Slider(1, MAX_WEB_FRAMES, value=8, step=1, elem_id="vl-frames",
+                                       label=f"Frames sampled from a video (over {MODEL_MAX_FRAMES}: read in windows)")
+                    fps = gr.Slider(0, MAX_WEB_FPS, value=0, step=0.1, elem_id="vl-fps",
+                                    label="Or frames per second (0: use the frame count)")
+                    max_windows = gr.Number(value=0, minimum=0, precision=0, elem_id="vl-max-windows",
+                                            label="Most windows (0: as many as fit the model's context)")
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(label="Chat", height=460, latex_delimiters=[], feedback_options=None,
                                      elem_id="vl-chatbot", buttons=["copy", "copy_all"])  # no "share" (to HF)
@@ -180,6 +195,9 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="vl-send")
                     reset = gr.Button("Clear", elem_id="vl-clear")
+                timeline = gr.Gallery(label="Timeline: each window of the video and its time range", columns=8,
+                                      height=170, object_fit="contain", allow_preview=False, elem_id="vl-timeline",
+                                      buttons=[])  # no "share" (uploads to HF), no download
         if examples:
             rows = []
             for path, text in examples:
@@ -190,20 +208,29 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
             gr.Examples(rows, inputs=[video, image, audio, question], label="Example clips")
 
         inputs = [question, chatbot, turns, video, image, audio, use_audio, greedy, temperature, top_p, max_tokens,
-                  frames, subject]
-        outputs = [chatbot, question, turns, subject]
+                  frames, fps, max_windows, subject]
+        outputs = [chatbot, question, turns, subject, timeline]
         # Every event that reads or resets the conversation runs in one queue group, in the order it was sent:
         # Gradio picks among groups at random, so a reset sent before a question could otherwise run after its
         # answer (wiping it), or the answer could see the turns the reset was meant to forget.
         chat = {"concurrency_id": "conversation", "concurrency_limit": 1}
         send.click(respond, inputs, outputs, api_name="respond", **chat)
         question.submit(respond, inputs, outputs, api_name=False, **chat)
-        reset.click(clear, None, [chatbot, turns, subject, question, video, image, audio], api_name=False, **chat)
+        reset.click(clear, None, [chatbot, turns, subject, question, video, image, audio, timeline], api_name=False, **chat)
         chatbot.clear(forget, None, [chatbot, turns, subject], api_name=False, **chat)  # trash icon: forget the turns
-        for component in (video, image, audio, use_audio, frames):  # new media or reading options: new conversation
-            component.change(new_conversation, [video, image, audio, use_audio, frames, subject],
+        for component in (video, image, audio, use_audio, frames, fps, max_windows):  # new media or reading: new chat
+            component.change(new_conversation, [video, image, audio, use_audio, frames, fps, max_windows, subject],
                              [chatbot, turns, subject], api_name=False, **chat)
     return demo
+
+
+def timeline_items(features: MediaFeatures | None) -> list[tuple]:
+    """The timeline strip's (thumbnail, caption) items: one per window of a video, captioned with its time range
+    and frame count (merged frames included); empty for other media."""
+    if features is None or features.timeline is None:
+        return []
+    return [(thumbnail, f"{window.label} ({len(window.frame_times)} frames)")
+            for window, thumbnail in zip(features.timeline.windows, features.timeline.thumbnails)]
 
 
 def launch_demo(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True):

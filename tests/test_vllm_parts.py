@@ -1,0 +1,147 @@
+"""The vLLM plugin's parts that run without vLLM: prompts and media, against our own Pipeline and loaders.
+
+Prompts: vLLM renders our Jinja chat template (``videollama/vllm/chat_template.py``); the processor then
+adds what only the decoded file can tell (``videollama/vllm/prompt.py``). Together they must give exactly
+the prompt ``Pipeline`` builds for every media kind, template, branch set and conversation shape.
+Media (``videollama/vllm/media.py``): a video from vLLM's bytes and an audio part from vLLM's samples
+must give our loaders' tensors bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from videollama.config import HF_ARCHITECTURE, HF_MODEL_TYPE, VideoLlamaConfig
+from videollama.defaults import SHIPPED_MODEL
+from videollama.model import VideoLlamaHFConfig
+from videollama.templates import get_template, join_question, media_message, system_for
+from videollama.vllm.chat_template import chat_template
+from videollama.vllm.prompt import VideoFacts, finish_prompt
+
+STAMPS = "The video contains 8 frames sampled at 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5 seconds. "
+KINDS = [None, "video", "video+sound", "image", "audio"]
+HEARD = ("video+sound", "audio")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(str(SHIPPED_MODEL))
+
+
+def _pipeline_prompt(template_name: str, kind: str | None, turns, system: str | None, audio_branch: bool) -> str:
+    """What ``Pipeline.prompt_text`` renders (media preamble in the first user message)."""
+    template = get_template(template_name)
+    video, audio, image = kind in ("video", "video+sound"), kind in ("video+sound", "audio"), kind == "image"
+    preamble = media_message(video=video, image=image, audio=audio, timestamps=STAMPS if kind == "video" else "")
+    turns = [(join_question(preamble, turns[0][0]), turns[0][1]), *turns[1:]]
+    return template.render(system_for(template, video=video, image=image, audio=audio, system=system,
+                                      audio_branch=audio_branch), turns)
+
+
+def _vllm_prompt(tokenizer, template_name: str, kind: str | None, messages, audio_branch: bool) -> str:
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False,
+                                             chat_template=chat_template(template_name, audio_branch=audio_branch))
+    assert rendered.startswith(tokenizer.bos_token)
+    facts = None if kind not in ("video", "video+sound") else VideoFacts(STAMPS, has_audio=kind == "video+sound")
+    return finish_prompt(rendered[len(tokenizer.bos_token):], facts, template_name, audio_branch=audio_branch)
+
+
+@pytest.mark.parametrize("template_name", ["llama_2", "vicuna_v0"])
+@pytest.mark.parametrize("kind, audio_branch", [(kind, branch) for kind in KINDS for branch in (True, False)
+                                                 if branch or kind not in HEARD])  # without the branch nothing is heard
+@pytest.mark.parametrize("system", [None, "Answer in one word."])
+def test_chat_template_and_video_facts_give_the_pipelines_prompt(tokenizer, template_name, kind, system, audio_branch):
+    part = {"video": "video", "video+sound": "video", "image": "image", "audio": "audio"}.get(kind)
+    first = [{"type": "text", "text": "Is the red star small"}, {"type": "text", "text": "or large?"}]
+    if part:
+        first.insert(1, {"type": part})  # media may sit anywhere in the message: it goes first
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": first}, {"role": "assistant", "content": " small "},
+        {"role": "user", "content": "And its colour?"}, {"role": "user", "content": "One word."}]
+    turns = [("Is the red star small\nor large?", "small"), ("And its colour?\nOne word.", None)]
+    assert (_vllm_prompt(tokenizer, template_name, kind, messages, audio_branch)
+            == _pipeline_prompt(template_name, kind, turns, system, audio_branch))
+
+
+def test_a_video_with_sound_gets_the_audio_visual_preamble():
+    plain = get_template("llama_2").render("", [(join_question(media_message(video=True), "Why?"), None)])
+    finished = finish_prompt(plain, VideoFacts(STAMPS, has_audio=True), "llama_2", audio_branch=True)
+    assert finished.startswith("[INST] <<SYS>>\n\n<</SYS>>\n\nClose your eyes, open your ears")
+    assert finished.index("<AudioHere>") < finished.index("<ImageHere>")
+    assert STAMPS not in finished  # the official AV prompt has no sampling sentence
+
+
+def test_the_chat_template_refuses_two_media_items(tokenizer):
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "audio"}, {"type": "text", "text": "?"}]}]
+    with pytest.raises(Exception, match="one media item"):
+        tokenizer.apply_chat_template(messages, chat_template=chat_template("llama_2", audio_branch=True), tokenize=False)
+
+
+def test_finish_prompt_needs_the_video_preamble():
+    with pytest.raises(ValueError, match="video preamble"):
+        finish_prompt("[INST] hello [/INST]", VideoFacts(STAMPS, has_audio=False), "llama_2", audio_branch=True)
+
+
+def test_config_json_names_the_architecture_for_vllm(tmp_path):
+    config = VideoLlamaConfig.load(SHIPPED_MODEL / "config.json")
+    config.save(tmp_path / "config.json")
+    document = json.loads((tmp_path / "config.json").read_text())
+    assert (document["model_type"], document["architectures"]) == (HF_MODEL_TYPE, [HF_ARCHITECTURE])
+    assert VideoLlamaConfig.load(tmp_path / "config.json") == config
+    hf = VideoLlamaHFConfig(videollama=document["videollama"])
+    assert hf.get_text_config().hidden_size == config.llm_hidden_size
+    assert hf.model.num_video_tokens == 32 and hf.model.num_audio_tokens == 8
+
+
+# ---------------------------------------------------------------------------------------------- media
+# vLLM hands the plugin a video as ``MediaWithBytes`` (its decoded frames plus ``original_bytes``); the
+# plugin reads only ``original_bytes``, so a plain object carrying the bytes is the same input here.
+@pytest.fixture(scope="module")
+def clip_with_sound(tmp_path_factory):
+    from media_fixtures import make_numbered_video
+
+    return make_numbered_video(tmp_path_factory.mktemp("vllm-clip") / "clip.mp4", 20, fps=10, size=(96, 64),
+                               with_audio=True)
+
+
+def test_a_video_from_vllms_bytes_decodes_as_our_loader_reads_the_file(clip_with_sound):
+    from types import SimpleNamespace
+
+    from videollama.media import load_audio, load_video
+    from videollama.vllm.media import decode_video
+
+    item = SimpleNamespace(original_bytes=clip_with_sound.read_bytes())
+    decoded = decode_video(item, 6, image_size=112, max_frames=32, with_audio=True)
+    clip = load_video(clip_with_sound, 6, image_size=112)
+    assert torch.equal(decoded.frames, clip.frames)
+    assert decoded.message_seconds == clip.message_seconds
+    assert torch.equal(decoded.audio, load_audio(clip_with_sound))
+
+
+def test_a_broken_video_names_the_request_item_not_a_server_path():
+    from types import SimpleNamespace
+
+    from videollama.media import MediaError
+    from videollama.vllm.media import decode_video
+
+    with pytest.raises(MediaError) as caught:
+        decode_video(SimpleNamespace(original_bytes=b"not a video\n" * 100), 8, image_size=112, max_frames=32,
+                     with_audio=True)
+    assert str(caught.value).startswith("video_url: ") and "/" not in str(caught.value)
+
+
+def test_an_audio_part_through_vllms_samples_and_our_resampler_equals_load_audio(tmp_path):
+    import soundfile
+
+    from media_fixtures import make_tone_audio
+    from videollama.media import load_audio
+    from videollama.vllm.media import SincResampler, decode_audio
+
+    path = make_tone_audio(tmp_path / "tone.wav", 3.0, freq=440, sample_rate=44100, tone_start=0.5, tone_seconds=1.5)
+    samples, rate = soundfile.read(str(path), dtype="float32")  # what vLLM's audio decoder returns (mono)
+    waveform = SincResampler().resample(samples, orig_sr=rate)
+    assert torch.equal(decode_audio(waveform), load_audio(path))

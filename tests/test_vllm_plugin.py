@@ -1,0 +1,184 @@
+"""Video-LLaMA served by ``vllm serve`` through our plugin (videollama/vllm/), against our own Pipeline.
+
+One ``vllm serve`` of the shipped SynthAV model (fp32, CPU) answers every test here through the openai
+client. Greedy answers must equal ``Pipeline``'s token for token, with the same prompt ids and the same
+first-token logits (to 1e-4; the server returns raw logits for the whole vocabulary), for a video, a
+video with sound (both branches), an image and an audio clip. vLLM runs from its own venv
+(``make vllm``); these tests are skipped, with the reason, only when that venv cannot be built.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from media_fixtures import make_numbered_video, make_tone_audio
+from PIL import Image
+from vllm_helpers import vllm_python, vllm_server
+
+from videollama import GenerationConfig, MediaOptions, Pipeline
+from videollama.defaults import SHIPPED_MODEL
+
+pytestmark = pytest.mark.slow
+
+SERVED_NAME = "synthav"
+QUESTION = "What is shown and heard?"
+MAX_NEW_TOKENS = 12
+NUM_FRAMES = 8
+LOGIT_TOLERANCE = 1e-4
+EXAMPLE_CLIP = SHIPPED_MODEL.parent / "examples" / "synthav_30000000.mp4"  # 4 s, with a sound track
+CASES = {"video": ("video.mp4", "video_url"), "video_audio": ("av.mp4", "video_url"),
+         "image": ("image.png", "image_url"), "audio": ("audio.wav", "audio_url"),
+         "audio_44k": ("audio44k.wav", "audio_url")}  # resampled to 16 kHz: our resampler on vLLM's samples
+HEARD = ("video_audio", "audio", "audio_44k")
+
+
+@pytest.fixture(scope="module")
+def media_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vllm-media")
+    make_numbered_video(root / "video.mp4", 24, fps=8, size=(112, 112))  # no sound track
+    shutil.copy(EXAMPLE_CLIP, root / "av.mp4")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(root / "image.png")
+    make_tone_audio(root / "audio.wav", 5.0, freq=660)  # 16 kHz mono: vLLM's decoder gives our samples
+    make_tone_audio(root / "audio44k.wav", 5.0, freq=440, sample_rate=44100, tone_start=1.0, tone_seconds=2.0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("vllm-log") / "serve.log"
+
+
+@pytest.fixture(scope="module")
+def server(media_dir, server_log):
+    python, why = vllm_python()
+    if python is None:
+        pytest.skip(f"vLLM venv unavailable: {why}")
+    args = ["--served-model-name", SERVED_NAME, "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
+            "--max-num-seqs", "8", "--allowed-local-media-path", str(media_dir), "--logprobs-mode", "raw_logits",
+            "--max-logprobs", "-1", "--trust-request-mm-kwargs", "--limit-mm-per-prompt", '{"video": 1, "image": 1, "audio": 1}']
+    with vllm_server(python, SHIPPED_MODEL, *args, log_path=server_log) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return Pipeline.from_pretrained(SHIPPED_MODEL, dtype=torch.float32)
+
+
+def _message(media_dir, case: str, text: str = QUESTION) -> list[dict]:
+    name, part = CASES[case]
+    return [{"role": "user", "content": [{"type": part, part: {"url": (media_dir / name).as_uri()}},
+                                         {"type": "text", "text": text}]}]
+
+
+def _reference(pipeline, path, num_frames: int = NUM_FRAMES):
+    """Pipeline's prompt ids, first-token logits and greedy ids for one media file."""
+    media = pipeline.encode_media(path, MediaOptions(num_frames=num_frames))
+    ids = pipeline.prompt_ids(media, [(QUESTION, None)])
+    with torch.inference_mode():
+        embeds = pipeline.model.embed_inputs(torch.tensor([ids]), media.video, media.audio)
+        logits = pipeline.model.language_model(inputs_embeds=embeds).logits[0, -1]
+    request = pipeline.request(media, [(QUESTION, None)], GenerationConfig(do_sample=False, max_new_tokens=MAX_NEW_TOKENS))
+    return media, ids, logits.numpy(), pipeline.engine.generate_all([request])[0]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_greedy_answer_prompt_and_first_logits_equal_pipeline(case, client, pipeline, media_dir):
+    media, ids, logits, generated = _reference(pipeline, media_dir / CASES[case][0])
+    assert (media.audio is not None) == (case in HEARD)
+    response = client.chat.completions.create(
+        model=SERVED_NAME, messages=_message(media_dir, case), temperature=0.0, max_tokens=MAX_NEW_TOKENS,
+        logprobs=True, top_logprobs=-1,
+        extra_body={"return_token_ids": True, "return_tokens_as_token_ids": True,
+                    "mm_processor_kwargs": {"num_frames": NUM_FRAMES}})
+    choice = response.choices[0]
+    assert response.model_extra["prompt_token_ids"] == ids
+    assert choice.model_extra["token_ids"] == generated
+    first = {int(entry.token.removeprefix("token_id:")): entry.logprob for entry in choice.logprobs.content[0].top_logprobs}
+    assert sorted(first) == list(range(len(logits)))  # the whole vocabulary came back
+    served = np.array([first[i] for i in range(len(logits))])
+    assert np.abs(served - logits).max() < LOGIT_TOLERANCE
+
+
+@pytest.mark.parametrize("case", ["video", "video_audio"])
+def test_a_repeated_video_is_served_from_vllms_processor_cache_with_the_same_prompt(case, client, pipeline, media_dir):
+    _, ids, _, generated = _reference(pipeline, media_dir / CASES[case][0])
+    for _ in range(2):  # the first call may already hit the cache (the parity test sent the same request)
+        response = client.chat.completions.create(
+            model=SERVED_NAME, messages=_message(media_dir, case), temperature=0.0, max_tokens=MAX_NEW_TOKENS,
+            extra_body={"return_token_ids": True, "mm_processor_kwargs": {"num_frames": NUM_FRAMES}})
+        assert response.model_extra["prompt_token_ids"] == ids
+        assert response.choices[0].model_extra["token_ids"] == generated
+
+
+def test_video_with_sound_streams_the_pipelines_answer_from_both_branches(client, pipeline, media_dir):
+    media = pipeline.encode_media(media_dir / "av.mp4", MediaOptions(num_frames=NUM_FRAMES))
+    assert media.audio is not None and media.video is not None
+    expected = pipeline.chat(media_dir / "av.mp4").ask(QUESTION, GenerationConfig(do_sample=False, max_new_tokens=MAX_NEW_TOKENS))
+    data = base64.b64encode((media_dir / "av.mp4").read_bytes()).decode()
+    messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{data}"}},
+                                             {"type": "text", "text": QUESTION}]}]
+    stream = client.chat.completions.create(model=SERVED_NAME, messages=messages, temperature=0.0,
+                                            max_tokens=MAX_NEW_TOKENS, stream=True)
+    pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert len(pieces) >= 2  # streamed, not one body
+    assert "".join(pieces).strip() == expected
+
+
+def test_frame_count_comes_from_mm_processor_kwargs(client, pipeline, media_dir):
+    _, ids, _, _ = _reference(pipeline, media_dir / "video.mp4", num_frames=4)
+    response = client.chat.completions.create(
+        model=SERVED_NAME, messages=_message(media_dir, "video"), temperature=0.0, max_tokens=1,
+        extra_body={"return_token_ids": True, "mm_processor_kwargs": {"num_frames": 4}})
+    assert response.model_extra["prompt_token_ids"] == ids
+    assert "The video contains 4 frames" in pipeline.tokenizer.decode(ids)
+
+
+def _bad_content(problem: str, media_dir) -> list[dict]:
+    video = {"type": "video_url", "video_url": {"url": (media_dir / "video.mp4").as_uri()}}
+    (media_dir / "not-a-video.mp4").write_bytes(b"plain text, not a media file\n" * 64)
+    return {
+        "two videos": [video, video],
+        "unknown media type": [{"type": "hologram_url", "hologram_url": {"url": (media_dir / "video.mp4").as_uri()}}],
+        "file outside the allowed path": [{"type": "video_url", "video_url": {"url": "file:///etc/hostname"}}],
+        "not a media file": [{"type": "video_url", "video_url": {"url": (media_dir / "not-a-video.mp4").as_uri()}}],
+    }[problem]
+
+
+@pytest.mark.parametrize("problem", ["two videos", "unknown media type", "file outside the allowed path",
+                                     "not a media file"])
+def test_bad_requests_get_a_4xx(problem, client, media_dir):
+    import openai
+
+    content = [*_bad_content(problem, media_dir), {"type": "text", "text": "?"}]
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=SERVED_NAME, max_tokens=1, messages=[{"role": "user", "content": content}])
+    assert 400 <= caught.value.status_code < 500, f"{problem}: {caught.value}"
+    assert "videollama-vllm-" not in str(caught.value)  # never a server-side temporary path
+
+
+def test_too_many_frames_is_refused(client, media_dir):
+    import openai
+
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=SERVED_NAME, messages=_message(media_dir, "video"), max_tokens=1,
+                                       extra_body={"mm_processor_kwargs": {"num_frames": 33}})
+    assert caught.value.status_code == 400
+    assert "num_frames" in str(caught.value)
+
+
+def test_startup_registered_the_plugin_and_warmed_up_cleanly(server, server_log):
+    log = server_log.read_text()
+    assert "Loading chat template fallback" in log  # our chat template, registered by the plugin
+    assert "warmup failed" not in log  # vLLM's processor warm-up (one item of each modality) went through

@@ -1,0 +1,167 @@
+"""Videos of any length: sampled frames cut into windows, each window its own 32 video tokens.
+
+Up to ``max_frames`` (32) sampled frames nothing changes: one window, the official prompt
+sentence, the same frames and tokens as :func:`~videollama.media.load_video`. Beyond that:
+
+1. the sampled positions (:class:`~videollama.media.windows.VideoSampling`) are cut into balanced
+   windows of at most ``max_frames`` frames (:func:`~videollama.media.windows.split_windows`);
+2. each window is decoded (one :class:`~videollama.media.video.VideoReader` for the whole file,
+   so ascending windows decode as one pass would), run through the ViT and the image Q-Former
+   (:meth:`VideoLlama.encode_frames`), then its pixels are dropped;
+3. without a budget, the window's features go straight through the video Q-Former with frame
+   positions 0..k-1 (:meth:`VideoLlama.encode_frame_features`) -> 32 tokens; with a budget of
+   ``max_windows`` windows, the features enter a :class:`~videollama.frame_merge.FrameMemory` of
+   ``max_windows * max_frames`` frames that merges the most similar adjacent frames, and the
+   memory is cut into windows at the end;
+4. audio, when used, is read per window by :class:`~videollama.media.audio_span.AudioSpanReader`:
+   8 clips of 2 s placed by the official rule inside the window's time span -> 8 tokens.
+
+Peak memory is one window of decoded frames plus the soft tokens (32 x D per window) and, with a
+budget, ``max_windows * max_frames`` frames of image-Q-Former features: it does not grow with the
+video's length (``benchmarks/bench_long_video.py``, ``docs/long-video.md``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .frame_merge import FrameMemory, MergedFrame
+from .media.audio_span import AudioSpanReader
+from .media.transforms import denormalize
+from .media.video import DEFAULT_IMAGE_SIZE, VideoClip, VideoReader
+from .media.windows import VideoSampling, WindowSpan, split_windows, window_spans
+from .model import VideoLlama
+
+__all__ = ["THUMBNAIL_SIZE", "Timeline", "VideoEncoding", "encode_video_file", "encode_window_audio"]
+
+THUMBNAIL_SIZE = 96  # pixels, the longer side of a timeline thumbnail
+UINT8_MAX = 255
+
+
+@dataclass
+class Timeline:
+    """When the windows and the sampled frames of a video are (the API's extension field)."""
+
+    windows: list[WindowSpan]
+    frame_times: list[float]  # every sampled frame, seconds
+    duration: float
+    merged_frames: int = 0  # sampled frames merged into others to fit a window budget
+    thumbnails: list[np.ndarray] = field(default_factory=list, repr=False)  # (h, w, 3) uint8, one per window
+
+    def to_dict(self) -> dict:
+        """JSON-ready: {"duration", "merged_frames", "frame_times", "windows": [{"start", "end", "label",
+        "frame_times"}]} (seconds rounded to milliseconds)."""
+        return {
+            "duration": round(self.duration, 3),
+            "merged_frames": self.merged_frames,
+            "frame_times": [round(t, 3) for t in self.frame_times],
+            "windows": [{"start": round(w.start, 3), "end": round(w.end, 3), "label": w.label,
+                         "frame_times": [round(t, 3) for t in w.frame_times]} for w in self.windows],
+        }
+
+
+@dataclass
+class VideoEncoding:
+    """A video as the LLM reads it: one row of soft tokens per window."""
+
+    video: torch.Tensor  # (W, num_video_tokens, D)
+    timeline: Timeline
+    clip: VideoClip | None = None  # one window only: the sampled clip (for the official prompt sentence)
+    audio: torch.Tensor | None = None  # (W, num_audio_tokens, D), filled by encode_window_audio
+
+    @property
+    def windowed(self) -> bool:
+        """Read beyond max_frames (in windows, possibly merged into one), not as one official clip."""
+        return self.clip is None
+
+
+@torch.inference_mode()
+def encode_video_file(model: VideoLlama, path: str | os.PathLike[str], sampling: VideoSampling, *,
+                      image_size: int = DEFAULT_IMAGE_SIZE, resize: str = "squash", frame_lookup: str = "index",
+                      max_bytes: int | None = None, max_duration: float | None = None) -> VideoEncoding:
+    """Decode and encode the sampled frames of ``path`` window by window (see the module docstring).
+
+    Raises:
+        MediaError / NoVideoError: as :class:`~videollama.media.video.VideoReader`.
+    """
+    window_frames = model.config.max_frames
+    with VideoReader(path, image_size=image_size, resize=resize, frame_lookup=frame_lookup, max_bytes=max_bytes,
+                     max_duration=max_duration) as reader:
+        positions = sampling.frame_positions(reader.num_frames, reader.fps)
+        chunks = split_windows(positions, window_frames)
+        if len(chunks) == 1:  # today's path: one clip, one window
+            clip = reader.read(positions)
+            video = model.encode_video(clip.frames[None].to(model.device, model.dtype))
+            span = window_spans([clip.timestamps[0]], [clip.timestamps], reader.duration)
+            timeline = Timeline(span, list(clip.timestamps), reader.duration, thumbnails=[_thumbnail(clip.frames[0])])
+            return VideoEncoding(video, timeline, clip=clip)
+        budget = None if sampling.max_windows is None else sampling.max_windows * window_frames
+        if budget is not None and len(positions) > budget:
+            return _encode_merged(model, reader, chunks, budget, len(positions))
+        rows, first_times, times, thumbnails = [], [], [], []
+        for chunk in chunks:
+            clip = reader.read(chunk)
+            rows.append(model.encode_video(clip.frames[None].to(model.device, model.dtype)))  # (1, 32, D)
+            first_times.append(clip.timestamps[0])
+            times.append(list(clip.timestamps))
+            thumbnails.append(_thumbnail(clip.frames[0]))
+            del clip  # the window's pixels go before the next window is decoded
+        spans = window_spans(first_times, times, reader.duration)
+        timeline = Timeline(spans, [t for window in times for t in window], reader.duration, thumbnails=thumbnails)
+        return VideoEncoding(torch.cat(rows), timeline)
+
+
+def _encode_merged(model: VideoLlama, reader: VideoReader, chunks: list[list[int]], budget: int,
+                   sampled: int) -> VideoEncoding:
+    """Windows through a :class:`FrameMemory` of ``budget`` frames, cut into windows at the end."""
+    memory = FrameMemory(budget)
+    frame_times: list[float] = []
+    for chunk in chunks:
+        clip = reader.read(chunk)
+        features = model.encode_frames(clip.frames[None].to(model.device, model.dtype))[0]  # (T, Q, 768)
+        for t, time in enumerate(clip.timestamps):
+            memory.add(MergedFrame(features[t].clone(), time, time, thumbnail=_thumbnail(clip.frames[t])))
+        frame_times += clip.timestamps
+        del clip, features
+    groups = split_windows(list(range(len(memory))), model.config.max_frames)
+    rows, first_times, times, thumbnails = [], [], [], []
+    for group in groups:
+        slots = [memory.frames[i] for i in group]
+        stacked = torch.stack([slot.features for slot in slots])[None]  # (1, T, Q, 768)
+        rows.append(model.encode_frame_features(stacked))
+        first_times.append(slots[0].first_time)
+        times.append([slot.first_time for slot in slots])
+        thumbnails.append(slots[0].thumbnail)
+    spans = window_spans(first_times, times, reader.duration)
+    timeline = Timeline(spans, frame_times, reader.duration, merged_frames=sampled - len(memory),
+                        thumbnails=thumbnails)
+    return VideoEncoding(torch.cat(rows), timeline)
+
+
+@torch.inference_mode()
+def encode_window_audio(model: VideoLlama, path: str | os.PathLike[str], windows: list[WindowSpan], *,
+                        max_bytes: int | None = None) -> torch.Tensor:
+    """8 tokens per window from the audio of its span -> (W, num_audio_tokens, D).
+
+    Raises:
+        NoAudioError: no audio stream, or a window's span holds no audio.
+    """
+    rows = []
+    with AudioSpanReader(path, max_bytes=max_bytes) as audio:
+        for window in windows:
+            clips = audio.clips(window.start, window.end)  # (8, 1, 128, 204)
+            rows.append(model.encode_audio(clips[None].to(model.device, model.dtype)))
+    return torch.cat(rows)
+
+
+def _thumbnail(frame: torch.Tensor) -> np.ndarray:
+    """A CLIP-normalised (3, S, S) frame -> (h, w, 3) uint8 of THUMBNAIL_SIZE pixels."""
+    pixels = denormalize(frame[None].float()).clamp_(0, 1)  # (1, 3, S, S) in [0, 1]
+    small = F.interpolate(pixels, size=(THUMBNAIL_SIZE, THUMBNAIL_SIZE), mode="bilinear", antialias=True,
+                          align_corners=False)
+    return (small[0].permute(1, 2, 0) * UINT8_MAX).round().to(torch.uint8).numpy()

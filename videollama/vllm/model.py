@@ -1,0 +1,133 @@
+"""Video-LLaMA as a vLLM model: our media encoders in front of vLLM's own implementation of the LLM.
+
+The encoders (EVA ViT, image and video Q-Formers, ImageBind audio, audio Q-Former, both projections)
+are our ``VideoLlama`` modules built without a language model and loaded from the folder's tensors
+under the same names; the language model is whatever vLLM registers for the folder's ``llm``
+architecture (``LlamaForCausalLM`` for Video-LLaMA-2), so it gets paged attention, continuous
+batching and tensor parallelism. The processor (``processing.py``) puts each item's placeholder ids in
+the prompt; :meth:`embed_multimodal` returns per item what ``Pipeline`` scatters into them: 32 video
+tokens for a video or an image, 8 audio tokens for an audio clip, and 8 audio then 32 video tokens for
+a video with sound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal, SupportsPP
+from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_prefix
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.sequence import IntermediateTensors
+
+from ..model.checkpoint import CheckpointError
+from ..model.hf_config import VideoLlamaHFConfig
+from ..model.videollama import VideoLlama
+from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
+from .processing import VideoLlamaDummyInputsBuilder, VideoLlamaMultiModalProcessor, VideoLlamaProcessingInfo
+
+LANGUAGE_MODEL_PREFIX = "language_model."
+INFERENCE_ONLY_PARTS = ("imagebind_vision",)  # trains the audio branch; never used to answer
+
+
+@MULTIMODAL_REGISTRY.register_processor(VideoLlamaMultiModalProcessor, info=VideoLlamaProcessingInfo,
+                                        dummy_inputs=VideoLlamaDummyInputsBuilder)
+class VideoLlamaForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
+    @classmethod
+    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
+        if modality in ("image", "video"):
+            return IMAGE_PLACEHOLDER
+        if modality == "audio":
+            return AUDIO_PLACEHOLDER
+        raise ValueError(f"Video-LLaMA reads image, video and audio inputs, not {modality!r}")
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        hf_config: VideoLlamaHFConfig = vllm_config.model_config.hf_config
+        # ImageBind's vision trunk only trains the audio branch: leave it out.
+        self.config = dataclasses.replace(hf_config.model, with_imagebind_vision=False)
+        modalities = set()  # the modalities the encoders serve (as VideoLlamaProcessingInfo's limits)
+        if self.config.with_vision:
+            modalities |= {"image", "video"}
+        if self.config.with_audio:
+            modalities.add("audio")
+        with self._mark_tower_model(vllm_config, modalities):
+            self.encoders = VideoLlama(self.config, with_language_model=False).eval()
+        with self._mark_language_model(vllm_config):
+            self.language_model = init_vllm_registered_model(
+                vllm_config=vllm_config, hf_config=hf_config.text_config,
+                prefix=maybe_prefix(prefix, "language_model"))
+        self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
+        if self.config.image_token_id is None or self.config.audio_token_id is None:
+            raise ValueError("config.json lacks image_token_id / audio_token_id: save the folder with a tokenizer")
+        self.configure_mm_token_handling(hf_config.text_config.vocab_size,
+                                         [self.config.image_token_id, self.config.audio_token_id])
+
+    # ---------------------------------------------------------------- media -> embeddings
+    @torch.inference_mode()
+    def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
+        """One (tokens, D) tensor per item, in prompt order (one item per prompt, several prompts)."""
+        out: list[torch.Tensor] = []
+        if (images := kwargs.get("image_pixel_values")) is not None:
+            out += [self.encoders.encode_video(self._cast(pixels)[None])[0] for pixels in images]
+        if (videos := kwargs.get("video_pixel_values")) is not None:
+            for frames, has_audio, audio in zip(videos, kwargs["video_has_audio"], kwargs["video_audio_values"]):
+                video = self.encoders.encode_video(self._cast(frames)[None])[0]
+                if bool(has_audio):
+                    video = torch.cat([self.encoders.encode_audio(self._cast(audio)[None])[0], video])
+                out.append(video)
+        if (audios := kwargs.get("audio_values")) is not None:
+            out += [self.encoders.encode_audio(self._cast(audio)[None])[0] for audio in audios]
+        return out
+
+    def _cast(self, values: torch.Tensor) -> torch.Tensor:
+        return values.to(self.encoders.device, self.encoders.dtype)
+
+    # ---------------------------------------------------------------- the language model
+    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
+                intermediate_tensors: IntermediateTensors | None = None,
+                inputs_embeds: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor | IntermediateTensors:
+        if intermediate_tensors is not None:
+            inputs_embeds = None
+        return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.language_model.compute_logits(hidden_states)
+
+    # ---------------------------------------------------------------- weights
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """The folder's tensors: ``language_model.*`` to vLLM's LLM, the rest to our encoders by name."""
+        llm_weights: list[tuple[str, torch.Tensor]] = []
+        expected = self.encoders.state_dict()
+        loaded: set[str] = set()
+        unexpected, mismatched = [], []
+        for name, tensor in weights:
+            if name.startswith(LANGUAGE_MODEL_PREFIX):
+                llm_weights.append((name[len(LANGUAGE_MODEL_PREFIX):], tensor))
+                continue
+            if name.split(".")[0] in INFERENCE_ONLY_PARTS:
+                continue
+            if name not in expected:
+                unexpected.append(name)
+                continue
+            if tuple(tensor.shape) != tuple(expected[name].shape):
+                mismatched.append(f"{name}: file {tuple(tensor.shape)} vs model {tuple(expected[name].shape)}")
+                continue
+            with torch.no_grad():
+                expected[name].copy_(tensor)
+            loaded.add(name)
+        missing = sorted(set(expected) - loaded)
+        if missing or unexpected or mismatched:
+            lines = ["the folder's encoder tensors do not match the model built from config.json"]
+            for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+                if items:
+                    lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]))
+            raise CheckpointError("\n".join(lines))
+        llm_loaded = self.language_model.load_weights(llm_weights)
+        return {f"encoders.{n}" for n in loaded} | {LANGUAGE_MODEL_PREFIX + n for n in llm_loaded}
+
+    def get_language_model(self) -> nn.Module:
+        return self.language_model

@@ -1,0 +1,267 @@
+"""vLLM's multimodal processing for Video-LLaMA: processing info, dummy inputs, and the processor.
+
+vLLM renders the chat template (``chat_template.py``) and tokenizes the result with the HF tokenizer in
+one piece. Our ``Processor`` tokenizes the text between media markers piece by piece (as the official
+``get_context_emb``), which gives other ids at the seams. To answer with exactly ``Pipeline``'s tokens,
+:meth:`VideoLlamaMultiModalProcessor.apply` decodes vLLM's prompt back to text (lossless for these
+tokenizers), fills in the video's facts (``prompt.finish_prompt``) and tokenizes it with our
+``Processor``: 32 ``<ImageHere>`` per video or image, 8 ``<AudioHere>`` per sound track, audio before
+video. The prompt updates then only *locate* each item's embeddings: a video with sound spans from its
+first ``<AudioHere>`` to its last ``<ImageHere>`` (the text between is not embedded), so the model
+returns its 8 audio and 32 video embeddings as one item, in that order. A video's update also carries
+its facts (``VideoPlaceholders``): vLLM's processor cache keeps updates with each item, while the item's
+tensors may be held by the engine only.
+
+One media item per prompt, as ``videollama serve``: a second item is refused (vLLM answers 400).
+Frames per video come from ``mm_processor_kwargs={"num_frames": N}`` (default 8, at most the
+folder's ``max_frames``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from transformers import BatchFeature
+from vllm.config.multimodal import MultiModalDummyOptions
+from vllm.inputs import MultiModalDataDict, MultiModalInput, mm_input
+from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
+from vllm.multimodal.parse import MultiModalDataItems, MultiModalDataParser, VideoProcessorItems
+from vllm.multimodal.processing import (
+    BaseDummyInputsBuilder,
+    BaseMultiModalProcessor,
+    BaseProcessingInfo,
+    PromptReplacement,
+    PromptUpdate,
+    PromptUpdateDetails,
+)
+from vllm.multimodal.processing.inputs import ProcessorInputs
+from vllm.multimodal.processing.processor import MultiModalPromptUpdates, TimingContext
+
+from ..config import VideoLlamaConfig
+from ..media.audio import CLIP_SECONDS, NUM_CLIPS, NUM_MEL_BINS, SAMPLE_RATE, TARGET_FRAMES
+from ..media.video import DEFAULT_NUM_FRAMES, timestamp_message
+from ..model.hf_config import VideoLlamaHFConfig
+from ..processor import Processor
+from ..templates import AUDIO_SENTENCE, AV_MESSAGE, IMAGE_MESSAGE, VIDEO_MESSAGE
+from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
+from .media import SincResampler, decode_audio, decode_image, decode_video
+from .prompt import VideoFacts, finish_prompt
+
+NUM_FRAMES_KWARG = "num_frames"
+MAX_MEDIA_ITEMS = 1  # one video, image or audio clip per conversation, as our own server
+# Dummy inputs for vLLM's memory profiling: a video of max_frames frames (its 32 tokens do not depend on
+# the frame count; the encoders' memory does) and an audio clip long enough to fill every 2 s window.
+DUMMY_AUDIO_SECONDS = NUM_CLIPS * CLIP_SECONDS
+
+
+@dataclass
+class VideoPlaceholders(PromptUpdateDetails):
+    """A video's placeholder run, with what its decoded file adds to the prompt. vLLM's processor cache keeps
+    prompt updates with each item (its tensors may live in the engine's cache only), so the facts go here."""
+
+    facts: VideoFacts | None = None
+
+
+class EncodedVideoItems(VideoProcessorItems):
+    """Video items that keep vLLM's ``MediaWithBytes`` wrapper: our decoder reads the original bytes.
+    (vLLM's own items unwrap to the frames it decoded, also when the processor cache re-parses them.)"""
+
+    def get(self, index: int):
+        return self.data[index]
+
+
+class VideoLlamaDataParser(MultiModalDataParser):
+    """vLLM's parser with our resampler for audio parts and video items that keep their bytes."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(target_sr=SAMPLE_RATE, target_channels=1, **kwargs)
+        self.audio_resampler = SincResampler()
+
+    def _parse_video_data(self, data):
+        items = super()._parse_video_data(data)
+        if isinstance(items, VideoProcessorItems):
+            return EncodedVideoItems(items.data, metadata=items.metadata)
+        return items
+
+
+class VideoLlamaProcessingInfo(BaseProcessingInfo):
+    def get_hf_config(self) -> VideoLlamaHFConfig:
+        return self.ctx.get_hf_config(VideoLlamaHFConfig)
+
+    @cached_property
+    def model_config(self) -> VideoLlamaConfig:
+        return self.get_hf_config().model
+
+    @cached_property
+    def processor(self) -> Processor:
+        """Our own prompt tokenizer, on vLLM's tokenizer (the folder's)."""
+        return Processor(self.get_tokenizer(), self.model_config)
+
+    def get_supported_mm_limits(self) -> Mapping[str, int | None]:
+        limits: dict[str, int | None] = {}
+        if self.model_config.with_vision:
+            limits.update(image=MAX_MEDIA_ITEMS, video=MAX_MEDIA_ITEMS)
+        if self.model_config.with_audio:
+            limits["audio"] = MAX_MEDIA_ITEMS
+        return limits
+
+    def get_supported_mm_processor_kwargs(self) -> dict[str, set[str]]:
+        return {}  # no Hugging Face processor: our processor reads num_frames itself
+
+    def get_data_parser(self) -> MultiModalDataParser:
+        return VideoLlamaDataParser(expected_hidden_size=self._get_expected_hidden_size())
+
+    def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
+        spans = {"image": len(self.image_span()), "video": len(self.video_span(self.model_config.with_audio)),
+                 "audio": len(self.audio_span())}
+        return {modality: spans[modality] for modality in self.get_supported_mm_limits()}
+
+    # ---------------------------------------------------------------- where each item's embeddings go
+    def image_span(self) -> list[int]:
+        return [self.processor.image_token_id] * self.model_config.num_video_tokens
+
+    def audio_span(self) -> list[int]:
+        return [self.processor.audio_token_id] * self.model_config.num_audio_tokens
+
+    def video_span(self, has_audio: bool) -> list[int]:
+        """Token ids of a video's item: its 32 video tokens, or with sound everything from the first audio
+        token to the last video token of the audio-visual preamble (tokenized as ``Processor`` does)."""
+        if not has_audio:
+            return self.image_span()
+        ids = self.processor.tokenize(AV_MESSAGE, add_bos=False)
+        first = ids.index(self.processor.audio_token_id)
+        last = len(ids) - 1 - ids[::-1].index(self.processor.image_token_id)
+        return ids[first:last + 1]
+
+    def num_frames(self, mm_kwargs: Mapping[str, object]) -> int:
+        value = mm_kwargs.get(NUM_FRAMES_KWARG, DEFAULT_NUM_FRAMES)
+        limit = self.model_config.max_frames
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+            raise ValueError(f"mm_processor_kwargs.{NUM_FRAMES_KWARG} must be an integer from 1 to {limit} "
+                             f"(the model's max_frames), got {value!r}")
+        return value
+
+
+class VideoLlamaDummyInputsBuilder(BaseDummyInputsBuilder[VideoLlamaProcessingInfo]):
+    def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
+        markers = {"image": IMAGE_MESSAGE, "video": VIDEO_MESSAGE, "audio": AUDIO_SENTENCE}
+        return "".join(markers[m] * n for m, n in mm_counts.items())
+
+    def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int],
+                          mm_options: MultiModalDummyOptions) -> MultiModalDataDict:
+        config = self.info.model_config
+        size = config.vision.image_size
+        return {
+            "image": self._get_dummy_images(width=size, height=size, num_images=mm_counts.get("image", 0),
+                                            overrides=mm_options.get("image")),
+            "video": self._get_dummy_videos(width=size, height=size, num_frames=config.max_frames,
+                                            num_videos=mm_counts.get("video", 0), overrides=mm_options.get("video")),
+            "audio": self._get_dummy_audios(length=int(DUMMY_AUDIO_SECONDS * SAMPLE_RATE),
+                                            num_audios=mm_counts.get("audio", 0), overrides=mm_options.get("audio")),
+        }
+
+
+class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessingInfo]):
+    def _apply_hf_processor_main(self, mm_items: MultiModalDataItems,
+                                 hf_kwargs: Mapping[str, object]) -> BatchFeature:
+        """Decode every item with our media code (there is no Hugging Face processor)."""
+        config = self.info.model_config
+        out: dict[str, torch.Tensor] = {}
+        if "image" in mm_items:
+            images = mm_items["image"].data
+            out["image_pixel_values"] = torch.stack([decode_image(item, image_size=config.vision.image_size)
+                                                     for item in images])  # (N, 1, 3, S, S)
+        if "video" in mm_items:
+            num_frames = self.info.num_frames(hf_kwargs)
+            videos = [decode_video(item, num_frames, image_size=config.vision.image_size,
+                                   max_frames=config.max_frames, with_audio=config.with_audio)
+                      for item in mm_items["video"].data]
+            out["video_pixel_values"] = torch.stack([v.frames for v in videos])  # (N, T, 3, S, S)
+            out["video_message_seconds"] = torch.tensor([v.message_seconds for v in videos], dtype=torch.float64)
+            out["video_has_audio"] = torch.tensor([v.audio is not None for v in videos])
+            silent = torch.zeros(NUM_CLIPS, 1, NUM_MEL_BINS, TARGET_FRAMES)  # stands in for a missing sound track
+            out["video_audio_values"] = torch.stack([silent if v.audio is None else v.audio for v in videos])
+        if "audio" in mm_items:
+            out["audio_values"] = torch.stack([decode_audio(item) for item in mm_items["audio"].data])
+        return BatchFeature(out)
+
+    def _get_mm_fields_config(self, hf_inputs: BatchFeature,
+                              hf_processor_mm_kwargs: Mapping[str, object]) -> Mapping[str, MultiModalFieldConfig]:
+        return dict(
+            image_pixel_values=MultiModalFieldConfig.batched("image"),
+            video_pixel_values=MultiModalFieldConfig.batched("video"),
+            video_message_seconds=MultiModalFieldConfig.batched("video"),
+            video_has_audio=MultiModalFieldConfig.batched("video"),
+            video_audio_values=MultiModalFieldConfig.batched("video"),
+            audio_values=MultiModalFieldConfig.batched("audio"),
+        )
+
+    def _get_prompt_updates(self, mm_items: MultiModalDataItems, hf_processor_mm_kwargs: Mapping[str, object],
+                            out_mm_kwargs: MultiModalKwargsItems) -> Sequence[PromptUpdate]:
+        info = self.info
+        ids = [info.processor.image_token_id, info.processor.audio_token_id]
+
+        def video(item_idx: int) -> VideoPlaceholders:
+            item = out_mm_kwargs["video"][item_idx]
+            facts = VideoFacts(timestamp_message(item["video_message_seconds"].data.tolist()),
+                               has_audio=bool(item["video_has_audio"].data))
+            span = PromptUpdateDetails.select_token_ids(info.video_span(facts.has_audio), ids)
+            return VideoPlaceholders(full=span.full, is_embed=span.is_embed, facts=facts)
+
+        return [
+            PromptReplacement("image", [ids[0]], PromptUpdateDetails.select_token_id(info.image_span(), ids[0])),
+            PromptReplacement("video", [ids[0]], video),
+            PromptReplacement("audio", [ids[1]], PromptUpdateDetails.select_token_id(info.audio_span(), ids[1])),
+        ]
+
+    def get_dummy_mm_inputs(self, mm_counts: Mapping[str, int], **kwargs) -> MultiModalInput:
+        """vLLM warms the processor up with one item of every modality in one prompt, which this model refuses
+        (one item per prompt): build each modality's dummy prompt alone and return the one with the most
+        embedded positions."""
+        wanted = [modality for modality, count in mm_counts.items() if count]
+        if len(wanted) <= MAX_MEDIA_ITEMS:
+            return super().get_dummy_mm_inputs(mm_counts, **kwargs)
+        dummies = []
+        for modality in wanted:
+            dummies.append(super().get_dummy_mm_inputs({modality: 1}, **kwargs))
+        return max(dummies, key=lambda d: sum(p.length for ranges in d["mm_placeholders"].values() for p in ranges))
+
+    def apply(self, inputs: ProcessorInputs, timing_ctx: TimingContext) -> MultiModalInput:
+        """Our prompt tokens (see the module docstring) and where each item's embeddings go."""
+        counts = inputs.mm_data_items.get_all_counts()
+        if sum(counts.values()) > MAX_MEDIA_ITEMS:
+            given = ", ".join(f"{n} {m}" for m, n in counts.items() if n)
+            raise ValueError(f"this model takes one media item (a video, an image or an audio clip) per "
+                             f"conversation; got {given}")
+        result = self._cached_apply_hf_processor(inputs, timing_ctx)
+        with timing_ctx.record("apply_prompt_updates"):
+            prompt_ids = self._our_prompt_ids(inputs.prompt, counts, result.prompt_updates)
+            placeholders = self._find_mm_placeholders(prompt_ids, result.prompt_updates)
+            self._validate_mm_placeholders(placeholders, counts)
+        return mm_input(
+            prompt_token_ids=prompt_ids,
+            mm_kwargs=result.kwargs,
+            mm_hashes=result.hashes,
+            mm_placeholders={m: [p.to_range() for p in items] for m, items in placeholders.items()},
+        )
+
+    def _our_prompt_ids(self, prompt: str | list[int], counts: Mapping[str, int],
+                        prompt_updates: MultiModalPromptUpdates) -> list[int]:
+        tokenizer = self.info.get_tokenizer()
+        text = prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
+        bos = tokenizer.bos_token or ""
+        text = text[len(bos):] if bos and text.startswith(bos) else text
+        video = prompt_updates["video"][0][0].content.facts if counts.get("video") else None
+        config = self.info.model_config
+        text = finish_prompt(text, video, config.template, audio_branch=config.with_audio)
+        has_audio = video is not None and video.has_audio
+        expected = {IMAGE_PLACEHOLDER: counts.get("image", 0) + counts.get("video", 0),
+                    AUDIO_PLACEHOLDER: counts.get("audio", 0) + int(has_audio)}
+        for marker, count in expected.items():
+            if text.count(marker) != count:
+                raise ValueError(f"the prompt holds {text.count(marker)} {marker} markers for {count} media "
+                                 "items; use videollama's chat template (vLLM's default for this model)")
+        return self.info.processor.tokenize(text)
