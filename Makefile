@@ -1,8 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make demo   create .venv if missing, install, chat about a real video clip
 #   make test   the test suite (everything; what CI runs)
-#   make test-fast  the fast loop while editing: every test not marked slow (454 tests, 142 s measured on
-#                   2 cores shared with other jobs; make test runs all 544)
+#   make test-fast  the fast loop while editing: every test not marked slow (538 tests, 165 s measured on
+#                   2 cores shared with other jobs; make test runs all 643)
 # Both are idempotent: the install step reruns only when pyproject.toml changes.
 
 PYTHON ?= python3
