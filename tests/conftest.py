@@ -23,10 +23,10 @@ def tiny_tokenizer(tmp_path_factory):
 def tiny_model(tiny_tokenizer):
     from videollama.model import VideoLlama
     from videollama.presets import tiny
-    from videollama.processor import Processor
+    from videollama.processor import attach_media_tokens
 
     config = tiny(vocab_size=tiny_tokenizer.vocab_size)
-    Processor(tiny_tokenizer, config)
+    attach_media_tokens(tiny_tokenizer, config)
     torch.manual_seed(0)
     return VideoLlama(config).eval()
 
@@ -43,3 +43,13 @@ def tiny_pipeline(tiny_model, tiny_tokenizer):
     from videollama.inference import Pipeline
 
     return Pipeline(tiny_model, tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def quick_chain(tmp_path_factory):
+    """``(out_dir, ChainResult)`` of one quick SynthAV chain (``ChainSettings.quick(0)``), shared by the
+    chain tests and the research-tool tests."""
+    from videollama.synthav.chain import ChainSettings, run_chain
+
+    out = tmp_path_factory.mktemp("synthav_chain")
+    return out, run_chain(out, seed=0, settings=ChainSettings.quick(0))

@@ -30,7 +30,7 @@ from videollama.inference import NO_VISION_NOTICE, MediaOptions, Pipeline
 from videollama.media import MediaError
 from videollama.model import AUDIO_BRANCH_TRAINABLE, VISION_BRANCH_TRAINABLE, VideoLlama, count_parameters
 from videollama.presets import tiny
-from videollama.processor import Processor
+from videollama.processor import attach_media_tokens
 
 VISION_PARTS = {"vision_model", "image_qformer", "image_query_tokens", "frame_position_embedding", "video_qformer",
                 "video_query_tokens", "video_projection"}
@@ -59,7 +59,7 @@ def audio_track(video: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def audio_model(tiny_tokenizer):
     config = dataclasses.replace(tiny(vocab_size=tiny_tokenizer.vocab_size), with_vision=False)
-    Processor(tiny_tokenizer, config)  # sets the placeholder ids
+    attach_media_tokens(tiny_tokenizer, config)
     torch.manual_seed(0)
     return VideoLlama(config).eval()
 
@@ -94,6 +94,7 @@ def test_no_vision_parts_and_counts_are_the_full_model_minus_the_vision_branch(a
     assert audio_model.device == torch.device("cpu") and audio_model.dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_encode_video_raises_and_audio_only_forward_equals_the_full_model(audio_model, tiny_model):
     with pytest.raises(ValueError, match=NO_VISION.replace("(", r"\(").replace(")", r"\)")):
         audio_model.encode_video(torch.randn(1, 2, 3, 224, 224))
@@ -158,6 +159,7 @@ def test_info_says_the_vision_branch_is_not_built(audio_model, tmp_path, capsys)
 
 
 # ------------------------------------------------------------------------------------------ chat
+@pytest.mark.slow
 def test_chat_about_a_wav(audio_pipeline, media):
     session = audio_pipeline.chat(media["wav"])
     assert session.notice is None and session.media.kind == "audio" and session.media.video is None
@@ -168,6 +170,7 @@ def test_chat_about_a_wav(audio_pipeline, media):
     assert answer == audio_pipeline.chat(media["wav"]).ask(QUESTION, GREEDY)  # greedy: reproducible
 
 
+@pytest.mark.slow
 def test_video_is_answered_from_its_audio_track(audio_pipeline, media):
     from_video = audio_pipeline.chat(media["video"])
     from_track = audio_pipeline.chat(media["track"])
@@ -193,6 +196,7 @@ def test_what_an_audio_only_model_cannot_read(audio_pipeline, media):
 
 
 # ------------------------------------------------------------------------------------------ save and load
+@pytest.mark.slow
 def test_save_load_round_trip(audio_model, audio_pipeline, tiny_tokenizer, media, tmp_path):
     audio_model.save_pretrained(tmp_path / "al", tokenizer=tiny_tokenizer)
     assert json.loads((tmp_path / "al" / "config.json").read_text())["videollama"]["with_vision"] is False
@@ -208,8 +212,9 @@ def test_save_load_round_trip(audio_model, audio_pipeline, tiny_tokenizer, media
         VideoLlama.from_pretrained(tmp_path / "al", with_audio=False)
 
 
+@pytest.mark.slow
 def test_full_folder_loads_without_its_vision_branch(tiny_model, tiny_model_dir, media):
-    from videollama.convert.loading import load_with_separate_llm
+    from videollama.model.loading import load_with_separate_llm
 
     model = VideoLlama.from_pretrained(tiny_model_dir, with_vision=False)
     assert not model.config.with_vision and model.config.with_audio
@@ -236,6 +241,7 @@ def release(tmp_path_factory):
     return write_tiny_release(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_convert_audio_language_branch_only(release, tmp_path, media):
     from videollama.convert.build import convert
 
@@ -322,6 +328,7 @@ def test_serve_refuses_images_and_silent_videos(audio_pipeline, media):
     assert video.json()["usage"] == track.json()["usage"]
 
 
+@pytest.mark.slow
 def test_web_demo_refuses_images(audio_pipeline, media):
     import gradio as gr
 

@@ -52,6 +52,7 @@ def test_video_without_audio_falls_back_with_a_notice(tiny_pipeline, clips):
     assert "The video contains 8 frames sampled at" in text and "Close your eyes" not in text
 
 
+@pytest.mark.slow
 def test_audio_file_and_one_frame_video(tiny_pipeline, clips):
     audio = tiny_pipeline.encode_media(clips["audio"])
     assert audio.kind == "audio" and audio.video is None and audio.audio.shape[1] == 8
@@ -59,6 +60,7 @@ def test_audio_file_and_one_frame_video(tiny_pipeline, clips):
     assert "The video contains 1 frames sampled at 0.0 seconds." in one.timestamps
 
 
+@pytest.mark.slow
 def test_media_are_encoded_once_per_content(tiny_pipeline, clips, monkeypatch):
     calls = []
     original = tiny_pipeline.model.encode_video
@@ -88,6 +90,7 @@ def test_streamed_pieces_join_to_the_answer(tiny_pipeline, clips):
     assert tiny_pipeline.chat(clips["av"]).ask("what?", GREEDY) == session.turns[-1][1]
 
 
+@pytest.mark.slow
 def test_batch_api_matches_one_at_a_time(tiny_pipeline, clips):
     items = [BatchItem(clips["av"], "what happens?"), BatchItem(clips["audio"], "what sound?"),
              BatchItem(clips["silent"], "a longer question about the video and its frames?"),
@@ -120,6 +123,7 @@ def _cli(*args, env_extra=None, stdin=None):
                           input=stdin, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_one_shot_is_deterministic_with_greedy(tiny_model_dir, clips):
     args = ("chat", clips["av"], "What happens?", "--model", tiny_model_dir, "--greedy", "--max-new-tokens", "5")
     first, second = _cli(*args), _cli(*args)
@@ -127,6 +131,7 @@ def test_cli_one_shot_is_deterministic_with_greedy(tiny_model_dir, clips):
     assert first.stdout == second.stdout and first.stdout.strip()
 
 
+@pytest.mark.slow
 def test_cli_interactive_and_reset(tiny_model_dir, clips):
     out = _cli("chat", clips["silent"], "--model", tiny_model_dir, "--greedy", "--max-new-tokens", "3", "--no-audio",
                stdin="hello?\n/reset\nagain?\n/quit\n")
@@ -135,6 +140,7 @@ def test_cli_interactive_and_reset(tiny_model_dir, clips):
     assert out.stdout.count("you> ") >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, message", [
     ("empty", "empty file"),
     ("text", "not a readable media file"),
@@ -169,6 +175,7 @@ def test_cli_says_what_a_media_path_that_is_no_file_is(tiny_model_dir, tmp_path,
     assert errors == [f"error: {media}: {says}"]
 
 
+@pytest.mark.slow
 def test_cli_missing_model_and_absurd_frame_count(tiny_model_dir, clips, tmp_path):
     out = _cli("chat", clips["av"], "q", "--model", tmp_path / "nope")
     assert out.returncode == 2 and "no such model folder" in out.stderr and "Traceback" not in out.stderr
@@ -177,7 +184,19 @@ def test_cli_missing_model_and_absurd_frame_count(tiny_model_dir, clips, tmp_pat
     # more than the model's 32 frames are read in windows (tests/test_long_video.py), not refused
 
 
+@pytest.mark.slow
 def test_cli_info_counts_match_the_official_architecture():
     out = _cli("info", "videollama2-7b")
     assert out.returncode == 0, out.stderr
     assert "22,104,064  (22.1M)" in out.stdout and "6,738,415,616" in out.stdout
+
+
+def test_every_subsystem_registers_and_a_broken_one_is_not_hidden(monkeypatch):
+    """The CLI imports each subsystem's command module; an import error there surfaces (no silent skip)."""
+    from videollama import cli
+
+    _, commands = cli.build_parser()
+    assert {"chat", "demo", "info", "convert", "train", "serve", "web", "eval", "synthav"} <= set(commands)
+    monkeypatch.setattr(cli, "EXTENSIONS", (*cli.EXTENSIONS, "videollama.no_such_subsystem"))
+    with pytest.raises(ModuleNotFoundError, match="videollama.no_such_subsystem"):
+        cli.build_parser()

@@ -68,6 +68,7 @@ def _assert_one_to_one(converted, official: dict, expected: dict) -> None:
             assert key in official, (target, source)
 
 
+@pytest.mark.slow
 def test_vl_checkpoint_full_size(config, ours):
     official = make_official_branch_state_dict("vl", config, device="meta")
     assert all(v.device.type == "meta" for v in official.values())

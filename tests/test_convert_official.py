@@ -154,6 +154,7 @@ def hand_built(release, config) -> VideoLlama:
 
 
 # ------------------------------------------------------------------------------ parity
+@pytest.mark.slow
 def test_converted_model_equals_hand_built_model(release, converted):
     out, report = converted
     assert report.ok(), report.format()
@@ -256,6 +257,7 @@ def test_unknown_key_fails_with_the_report_even_with_allow_missing(release, tmp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_missing_key_fails_then_allow_missing_fills_and_says_so(release, tmp_path):
     args = _with_vl_state(release, tmp_path, lambda s: s.pop("llama_proj.bias"))
     with pytest.raises(ConversionError, match="missing") as err:

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+
+import pytest
 from pathlib import Path
 
 from videollama.synthav.evaluate import match_choice
@@ -25,6 +27,7 @@ def _field(output: str, name: str) -> list[str]:
     return [line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith(f"{name:<6}:")]
 
 
+@pytest.mark.slow
 def test_demo_answers_the_shipped_example_right(tmp_path):
     manifest = ASSETS / "examples" / "examples.json"
     assert (ASSETS / "synthav-model" / "config.json").is_file(), "the SynthAV default model is not shipped"

@@ -30,6 +30,7 @@ def _greedy_without_cache(model, request: Request, steps: int) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 @torch.inference_mode()
 def test_kv_cache_decoding_matches_full_recompute(tiny_model):
     engine = Engine(tiny_model, eos_token_id=None)
@@ -39,6 +40,7 @@ def test_kv_cache_decoding_matches_full_recompute(tiny_model):
     assert cached == _greedy_without_cache(tiny_model, request, 12)
 
 
+@pytest.mark.slow
 @torch.inference_mode()
 def test_padded_batch_matches_single_requests(tiny_model):
     engine = Engine(tiny_model, eos_token_id=None)

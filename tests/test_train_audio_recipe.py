@@ -78,6 +78,7 @@ def test_stage1_audiotext_alone_trains_exactly_the_audio_branch(audio, model_dir
     assert set(summary["skipped"]) <= {"audiocaps", "clotho", "wavcaps_freesound"} and summary["skipped"]
 
 
+@pytest.mark.slow
 def test_stage2_audioinstruct_mixed_with_visual_data(audio, visual, model_dir, tmp_path, media_seen):
     out = tmp_path / "stage2"
     code = main(["train", str(CONFIGS / "audiobranch_stage2_audioinstruct.yaml"), *SMALL_RUN,

@@ -176,6 +176,7 @@ SAVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_after", ["model.safetensors", "rng.pt"])
 def test_sigkill_while_saving_keeps_previous_checkpoint(tmp_path, kill_after):
     save_checkpoint(tmp_path, 1, make_state(1), keep_last_k=1)

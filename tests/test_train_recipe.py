@@ -61,6 +61,7 @@ def _assert_same_run(run: Path, ref: Path, *, rel: float = 1e-5, atol: float = 1
         torch.testing.assert_close(b[key], a[key], rtol=rel, atol=atol, msg=key)
 
 
+@pytest.mark.slow
 def test_vision_stage1_trains_only_its_parts_and_exports(data, model_dir, tmp_path):
     out = tmp_path / "run"
     summary = train(config_from_dict(stage_config(data, model_dir, out, steps=6)))
@@ -77,6 +78,7 @@ def test_vision_stage1_trains_only_its_parts_and_exports(data, model_dir, tmp_pa
         assert torch.equal(value, exported.state_dict()[key]), key
 
 
+@pytest.mark.slow
 def test_training_reduces_the_loss(data, model_dir, tmp_path):
     """Against the same run at lr 0 (same batches, same order): only the soft prompt can move the frozen
     random LLM's caption loss, which sits at ~6.12 untrained and settles near ~5.75 after 24 steps."""
@@ -92,6 +94,7 @@ def test_training_reduces_the_loss(data, model_dir, tmp_path):
     assert last[3e-3] < last[0.0] - 0.2, last
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accum", [1, 2])
 def test_resume_continues_exactly(data, model_dir, tmp_path, accum):
     """Stopped after step 3 (of 6) and resumed: bit-identical losses; with accumulation the checkpoint falls
@@ -111,6 +114,7 @@ def test_resume_continues_exactly(data, model_dir, tmp_path, accum):
     assert _losses(part).keys() == set(range(6))
 
 
+@pytest.mark.slow
 def test_audio_branch_trains_on_frames_through_imagebind_vision(data, model_dir, tmp_path, monkeypatch):
     seen = []
     original = VideoLlama.forward
@@ -138,6 +142,7 @@ def _torchrun(config_path: Path, *args: str, port_offset: int = 0) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(data, model_dir, reference, tmp_path):
     """torchrun with 2 CPU processes (gloo, DDP), global batch 4 = 2 x 2, against 1 process with batch 4."""
     cfg = stage_config(data, model_dir, tmp_path / "ddp", steps=4, batch_size=2, save_every=4)
@@ -146,6 +151,7 @@ def test_two_processes_match_one_process(data, model_dir, reference, tmp_path):
     _assert_same_run(tmp_path / "ddp", reference)
 
 
+@pytest.mark.slow
 def test_fsdp_two_processes_match_one_process_and_resume(data, model_dir, reference, tmp_path):
     """FSDP2 with 2 CPU processes (gloo), global batch 4 = 2 x 2, against 1 process with batch 4: stopped
     after step 2 (checkpoint: gathered weights, name-keyed optimizer state), resumed under FSDP to step 4.
@@ -175,6 +181,7 @@ def _expected_layout(model: VideoLlama, *, frozen_sharded: bool) -> dict[str, in
             "replicated_trained": 0, "replicated_frozen": 0 if frozen_sharded else frozen}
 
 
+@pytest.mark.slow
 def test_fsdp_with_replicated_frozen_parts_and_accumulation_matches_one_process(data, model_dir, reference, tmp_path):
     """run.fsdp_frozen=replicate: only the trained parts are sharded (the frozen encoders and LLM stay whole
     on both ranks, ignored by FSDP). 2 processes x batch 1 x accum_grad_iters 2 = global batch 4, so the
@@ -220,6 +227,7 @@ def test_accumulation_micro_batches_split_the_global_batch():
         AccumulationSampler(sizes, ratios, 2, seed=3, accum=2, num_steps=6).load_state_dict(state)
 
 
+@pytest.mark.slow
 def test_accumulation_equals_the_bigger_batch(data, model_dir, reference, tmp_path):
     """batch_size 2 x accum_grad_iters 2 trains like batch_size 4: each step's two micro-batches are the
     halves of the batch-4 step's records, the token losses are divided by the supervised tokens of the whole
@@ -288,6 +296,7 @@ def plain_run(data, model_dir, tmp_path_factory):
     return out, seen
 
 
+@pytest.mark.slow
 def test_grad_checkpointing_recomputes_the_frozen_llm_and_trains_the_same(data, model_dir, plain_run, tmp_path):
     """optim.grad_checkpointing: the frozen LLM's decoder layers are checkpointed (flag set; they run again in
     the backward pass although the LLM is frozen and in eval mode, their submodules staying in eval mode),
@@ -317,6 +326,7 @@ def test_grad_checkpointing_recomputes_the_frozen_llm_and_trains_the_same(data, 
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5, msg=key)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_on_cpu_keeps_fp32_master_weights(data, model_dir, plain_run, tmp_path):
     """optim.amp=true, dtype=bf16 on the CPU: the forward runs under bf16 autocast, the losses are finite,
     within 2e-2 (relative) of the fp32 run at step 0 but not equal to it (bf16 did the matmuls), the
@@ -346,6 +356,7 @@ def test_bf16_autocast_on_cpu_keeps_fp32_master_weights(data, model_dir, plain_r
     assert changed == {"video_qformer", "video_query_tokens", "frame_position_embedding", "video_projection"}
 
 
+@pytest.mark.slow
 def test_lora_export_is_a_plain_model_folder_with_merged_adapters(data, model_dir, tmp_path):
     """LoRA (peft) on q_proj/v_proj: the end-of-run export and `videollama export` are plain model folders
     (adapters merged into the LLM weights) whose logits equal the trained peft model's (atol 1e-4)."""
@@ -404,6 +415,7 @@ def _official_model(release, **extra) -> dict:
             "qformer_ckpt": str(release.blip2), **extra}
 
 
+@pytest.mark.slow
 def test_stage1_from_the_official_files(data, release, tmp_path, capsys):
     """VL stage 1 from the (tiny) official files: EVA + BLIP-2 + LLM frozen, MiniGPT-4's projection as the
     video projection's init, the other trained parts freshly initialised and reported as such."""
@@ -436,6 +448,7 @@ def test_stage1_from_the_official_files(data, release, tmp_path, capsys):
     assert "converting" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_stage2_from_a_previous_export_and_an_official_branch_file(data, release, tmp_path, model_dir):
     """AL stage 2 as the official YAML: ckpt = the VL stage's export/ (a model folder), ckpt_2 = an official
     AL .pth, ImageBind (with its vision encoder) from imagebind_huge.pth; it trains."""

@@ -99,6 +99,7 @@ def _state(folder: Path) -> dict[str, torch.Tensor]:
     return VideoLlama.from_pretrained(folder).state_dict()
 
 
+@pytest.mark.slow
 def test_resume_in_a_fresh_process_with_dropout_is_exact_after_a_stop_and_a_sigkill(setup, full):
     config, out = _config(setup, "part")
     _train(config, f"run.stop_after={STOP_AT}")
@@ -167,6 +168,7 @@ def _malicious_pickle_with_matching_checksum(path: Path, marker: Path) -> None:
     meta_file.write_text(json.dumps(meta))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["model_header", "optimizer_garbage", "rng_pickle"])
 def test_damaged_newest_checkpoint_falls_back_to_the_older_one(setup, full, damage):
     config, out = _copy_run(full, setup, f"damaged_{damage}")
@@ -186,6 +188,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_one(setup, full, dama
     assert _steps_logged(out)[-2:] == [4, 5] and _losses(out) == _losses(full)
 
 
+@pytest.mark.slow
 def test_every_checkpoint_damaged_refuses_unless_restart(setup, full):
     config, out = _copy_run(full, setup, "all_damaged")
     for step in (4, 6):

@@ -107,6 +107,7 @@ def expected_answer(pipeline, clip: Path, history: tuple[tuple[str, str], ...] =
     return "".join(pipeline.stream(request)).strip()
 
 
+@pytest.mark.slow
 def test_web_demo_in_chromium(web_url, tiny_pipeline, clip, tmp_path):
     sync_playwright = _sync_playwright()
     expected = expected_answer(tiny_pipeline, clip)  # before the demo's worker uses the pipeline

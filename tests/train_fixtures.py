@@ -60,13 +60,13 @@ def make_model_dir(path: Path, tokenizer, *, seed: int = 0, dropout: float = 0.0
     and ImageBind's drop path (0 by default: exact comparisons need no RNG for those)."""
     from videollama.model import VideoLlama
     from videollama.presets import tiny
-    from videollama.processor import Processor
+    from videollama.processor import attach_media_tokens
 
     config = tiny(vocab_size=tokenizer.vocab_size)
     for q in (config.image_qformer, config.video_qformer, config.audio_qformer):
         q.dropout = dropout
     config.imagebind.audio_drop_path = dropout
-    Processor(tokenizer, config)
+    attach_media_tokens(tokenizer, config)
     torch.manual_seed(seed)
     VideoLlama(config).save_pretrained(path, tokenizer=tokenizer)
     return path

@@ -11,6 +11,7 @@ Errors are one line on stderr (``error: ...``) with exit status 2, never a trace
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -38,14 +39,24 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help="sampling seed")
 
 
+DEVICE_MAP_HELP = ("spread the language model's layers over the visible GPUs (then CPU RAM) with accelerate; "
+                   "the other parts go on --device (cuda:0 if that is cpu). Needs CUDA")
+LOAD_IN_HELP = ("load the language model's linear layers in 8 bits (LLM.int8) or 4 bits (NF4) with bitsandbytes; "
+                "the other parts stay in --dtype on --device (cuda:0 if that is cpu). Needs CUDA and bitsandbytes")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The model-loading options of chat, serve, web and eval; :func:`model_load_kwargs` maps them."""
-    from .convert.loading import add_loading_args
+    """The model-loading options of chat, serve, web and eval; :func:`model_load_kwargs` maps them.
+
+    ``--device-map`` and ``--load-in`` go to :func:`videollama.model.loading.load_for_inference`.
+    """
+    from .model.loading import QUANTIZATION_CHOICES
 
     p.add_argument("--model", default=None, help="model folder, or 'tiny' (default: the shipped model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="weights dtype (default: as saved on a GPU, fp32 on the CPU)")
-    add_loading_args(p)  # --device-map auto, --load-in {8bit,4bit}
+    p.add_argument("--device-map", default=None, choices=["auto"], help=DEVICE_MAP_HELP)
+    p.add_argument("--load-in", default=None, choices=QUANTIZATION_CHOICES, dest="load_in", help=LOAD_IN_HELP)
     p.add_argument("--template", choices=["llama_2", "vicuna_v0"], default=None, help="conversation template")
 
 
@@ -74,18 +85,13 @@ def generation_config(args):
                             top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
-def model_load_kwargs(args) -> dict:
-    """``Pipeline.from_pretrained`` keyword arguments from :func:`add_model_args`' options (all but --model).
-
-    Options a caller's namespace lacks (``demo`` builds its own) take their defaults.
-    """
+def model_load_kwargs(args: argparse.Namespace) -> dict:
+    """``Pipeline.from_pretrained`` keyword arguments from :func:`add_model_args`' options (all but --model)."""
     import torch
 
-    from .convert.loading import loading_kwargs
-
-    dtype = getattr(torch, DTYPES[args.dtype]) if getattr(args, "dtype", None) else None
-    return {"device": getattr(args, "device", "cpu"), "dtype": dtype, "template": getattr(args, "template", None),
-            **loading_kwargs(args)}
+    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
+    return {"device": args.device, "dtype": dtype, "template": args.template, "device_map": args.device_map,
+            "quantization": args.load_in}
 
 
 def load_pipeline(args, **extra):
@@ -118,7 +124,7 @@ def cmd_chat(args) -> int:
     gen = generation_config(args)
     options = media_options(args)  # bad numbers fail before the model loads
     pipe, resolved = load_pipeline(args)
-    if not resolved.trained and not getattr(args, "quiet", False):
+    if not resolved.trained:
         print(f"[using the {resolved.description}]", file=sys.stderr)
     session = pipe.chat(args.media, options=options, system=args.system)
     if session.notice:
@@ -131,10 +137,14 @@ def cmd_chat(args) -> int:
             session.reset()
             print("[conversation cleared]", file=sys.stderr)
             continue
-        for piece in session.stream(question, gen, fit_to_context=args.max_new_tokens is None):
-            print(piece, end="", flush=True)
-        print()
+        _print_stream(session, question, gen, fit_to_context=args.max_new_tokens is None)
     return 0
+
+
+def _print_stream(session, question: str, gen, *, fit_to_context: bool = False) -> None:
+    for piece in session.stream(question, gen, fit_to_context=fit_to_context):
+        print(piece, end="", flush=True)
+    print()
 
 
 def _read_questions():
@@ -150,8 +160,10 @@ def _read_questions():
 
 
 def cmd_demo(args) -> int:
-    """The README's main job: answer a question about a real clip with the default model."""
+    """The README's main job: answer a question about a real clip with the default model (greedy, audio on)."""
     from .defaults import resolve_model
+    from .engine import GenerationConfig
+    from .inference import Pipeline
 
     resolved = resolve_model(None)
     clip, example = demo_clip()
@@ -161,19 +173,17 @@ def cmd_demo(args) -> int:
     question = args.question or (example_question if resolved.trained else None) or demo_question(resolved.trained)
     print(f"you   : {question}")
     print("model : ", end="", flush=True)
-    ns = argparse.Namespace(model=None, device="cpu", dtype=None, template=None, media=str(clip), question=question,
-                            system=None, no_audio=False, frames=8, fps=None, max_frames=DEFAULT_FPS_MAX_FRAMES, max_windows=None,
-                            keep_aspect=False, frame_lookup="index", greedy=True, temperature=1.0,
-                            top_p=0.9, top_k=0, repetition_penalty=1.0, max_new_tokens=args.max_new_tokens, seed=0)
-    ns.quiet = True
-    status = cmd_chat(ns)
+    session = Pipeline.from_pretrained(resolved.path).chat(clip)
+    if session.notice:
+        print(f"[{session.notice}]", file=sys.stderr)
+    _print_stream(session, question, GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False))
     if resolved.trained and example and args.question is None:
         print(f"truth : {example['answer']} (a held-out clip the model never trained on; docs/synthav.md has its "
               "accuracy over all held-out questions)")
     if not resolved.trained:
         print("note  : this is an untrained tiny model, so the answer above is noise. The pipeline "
               "(decode, encoders, prompt, generation) is real; see README 'Models'.")
-    return status
+    return 0
 
 
 def demo_clip() -> tuple[Path, dict | None]:
@@ -246,33 +256,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument("target", help="preset (videollama2-7b, videollama2-13b, tiny) or model folder")
     commands["info"] = cmd_info
 
-    for register in _EXTENSIONS:
-        register(sub, commands)
+    for module in EXTENSIONS:  # an import error here is a real error: every subsystem ships with the package
+        importlib.import_module(module).register(sub, commands)
     return parser, commands
 
 
-# Subcommands defined next to their subsystem (convert, train, serve, eval, synthav) register here.
-_EXTENSIONS: list[Callable] = []
-
-
-def _load_extensions() -> None:
-    import importlib
-
-    if _EXTENSIONS:
-        return  # already loaded (main() called again in the same process)
-    for module in ("videollama.convert.cli", "videollama.train.cli", "videollama.serve.cli", "videollama.eval.cli",
-                   "videollama.synthav.cli"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name and err.name.startswith("videollama"):
-                continue  # subsystem not present in this build
-            raise
-        _EXTENSIONS.append(mod.register)
+EXTENSIONS = ("videollama.convert.cli", "videollama.train.cli", "videollama.serve.cli", "videollama.eval.cli",
+              "videollama.synthav.cli")
+"""Subcommands defined next to their subsystem; each module's ``register(subparsers, commands)`` adds its own."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    _load_extensions()
     parser, commands = build_parser()
     args = parser.parse_args(argv)
     try:

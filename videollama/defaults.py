@@ -49,7 +49,7 @@ def tiny_random_model() -> Path:
     """Build (once) and return the folder of the deterministic tiny random model."""
     from .model import VideoLlama
     from .presets import tiny
-    from .processor import Processor
+    from .processor import attach_media_tokens
     from .tokenizer import train_tiny_tokenizer
 
     target = cache_dir() / "tiny-random"
@@ -58,7 +58,7 @@ def tiny_random_model() -> Path:
     tmp = target.with_name(f"tiny-random.tmp{os.getpid()}")
     tokenizer = train_tiny_tokenizer(tmp)
     config = tiny(vocab_size=tokenizer.vocab_size)
-    Processor(tokenizer, config)  # records the placeholder ids in the config
+    attach_media_tokens(tokenizer, config)
     torch.manual_seed(TINY_SEED)
     VideoLlama(config).save_pretrained(tmp, tokenizer=tokenizer)
     try:

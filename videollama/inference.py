@@ -31,7 +31,7 @@ from .media.errors import check_media_file
 from .media.video import DEFAULT_NUM_FRAMES
 from .media.windows import DEFAULT_FPS_MAX_FRAMES, VideoSampling, time_label
 from .model import VideoLlama
-from .processor import Processor
+from .processor import Processor, attach_media_tokens
 from .templates import Template, get_template, join_question, media_message, system_for, windowed_video_message
 
 NO_VISION_NOTICE = "this model has no vision branch: answering from the audio track only"
@@ -113,6 +113,7 @@ class Pipeline:
     def __init__(self, model: VideoLlama, tokenizer, *, template: str | None = None, cache_size: int = 64):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        attach_media_tokens(tokenizer, model.config)  # checks the ids agree (records them if the config has none)
         self.processor = Processor(tokenizer, model.config)
         self.template: Template = get_template(template or model.config.template)
         self.engine = Engine(model, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id or 0)
@@ -129,7 +130,7 @@ class Pipeline:
         """Load a model folder and its tokenizer.
 
         ``device_map`` (``"auto"``) and ``quantization`` (``"8bit"``/``"4bit"``) go to
-        :func:`videollama.convert.loading.load_for_inference` (CUDA only; without CUDA it raises
+        :func:`videollama.model.loading.load_for_inference` (CUDA only; without CUDA it raises
         ``LoadingError`` at once); without them the model loads with ``VideoLlama.from_pretrained``.
         ``with_audio=False`` / ``with_vision=False`` load the folder without that branch.
         """
@@ -139,7 +140,7 @@ class Pipeline:
             model = VideoLlama.from_pretrained(directory, device=device, dtype=dtype, with_audio=with_audio,
                                                with_vision=with_vision)
         else:
-            from .convert.loading import load_for_inference
+            from .model.loading import load_for_inference
 
             model = load_for_inference(directory, device=device, dtype=dtype, device_map=device_map,
                                        quantization=quantization, with_audio=with_audio, with_vision=with_vision)

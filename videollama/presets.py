@@ -10,17 +10,24 @@ from __future__ import annotations
 from .config import ImageBindConfig, QFormerConfig, VideoLlamaConfig, VisionConfig
 
 
-def _llama2_config(hidden: int, intermediate: int, layers: int, heads: int) -> dict:
+LLAMA2_VOCAB = 32000
+LLAMA2_CONTEXT = 4096
+
+
+def llama_config(*, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int | None = None,
+                 vocab_size: int = LLAMA2_VOCAB, max_positions: int = LLAMA2_CONTEXT) -> dict:
+    """A LLaMA ``config.json`` dict (LLaMA-2's norm, RoPE, activation and special-token ids) at the given sizes;
+    ``kv_heads`` defaults to ``heads`` (no grouped-query attention, as in LLaMA-2 7B/13B)."""
     return {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
-        "vocab_size": 32000,
+        "vocab_size": vocab_size,
         "hidden_size": hidden,
         "intermediate_size": intermediate,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": heads,
-        "max_position_embeddings": 4096,
+        "num_key_value_heads": heads if kv_heads is None else kv_heads,
+        "max_position_embeddings": max_positions,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
         "hidden_act": "silu",
@@ -32,11 +39,11 @@ def _llama2_config(hidden: int, intermediate: int, layers: int, heads: int) -> d
 
 
 def videollama2_7b() -> VideoLlamaConfig:
-    return VideoLlamaConfig(llm=_llama2_config(4096, 11008, 32, 32), template="llama_2")
+    return VideoLlamaConfig(llm=llama_config(hidden=4096, intermediate=11008, layers=32, heads=32), template="llama_2")
 
 
 def videollama2_13b() -> VideoLlamaConfig:
-    return VideoLlamaConfig(llm=_llama2_config(5120, 13824, 40, 40), template="llama_2")
+    return VideoLlamaConfig(llm=llama_config(hidden=5120, intermediate=13824, layers=40, heads=40), template="llama_2")
 
 
 def tiny(vocab_size: int = 512) -> VideoLlamaConfig:
@@ -53,23 +60,8 @@ def tiny(vocab_size: int = 512) -> VideoLlamaConfig:
         audio_qformer=QFormerConfig(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64,
                                     encoder_width=48, cross_attention_every=1, num_queries=8),
         with_imagebind_vision=True,
-        llm={
-            "model_type": "llama",
-            "architectures": ["LlamaForCausalLM"],
-            "vocab_size": vocab_size,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 2048,
-            "rms_norm_eps": 1e-5,
-            "hidden_act": "silu",
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-            "pad_token_id": 0,
-            "tie_word_embeddings": False,
-        },
+        llm=llama_config(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vocab_size=vocab_size,
+                         max_positions=2048),
         template="llama_2",
     )
 

@@ -4,6 +4,10 @@ A prompt holds one ``<ImageHere>`` marker per video/image and one ``<AudioHere>`
 track. As in the official ``get_context_emb``, the text between markers is tokenised segment by
 segment (only the first gets BOS), and each marker becomes a run of ``num_video_tokens`` (32) or
 ``num_audio_tokens`` (8) placeholder ids that the model later fills with media features.
+
+The placeholder ids live in the model config. :func:`attach_media_tokens` adds the placeholders to a
+tokenizer and records their ids in a config that has none (a new model); a :class:`Processor` only
+checks that its tokenizer and config agree, and changes neither.
 """
 
 from __future__ import annotations
@@ -17,20 +21,39 @@ from .tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, add_media_tokens
 _MARKER = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(AUDIO_PLACEHOLDER)})")
 
 
+def attach_media_tokens(tokenizer, config: VideoLlamaConfig) -> tuple[int, int]:
+    """Add both placeholders to ``tokenizer`` (and a pad token if it has none) and record their ids in
+    ``config`` when it has none yet; returns ``(image_id, audio_id)``.
+
+    Raises ``ValueError`` when ``config`` already holds different ids: that tokenizer does not belong to
+    that model.
+    """
+    image_id, audio_id = add_media_tokens(tokenizer)
+    if config.image_token_id is None:
+        config.image_token_id, config.audio_token_id = image_id, audio_id
+    _check_ids(tokenizer, config)
+    return image_id, audio_id
+
+
+def _check_ids(tokenizer, config: VideoLlamaConfig) -> None:
+    ids = tuple(tokenizer.convert_tokens_to_ids([IMAGE_PLACEHOLDER, AUDIO_PLACEHOLDER]))
+    if (config.image_token_id, config.audio_token_id) == (None, None):
+        raise ValueError("the model config has no placeholder ids; call "
+                         "videollama.processor.attach_media_tokens(tokenizer, config) first")
+    if ids != (config.image_token_id, config.audio_token_id):
+        raise ValueError(f"tokenizer maps placeholders to {ids} but the model config expects "
+                         f"({config.image_token_id}, {config.audio_token_id})")
+
+
 @dataclass
 class Processor:
+    """Tokenises prompts for one model: its tokenizer and config must agree on the placeholder ids."""
+
     tokenizer: object
     config: VideoLlamaConfig
 
     def __post_init__(self) -> None:
-        image_id, audio_id = add_media_tokens(self.tokenizer)
-        if self.config.image_token_id is None:
-            self.config.image_token_id, self.config.audio_token_id = image_id, audio_id
-        elif (self.config.image_token_id, self.config.audio_token_id) != (image_id, audio_id):
-            raise ValueError(
-                f"tokenizer maps placeholders to ({image_id}, {audio_id}) but the model config expects "
-                f"({self.config.image_token_id}, {self.config.audio_token_id})"
-            )
+        _check_ids(self.tokenizer, self.config)
 
     @property
     def image_token_id(self) -> int:

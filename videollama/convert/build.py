@@ -28,17 +28,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ..config import VideoLlamaConfig
+from ..model.loading import KEEP_FP32  # tensors kept in float32 whatever the dtype
+from .card import CARD_NAME, SourceFile, model_card, source_files, summarise_keys
 from .hf_blip2 import convert_hf_blip2_folder, read_hf_blip2_folder
 from .imagebind import AUDIO_PREFIX, VISION_PREFIX, convert_imagebind_state_dict
 from .lavis import convert_eva_state_dict, convert_lavis_blip2_state_dict
@@ -48,19 +50,15 @@ from .report import ConversionError, ConversionReport
 from .safe_load import LazyTensor, PthStateDict, expect_checkpoint, open_state_dict, release_all
 from .writer import WrittenShards, parse_size, write_shards
 
-__all__ = ["DTYPES", "BRANCH_CHOICES", "BuildReport", "SourceFile", "convert", "choose_template"]
+__all__ = ["DTYPES", "BRANCH_CHOICES", "BuildReport", "SourceFile", "Sources", "convert", "choose_template"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BRANCH_CHOICES = ("both", "vl", "al")
 DEFAULT_DTYPE = "bf16"  # the official code runs the LLM in bf16
 DEFAULT_MAX_SHARD = "5GB"
-# Tensors stored in float32 whatever the dtype: log(20) rounds to 3.0 in bf16 (a scale of 20.09).
-KEEP_FP32 = ("audio_encoder.log_logit_scale",)
 # Std of the official N(0, 0.02) init of query tokens, used for --allow-missing fills without a better init.
 FILL_STD = 0.02
 FILL_SEED = 0
-HASH_CHUNK = 8 * 2**20
-CARD_NAME = "README.md"
 
 # Top-level parts of our model, by the option that supplies them.
 VL_TRAINED = ("video_qformer", "video_query_tokens", "frame_position_embedding", "video_projection")
@@ -71,14 +69,6 @@ PART_SOURCES = {
     **{p: "--eva-vit and --blip2 (or --hf-blip2)" for p in VISION_FROZEN},
     "audio_encoder": "--imagebind", "imagebind_vision": "--imagebind", "language_model": "--llm",
 }
-
-
-@dataclass
-class SourceFile:
-    option: str
-    path: Path
-    size: int
-    sha256: str | None = None
 
 
 @dataclass
@@ -100,7 +90,7 @@ class BuildReport:
         lines = [r.format() for r in self.reports]
         if self.filled:
             lines.append(f"filled with a fresh random init ({len(self.filled)} tensors no source provided): "
-                         + ", ".join(_summarise_keys(self.filled)))
+                         + ", ".join(summarise_keys(self.filled)))
         lines += [f"note: {n}" for n in self.notes]
         if self.written is not None:
             lines.append(f"wrote {self.out_dir}: {self.written.tensors} tensors, {self.written.total_bytes / 1e9:.2f} GB "
@@ -109,6 +99,84 @@ class BuildReport:
 
     def __str__(self) -> str:
         return self.format()
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The released files a conversion reads, one field per slot (``None``: not given).
+
+    :data:`OPTIONS` names each slot's command-line option, used in messages and the model card only.
+    """
+
+    llm_dir: Path
+    vl_ckpt: Path | None = None
+    al_ckpt: Path | None = None
+    eva_vit: Path | None = None
+    blip2: Path | None = None
+    hf_blip2: Path | None = None
+    imagebind: Path | None = None
+
+    OPTIONS: ClassVar[dict[str, str]] = {
+        "llm_dir": "--llm", "vl_ckpt": "--vl-ckpt", "al_ckpt": "--al-ckpt", "eva_vit": "--eva-vit",
+        "blip2": "--blip2", "hf_blip2": "--hf-blip2", "imagebind": "--imagebind",
+    }
+
+    def __post_init__(self) -> None:
+        for name in self.OPTIONS:  # str paths become Path
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+
+    def checkpoints(self) -> list[tuple[str, Path]]:
+        """(slot, path) of every given file besides the LLM folder, in field order."""
+        return [(name, getattr(self, name)) for name in self.OPTIONS
+                if name != "llm_dir" and getattr(self, name) is not None]
+
+    def without(self, slots: set[str]) -> "Sources":
+        return dataclasses.replace(self, **{slot: None for slot in slots})
+
+    def supplies(self, part: str) -> bool:
+        """Whether the file that supplies a top-level part of our model was given."""
+        if part in VL_TRAINED:
+            return self.vl_ckpt is not None
+        if part in AL_TRAINED:
+            return self.al_ckpt is not None
+        if part == "vision_model":
+            return self.eva_vit is not None or self.hf_blip2 is not None
+        if part in ("image_qformer", "image_query_tokens"):
+            return self.blip2 is not None or self.hf_blip2 is not None
+        if part in ("audio_encoder", "imagebind_vision"):
+            return self.imagebind is not None
+        return part == "language_model"
+
+
+@dataclass
+class _Mapped:
+    """Every source mapped to our keys (lazy tensors), their reports, and what holds their files open."""
+
+    tensors: dict[str, LazyTensor] = field(default_factory=dict)
+    reports: list[ConversionReport] = field(default_factory=list)
+    releasers: list[object] = field(default_factory=list)
+
+    def take(self, result: Callable[[], tuple[dict[str, LazyTensor], ConversionReport]]) -> None:
+        """Add one source's tensors and report; a source whose keys do not fit adds only its report."""
+        try:
+            ours, rep = result()
+        except ConversionError as err:
+            if err.report is None:
+                raise
+            self.reports.append(err.report)
+            return
+        self.reports.append(rep)
+        duplicates = sorted(set(ours) & set(self.tensors))
+        if duplicates:
+            raise ValueError(f"two sources provide the same tensors, e.g. {duplicates[:3]}")
+        self.tensors.update(ours)
+
+    def open(self, path: Path, kind: str) -> PthStateDict:
+        state = _open_checkpoint(path, kind)
+        self.releasers.append(state)
+        return state
 
 
 def convert(
@@ -160,130 +228,142 @@ def convert(
     """
     say = log or (lambda message: None)
     out_dir = Path(out_dir)
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-    if branches not in BRANCH_CHOICES:
-        raise ValueError(f"unknown branches {branches!r}; choose one of {BRANCH_CHOICES}")
-    if hf_blip2 is not None and (eva_vit is not None or blip2 is not None):
-        raise ValueError("--hf-blip2 replaces both --eva-vit and --blip2; give one or the other")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir}: exists and is not empty (choose another --out, or --overwrite)")
+    sources = Sources(Path(llm_dir), vl_ckpt, al_ckpt, eva_vit, blip2, hf_blip2, imagebind)
+    _check_request(out_dir, sources, dtype, branches, overwrite)
     with_vision, with_audio = branches != "al", branches != "vl"
     notes: list[str] = []
 
     # 1. inputs: drop those the chosen branches do not use, require the rest (unless allow_missing).
-    given = {"--vl-ckpt": vl_ckpt, "--al-ckpt": al_ckpt, "--eva-vit": eva_vit, "--blip2": blip2,
-             "--hf-blip2": hf_blip2, "--imagebind": imagebind}
-    unused = {"--al-ckpt"} if not with_audio else set()
-    if not with_vision:
-        unused |= {"--vl-ckpt", "--eva-vit", "--blip2", "--hf-blip2"}
-    if not with_audio:
-        unused.add("--imagebind")
-    for option in sorted(unused):
-        if given[option] is not None:
-            notes.append(f"{option} {given[option]} not used: branches={branches!r} leaves that part out")
-            given[option] = None
-    for option, path in given.items():
-        if path is not None and not Path(path).exists():
-            raise FileNotFoundError(f"{path}: no such file (given as {option})")
-    _require_inputs(given, with_vision, with_audio, allow_missing, branches)
+    sources = _drop_unused(sources, with_vision, with_audio, branches, notes)
+    _require_inputs(sources, with_vision, with_audio, allow_missing, branches)
 
     # 2. the LLM, the config, the expected keys.
     say(f"reading the language model folder {llm_dir}")
     llm = read_llm_folder(llm_dir)
     tokenizer, image_id, audio_id = load_llm_tokenizer(llm_dir)
-    template, reason = choose_template(template, given["--vl-ckpt"], given["--al-ckpt"], llm.config)
+    template, reason = choose_template(template, sources.vl_ckpt, sources.al_ckpt, llm.config)
     notes.append(f"template {template!r} ({reason})")
     cfg = _model_config(config, llm.config, with_vision=with_vision, with_audio=with_audio,
                         imagebind_vision=imagebind_vision and with_audio, template=template,
                         token_ids=(image_id, audio_id))
-    vocab = int(llm.config.get("vocab_size", 0))
-    notes.append(f"placeholders <ImageHere>={image_id}, <AudioHere>={audio_id}; LLM vocabulary {vocab} "
-                 "(embedding not resized, as in the official code)")
+    notes.append(f"placeholders <ImageHere>={image_id}, <AudioHere>={audio_id}; LLM vocabulary "
+                 f"{int(llm.config.get('vocab_size', 0))} (embedding not resized, as in the official code)")
     meta_model = _meta_model(cfg)
     meta_state = meta_model.state_dict()
     expected = {k: tuple(v.shape) for k, v in meta_state.items()}
+
+    # 3. map every source; fail on unknown, misshaped, wrongly typed or (without allow_missing) missing keys.
+    mapped = _map_sources(sources, llm, cfg, expected, with_audio)
+    report = BuildReport(out_dir=out_dir, config=cfg, reports=mapped.reports, notes=notes)
     tied = {LLM_PREFIX + "lm_head.weight"} if cfg.llm.get("tie_word_embeddings") else set()
+    absent = _check_complete(report, mapped, sources, expected, tied, allow_missing)
+    _check_dtype_classes(mapped.tensors, {k: v.dtype for k, v in meta_state.items()})
+    if absent:
+        report.filled = absent
+        say(f"--allow-missing: {len(absent)} tensors get a fresh random init")
+        for key, value in _fresh_values(meta_model, absent).items():
+            mapped.tensors[key] = LazyTensor.of(value, f"fresh init:{key}")
+    del meta_model
 
-    # 3. map every source.
-    report = BuildReport(out_dir=out_dir, config=cfg, notes=notes)
-    tensors: dict[str, LazyTensor] = {}
-    releasers: list[object] = [llm.weights.tensors]
+    # 4-5. hash, write, describe; then move into place.
+    report.sources = source_files(sources, llm, hash_sources, say)
+    _write_folder(out_dir, report, mapped, expected, tokenizer, dtype=dtype, branches=branches,
+                  max_shard_size=max_shard_size, say=say)
+    return report
 
-    def take(result: Callable[[], tuple[dict[str, LazyTensor], ConversionReport]]) -> None:
-        try:
-            ours, rep = result()
-        except ConversionError as err:
-            if err.report is None:
-                raise
-            report.reports.append(err.report)
-            return
-        report.reports.append(rep)
-        duplicates = sorted(set(ours) & set(tensors))
-        if duplicates:
-            raise ValueError(f"two sources provide the same tensors, e.g. {duplicates[:3]}")
-        tensors.update(ours)
 
-    take(lambda: convert_llm_weights(llm, {k: s for k, s in expected.items() if k.startswith(LLM_PREFIX)},
-                                     allow_missing=True))
-    for option, branch in (("--vl-ckpt", "vl"), ("--al-ckpt", "al")):
-        if given[option] is not None:
-            state = _open_checkpoint(given[option], branch)
-            releasers.append(state)
-            take(lambda state=state, branch=branch, option=option: convert_official_checkpoint(
-                state, branch, cfg, source=str(given[option]), extras=state.extras, allow_missing=True))
-    if given["--eva-vit"] is not None:
-        state = _open_checkpoint(given["--eva-vit"], "eva")
-        releasers.append(state)
-        take(lambda: convert_eva_state_dict(state, cfg.vision, source=str(given["--eva-vit"]), allow_missing=True))
-    if given["--blip2"] is not None:
-        state = _open_checkpoint(given["--blip2"], "blip2")
-        releasers.append(state)
-        take(lambda: convert_lavis_blip2_state_dict(state, cfg, source=str(given["--blip2"]), extras=state.extras,
-                                                    allow_missing=True))
-    if given["--hf-blip2"] is not None:
-        folder = read_hf_blip2_folder(given["--hf-blip2"])
+# ------------------------------------------------------------------------------------ steps
+def _check_request(out_dir: Path, sources: Sources, dtype: str, branches: str, overwrite: bool) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    if branches not in BRANCH_CHOICES:
+        raise ValueError(f"unknown branches {branches!r}; choose one of {BRANCH_CHOICES}")
+    if sources.hf_blip2 is not None and (sources.eva_vit is not None or sources.blip2 is not None):
+        raise ValueError("--hf-blip2 replaces both --eva-vit and --blip2; give one or the other")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir}: exists and is not empty (choose another --out, or --overwrite)")
+
+
+def _drop_unused(sources: Sources, with_vision: bool, with_audio: bool, branches: str, notes: list[str]) -> Sources:
+    """``sources`` without the files the chosen branches leave out (each noted); every kept file must exist."""
+    unused = set() if with_audio else {"al_ckpt", "imagebind"}
+    if not with_vision:
+        unused |= {"vl_ckpt", "eva_vit", "blip2", "hf_blip2"}
+    for slot in sorted(unused, key=lambda name: Sources.OPTIONS[name]):
+        if getattr(sources, slot) is not None:
+            notes.append(f"{Sources.OPTIONS[slot]} {getattr(sources, slot)} not used: branches={branches!r} leaves "
+                         "that part out")
+    sources = sources.without(unused)
+    for slot, path in sources.checkpoints():
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file (given as {Sources.OPTIONS[slot]})")
+    return sources
+
+
+def _map_sources(sources: Sources, llm, cfg: VideoLlamaConfig, expected: dict[str, tuple[int, ...]],
+                 with_audio: bool) -> _Mapped:
+    """Map every given source to our keys through its key table (lazily: no tensor data is read)."""
+    mapped = _Mapped(releasers=[llm.weights.tensors])
+    mapped.take(lambda: convert_llm_weights(llm, {k: s for k, s in expected.items() if k.startswith(LLM_PREFIX)},
+                                            allow_missing=True))
+    for slot, branch in (("vl_ckpt", "vl"), ("al_ckpt", "al")):
+        path = getattr(sources, slot)
+        if path is not None:
+            state = mapped.open(path, branch)
+            mapped.take(lambda state=state, branch=branch, path=path: convert_official_checkpoint(
+                state, branch, cfg, source=str(path), extras=state.extras, allow_missing=True))
+    if sources.eva_vit is not None:
+        state = mapped.open(sources.eva_vit, "eva")
+        mapped.take(lambda: convert_eva_state_dict(state, cfg.vision, source=str(sources.eva_vit), allow_missing=True))
+    if sources.blip2 is not None:
+        blip2 = mapped.open(sources.blip2, "blip2")
+        mapped.take(lambda: convert_lavis_blip2_state_dict(blip2, cfg, source=str(sources.blip2), extras=blip2.extras,
+                                                           allow_missing=True))
+    if sources.hf_blip2 is not None:
+        folder = read_hf_blip2_folder(sources.hf_blip2)
         if not len(folder.tensors):
-            raise ValueError(f"{given['--hf-blip2']}: no vision_model.*, qformer.* or query_tokens tensors: "
+            raise ValueError(f"{sources.hf_blip2}: no vision_model.*, qformer.* or query_tokens tensors: "
                              "not a BLIP-2 folder (--hf-blip2 takes a Salesforce/blip2-* folder)")
-        releasers.append(folder.tensors)
-        take(lambda: convert_hf_blip2_folder(folder, cfg, expected, source=str(given["--hf-blip2"]), allow_missing=True))
-    if given["--imagebind"] is not None:
-        state = _open_checkpoint(given["--imagebind"], "imagebind")
-        releasers.append(state)
-        take(lambda: _imagebind(state, cfg, with_audio, str(given["--imagebind"])))
-    extra = sorted(set(tensors) - set(expected))
+        mapped.releasers.append(folder.tensors)
+        mapped.take(lambda: convert_hf_blip2_folder(folder, cfg, expected, source=str(sources.hf_blip2),
+                                                    allow_missing=True))
+    if sources.imagebind is not None:
+        imagebind = mapped.open(sources.imagebind, "imagebind")
+        mapped.take(lambda: _imagebind(imagebind, cfg, with_audio, str(sources.imagebind)))
+    extra = sorted(set(mapped.tensors) - set(expected))
     if extra:
         raise ValueError(f"internal: converted tensors the model does not have: {extra[:5]}")
+    return mapped
 
-    # Keys still without a source: a given file lacked them (its report lists them) or no file was given.
-    absent = [k for k in expected if k not in tensors and k not in tied]
+
+def _check_complete(report: BuildReport, mapped: _Mapped, sources: Sources, expected: dict[str, tuple[int, ...]],
+                    tied: set[str], allow_missing: bool) -> list[str]:
+    """The keys still without a source (to fill); raises ``ConversionError`` with the failing reports when a
+    key is unknown or misshaped, or missing without ``allow_missing``."""
+    # A given file lacked them (its report lists them) or no file was given.
+    absent = [k for k in expected if k not in mapped.tensors and k not in tied]
     global_report = ConversionReport(source="the model folder (tensors that no given source provides)")
-    no_source = [k for k in absent if not _part_supplied(k.split(".")[0], given)]
+    no_source = [k for k in absent if not sources.supplies(k.split(".")[0])]
     explained = any(r.missing for r in report.reports)
     global_report.missing = no_source if (no_source or explained) else absent
     global_report.notes += [f"{part}.* comes from {PART_SOURCES.get(part, '?')}"
                             for part in sorted({k.split(".")[0] for k in global_report.missing})]
-    global_report.shape_mismatch = [(k, tuple(v.shape), expected[k]) for k, v in tensors.items()
+    global_report.shape_mismatch = [(k, tuple(v.shape), expected[k]) for k, v in mapped.tensors.items()
                                     if tuple(v.shape) != expected[k]]
     if not global_report.ok():
         report.reports.append(global_report)
     failing = [r for r in report.reports if not r.ok()] or [global_report]
     if any(r.unexpected or r.shape_mismatch for r in failing) or (absent and not allow_missing):
-        release_all(*releasers)
+        release_all(*mapped.releasers)
         raise ConversionError("\n".join(r.format() for r in failing), failing[0])
+    return absent
 
-    _check_dtype_classes(tensors, {k: v.dtype for k, v in meta_state.items()})
-    if absent:
-        report.filled = absent
-        say(f"--allow-missing: {len(absent)} tensors get a fresh random init")
-        for key, value in _fresh_values(meta_model, absent).items():
-            tensors[key] = LazyTensor.of(value, f"fresh init:{key}")
-    del meta_model
 
-    # 4-5. hash, write, describe; then move into place.
-    report.sources = _source_files(given, llm, hash_sources, say)
-    ordered = {k: tensors[k] for k in expected if k in tensors}
+def _write_folder(out_dir: Path, report: BuildReport, mapped: _Mapped, expected: dict[str, tuple[int, ...]], tokenizer,
+                  *, dtype: str, branches: str, max_shard_size: str | int, say: Callable[[str], None]) -> None:
+    """Stream the tensors in ``expected``'s order into shards, with config, tokenizer and card, in a staging
+    folder renamed to ``out_dir`` only when all of it is written."""
+    ordered = {k: mapped.tensors[k] for k in expected if k in mapped.tensors}
     target = DTYPES[dtype]
 
     def dtype_for(key: str, source_dtype: torch.dtype) -> torch.dtype:
@@ -296,18 +376,17 @@ def convert(
     try:
         say(f"writing {len(ordered)} tensors as {dtype} into {out_dir}")
         report.written = write_shards(staging, ordered, dtype_for=dtype_for, max_shard_bytes=parse_size(max_shard_size),
-                                      release=lambda: release_all(*releasers), progress=say)
-        cfg.save(staging / "config.json")
+                                      release=lambda: release_all(*mapped.releasers), progress=say)
+        report.config.save(staging / "config.json")
         tokenizer.save_pretrained(str(staging))
         report.written.files = [out_dir / p.name for p in report.written.files]
-        (staging / CARD_NAME).write_text(_model_card(report, dtype=dtype, branches=branches))
+        (staging / CARD_NAME).write_text(model_card(report, dtype=dtype, branches=branches))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        release_all(*releasers)
-    return report
+        release_all(*mapped.releasers)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -329,17 +408,17 @@ def _check_dtype_classes(tensors: dict[str, LazyTensor], model_dtypes: dict[str,
                              f"({model_dtypes[key]}); a wrong or damaged checkpoint")
 
 
-def _require_inputs(given, with_vision, with_audio, allow_missing, branches) -> None:
+def _require_inputs(sources: Sources, with_vision: bool, with_audio: bool, allow_missing: bool, branches: str) -> None:
     needed: list[str] = []
     if with_vision:
-        if given["--vl-ckpt"] is None:
+        if sources.vl_ckpt is None:
             needed.append("--vl-ckpt (the VL_*.pth branch checkpoint)")
-        if given["--hf-blip2"] is None and (given["--eva-vit"] is None or given["--blip2"] is None):
+        if sources.hf_blip2 is None and (sources.eva_vit is None or sources.blip2 is None):
             needed.append("--eva-vit and --blip2 (LAVIS files), or --hf-blip2 (a Salesforce/blip2-* folder)")
     if with_audio:
-        if given["--al-ckpt"] is None:
+        if sources.al_ckpt is None:
             needed.append("--al-ckpt (the AL_*.pth branch checkpoint)")
-        if given["--imagebind"] is None:
+        if sources.imagebind is None:
             needed.append("--imagebind (imagebind_huge.pth)")
     if needed and not allow_missing:
         raise ValueError(f"branches={branches!r} needs " + "; ".join(needed)
@@ -365,21 +444,6 @@ def _imagebind(state, cfg: VideoLlamaConfig, with_audio: bool, source: str):
         elif key.startswith(VISION_PREFIX):
             renamed["imagebind_vision." + key[len(VISION_PREFIX):]] = value
     return renamed, rep
-
-
-def _part_supplied(part: str, given: dict) -> bool:
-    """Whether the option that supplies a top-level part of our model was given."""
-    if part in VL_TRAINED:
-        return given["--vl-ckpt"] is not None
-    if part in AL_TRAINED:
-        return given["--al-ckpt"] is not None
-    if part == "vision_model":
-        return given["--eva-vit"] is not None or given["--hf-blip2"] is not None
-    if part in ("image_qformer", "image_query_tokens"):
-        return given["--blip2"] is not None or given["--hf-blip2"] is not None
-    if part in ("audio_encoder", "imagebind_vision"):
-        return given["--imagebind"] is not None
-    return part == "language_model"
 
 
 def choose_template(template: str | None, vl_ckpt, al_ckpt, llm_config: dict) -> tuple[str, str]:
@@ -450,93 +514,3 @@ def _fresh_values(meta_model: nn.Module, keys: list[str]) -> dict[str, torch.Ten
         for key in part_keys:
             values[key] = state[key[len(part) + 1:]].detach().clone()
     return values
-
-
-def _source_files(given: dict, llm, hash_sources: bool, say) -> list[SourceFile]:
-    files: list[tuple[str, Path]] = [("--llm", p) for p in llm.weights.files]
-    for option, path in given.items():
-        if path is None:
-            continue
-        path = Path(path)
-        if path.is_dir():
-            files += [(option, p) for p in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))]
-        else:
-            files.append((option, path))
-    out = []
-    for option, path in files:
-        if hash_sources:
-            say(f"sha256 {path.name}")
-        out.append(SourceFile(option, path, path.stat().st_size, _sha256(path) if hash_sources else None))
-    return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(HASH_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _summarise_keys(keys: list[str]) -> list[str]:
-    groups: dict[str, int] = {}
-    for key in keys:
-        group = ".".join(key.split(".")[:1])
-        groups[group] = groups.get(group, 0) + 1
-    return [f"{g}.* ({n})" if n > 1 else g for g, n in groups.items()]
-
-
-def _branches_included(cfg: VideoLlamaConfig) -> str:
-    """The card's sentence on what the folder holds."""
-    if cfg.with_vision and cfg.with_audio:
-        return "vision-language and audio-language branches included"
-    if cfg.with_vision:
-        return "vision-language branch only (no audio branch: the audio track of a video is ignored)"
-    return ("audio-language branch only (no vision branch: images are refused and a video is answered from its "
-            "audio track)")
-
-
-def _model_card(report: BuildReport, *, dtype: str, branches: str) -> str:
-    """README.md of the folder: what it is, how to use it, where every tensor came from."""
-    from .. import __version__
-
-    cfg = report.config
-    llm = cfg.llm
-    media, question = ("clip.mp4", "What is happening in this video?") if cfg.with_vision else \
-        ("sound.wav", "What do you hear?")
-    lines = [
-        f"# Video-LLaMA ({llm.get('model_type', 'llm')} {llm.get('hidden_size')}-wide, "
-        f"{llm.get('num_hidden_layers')} layers), converted",
-        "",
-        f"Converted by `videollama convert` (videollama {__version__}) from the released files listed below.",
-        f"Branches: **{branches}**: {_branches_included(cfg)}. "
-        f"Weights: **{dtype}** safetensors. Template: `{cfg.template}`. "
-        f"Placeholders: `<ImageHere>` = {cfg.image_token_id}, `<AudioHere>` = {cfg.audio_token_id} "
-        f"(LLM vocabulary {llm.get('vocab_size')}, embedding not resized).",
-        "",
-        "## Use",
-        "",
-        "```",
-        f"videollama chat --model {report.out_dir.name} {media} \"{question}\"",
-        "```",
-        "",
-        "```python",
-        "from videollama import Pipeline",
-        f"pipe = Pipeline.from_pretrained(\"{report.out_dir.name}\")",
-        f"print(pipe.chat(\"{media}\").ask(\"{question}\"))",
-        "```",
-        "",
-        "## Sources",
-        "",
-        "| option | file | bytes | sha256 |",
-        "|---|---|---:|---|",
-    ]
-    lines += [f"| `{s.option}` | `{s.path.name}` | {s.size:,} | `{s.sha256 or 'not computed'}` |" for s in report.sources]
-    lines += ["", "## Conversion report", "", "```", *[r.format() for r in report.reports], "```"]
-    if report.filled:
-        lines += ["", "## NOT from a checkpoint", "",
-                  f"{len(report.filled)} tensors were missing from every source and hold a fresh random init "
-                  "(`--allow-missing`). Answers that depend on them are meaningless:", ""]
-        lines += [f"- `{group}`" for group in _summarise_keys(report.filled)]
-    lines += ["", "## Notes", ""] + [f"- {note}" for note in report.notes]
-    return "\n".join(lines) + "\n"

@@ -119,7 +119,3 @@ def random_tensors(
 
 def _dtype_for(key: str, dtype: torch.dtype) -> torch.dtype:
     return torch.int64 if key.endswith("position_ids") else dtype
-
-
-def format_shape(shape: Shape) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..hashing import file_sha256
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 """Suffixes tried when a benchmark names a video without one (the Video-ChatGPT scripts try
 .mp4/.avi/.mov/.mkv; ActivityNet downloads also come as .webm)."""
 
-HASH_CHUNK_BYTES = 1 << 20
 
 
 class DataError(ValueError):
@@ -197,13 +198,6 @@ def unique_ids(items: list[QAItem], missing: list[MissingVideo], source: Path) -
             raise DataError(f"{source}: question id {item_id!r} occurs more than once")
         seen.add(item_id)
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def question_word_type(question: str, words: Sequence[str]) -> str:

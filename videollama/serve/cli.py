@@ -3,7 +3,7 @@
     videollama serve --model DIR --host 127.0.0.1 --port 8000 --media-root ./clips
     videollama web --model DIR --port 7860
 
-Registered into the main CLI by ``videollama.cli._load_extensions`` through :func:`register`.
+Registered into the main CLI (``videollama.cli.EXTENSIONS``) through :func:`register`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
 """The whole SynthAV chain, reproducible from nothing: data -> stage 0 -> stages 1-2 -> model -> results.
 
-    python -m videollama.synthav.chain --out output/synthav --seed 0           # full (under an hour on 2 CPU cores)
-    python -m videollama.synthav.chain --out /tmp/sav --seed 0 --quick         # minutes: CI, same code path
+    videollama synthav train-all --out output/synthav --seed 0           # full (under an hour on 2 CPU cores)
+    videollama synthav train-all --out /tmp/sav --seed 0 --quick         # minutes: CI, same code path
+
+    from videollama.synthav.chain import ChainSettings, run_chain
+    run_chain("output/synthav", seed=0, settings=ChainSettings.quick(0))
 
 Steps (each writes under ``--out``; ``chain.json`` records the settings and every step's seconds):
 
 1. ``data/``: ``generate`` a SynthAV world (data seed ``--data-seed``, default 0) in the official
    formats (WebVid CSV, cc_sbu, LLaVA-Instruct, VideoChat) plus the held-out QA set.
-2. ``stage0/``: the parts users normally download, trained on the world and frozen (``stage0.py``).
+2. ``stage0/``: the parts users normally download, trained on the world and frozen (the ``stage0`` package).
 3. ``vl_stage1/``, ``vl_stage2/``: the vision-language branch, through the project's real training
    recipe (``videollama.train.recipe.train``) and loaders, with ``configs/synthav/vl_stage*.yaml``.
 4. ``al_stage1/``, ``al_stage2/``: the audio-language branch on the same visual data through the
@@ -22,12 +25,9 @@ training seed unless ``--data-seed`` changes, so results over seeds measure trai
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import shutil
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from .stage0 import PROJECTION_FILE, Stage0Settings, run_stage0
+from .stopwatch import Stopwatch
 
 logger = logging.getLogger(__name__)
 
@@ -191,13 +192,10 @@ def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data" if data_dir is None else Path(data_dir).resolve()
     result = ChainResult(out_dir=str(out), model_dir=str(out / "model"), data_dir=str(data))
-    clock = time.perf_counter()
+    watch = Stopwatch(result.seconds)
 
     def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        result.seconds[name] = round(now - clock, 1)
-        clock = now
+        watch.lap(name)
         logger.info("synthav chain: %s done in %.0f s", name, result.seconds[name])
         (out / "chain.json").write_text(json.dumps({"seed": seed, "data_seed": data_seed, **asdict(result),
                                                     "settings": asdict(settings)}, indent=1) + "\n")
@@ -246,35 +244,3 @@ def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None
     result.seconds["total"] = round(sum(v for k, v in result.seconds.items() if k != "total"), 1)
     lap("done")
     return result
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Regenerate SynthAV and retrain the SynthAV model from scratch.")
-    parser.add_argument("--out", required=True, help="output folder (data, stages, model/, results/)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--data-seed", type=int, default=0, help="world seed of the generated data")
-    parser.add_argument("--data", default=None, help="reuse this SynthAV folder instead of generating one")
-    parser.add_argument("--stage0", default=None, help="reuse this stage-0 folder (shared frozen parts)")
-    parser.add_argument("--quick", action="store_true", help="tiny data and a few steps of everything (CI)")
-    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation")
-    parser.add_argument("--stage0-threads", type=int, default=0,
-                        help="torch threads of stage 0 (default 0: every core; 1 when runs share the machine)")
-    parser.add_argument("--clip-steps", type=int, default=None,
-                        help="steps of stage 0's optional clip-reading phase (default 0: off)")
-    args = parser.parse_args(argv)
-    for flag in ("stage0_threads", "clip_steps"):
-        if (getattr(args, flag) or 0) < 0:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-    settings = ChainSettings.quick(args.seed) if args.quick else ChainSettings(stage0=Stage0Settings(seed=args.seed))
-    settings.stage0 = replace(settings.stage0, threads=args.stage0_threads)
-    if args.clip_steps is not None:
-        settings.stage0 = replace(settings.stage0, clip_steps=args.clip_steps)
-    result = run_chain(args.out, args.seed, settings, data_seed=args.data_seed, data_dir=args.data,
-                       stage0_dir=args.stage0, evaluate=not args.no_eval)
-    print(json.dumps({"model_dir": result.model_dir, "seconds": result.seconds}, indent=1))
-
-
-if __name__ == "__main__":
-    main()

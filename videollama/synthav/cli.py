@@ -1,20 +1,35 @@
-"""``videollama synthav generate|stage0|train-all|evaluate|probe|spread|ship``: the SynthAV world and its reproducible chain.
+"""``videollama synthav generate|stage0|train-all|evaluate|ship``: the SynthAV world and its reproducible chain.
 
     videollama synthav generate --out data/synthav --clips 2000 --seed 0
     videollama synthav stage0 --data data/synthav --out output/synthav/stage0
     videollama synthav train-all --out output/synthav --seed 0 [--quick]
     videollama synthav evaluate --run output/s0 --run output/s1 --run output/s2 --out results/
     videollama synthav evaluate --model DIR --data data/synthav --out results/   # one model (no ablation setting)
-    videollama synthav spread --model output/synthav/model --data data/synthav  # do the soft tokens vary by clip?
     videollama synthav ship --run output/synthav          # becomes the default model + examples
 
-(The held-out evaluation is ``videollama eval synthav``, wired to
-:func:`videollama.synthav.evaluate.evaluate_synthav`.)
+Each command parses its options once into the settings its library function takes
+(:class:`~.stage0.Stage0Settings`, :class:`~.chain.ChainSettings`). The research tools (probe, spread,
+clip reading) live outside the package, in ``scripts/synthav/``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 from collections.abc import Callable
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .stage0 import Stage0Settings
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def cmd_generate(args) -> int:
@@ -27,24 +42,40 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_stage0(args) -> int:
-    from .stage0 import main
+def add_stage0_args(p: argparse.ArgumentParser) -> None:
+    """The stage-0 options of ``stage0`` and ``train-all``; :func:`stage0_settings` reads them."""
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--quick", action="store_true", help="a few steps of everything on tiny data (CI, same code path)")
+    p.add_argument("--stage0-threads", type=_non_negative, default=0,
+                   help="torch threads of stage 0 (default 0: every core; 1 when runs share the machine)")
 
-    argv = ["--data", args.data, "--out", args.out, "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
-    main(argv + (["--clip-steps", str(args.clip_steps)] if args.clip_steps is not None else []))
+
+def stage0_settings(args: argparse.Namespace) -> Stage0Settings:
+    """:class:`Stage0Settings` from :func:`add_stage0_args`' options."""
+    from .stage0 import Stage0Settings
+
+    base = Stage0Settings.quick(args.seed) if args.quick else Stage0Settings(seed=args.seed)
+    return replace(base, threads=args.stage0_threads)
+
+
+def cmd_stage0(args: argparse.Namespace) -> int:
+    from .stage0 import run_stage0
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = run_stage0(args.data, args.out, stage0_settings(args))
+    print(json.dumps(asdict(result), indent=1))
     return 0
 
 
-def cmd_train_all(args) -> int:
-    from .chain import main
+def cmd_train_all(args: argparse.Namespace) -> int:
+    from .chain import ChainSettings, run_chain
 
-    argv = ["--out", args.out, "--seed", str(args.seed), "--data-seed", str(args.data_seed)]
-    argv += (["--data", args.data] if args.data else []) + (["--quick"] if args.quick else [])
-    argv += ["--stage0", args.stage0] if args.stage0 else []
-    argv += ["--no-eval"] if args.no_eval else []
-    argv += ["--stage0-threads", str(args.stage0_threads)]
-    argv += ["--clip-steps", str(args.clip_steps)] if args.clip_steps is not None else []
-    main(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = ChainSettings.quick(args.seed) if args.quick else ChainSettings()
+    settings.stage0 = stage0_settings(args)
+    result = run_chain(args.out, args.seed, settings, data_seed=args.data_seed, data_dir=args.data,
+                       stage0_dir=args.stage0, evaluate=not args.no_eval)
+    print(json.dumps({"model_dir": result.model_dir, "seconds": result.seconds}, indent=1))
     return 0
 
 
@@ -62,24 +93,6 @@ def cmd_evaluate(args) -> int:
     json_path, png_path = save_results(results, args.out)
     print(format_table(results))
     print(f"wrote {json_path} and {png_path}")
-    return 0
-
-
-def cmd_spread(args) -> int:
-    from .spread import branch_spread, format_spread
-
-    print(format_spread(branch_spread(args.model, args.data, clips=args.clips)))
-    return 0
-
-
-def cmd_probe(args) -> int:
-    from .probe import format_probe, run_probe, save_probe
-
-    result = run_probe(args.stage0, args.data, clips=args.clips)
-    print(format_probe(result))
-    if args.out:
-        save_probe(result, args.out)
-        print(f"wrote {args.out}")
     return 0
 
 
@@ -112,26 +125,18 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.set_defaults(synthav_func=cmd_generate)
 
     p = sub.add_parser("stage0", help="train the LLM, image encoder + Q-Former and ImageBind-like pair on a world")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--clip-steps", type=int, default=None,
-                   help="steps of stage 0's optional clip-reading phase (default 0: off; 400 in docs/synthav.md)")
+    p.add_argument("--data", required=True, help="a SynthAV folder written by `videollama synthav generate`")
+    p.add_argument("--out", required=True, help="output folder (model/, llama_proj.safetensors, stage0.json)")
+    add_stage0_args(p)
     p.set_defaults(synthav_func=cmd_stage0)
 
     p = sub.add_parser("train-all", help="the whole chain: data, stage 0, stages 1-2 of both branches, evaluation")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0, help="training seed")
-    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (data, stages, model/, results/)")
+    add_stage0_args(p)
+    p.add_argument("--data-seed", type=int, default=0, help="world seed of the generated data")
     p.add_argument("--data", default=None, help="reuse a generated SynthAV folder")
     p.add_argument("--stage0", default=None, help="reuse a stage-0 folder: the frozen parts shared across seeds")
-    p.add_argument("--quick", action="store_true", help="minutes, for CI")
-    p.add_argument("--no-eval", action="store_true")
-    p.add_argument("--stage0-threads", type=int, default=0,
-                   help="torch threads of stage 0 (default 0: every core; 1 when runs share the machine)")
-    p.add_argument("--clip-steps", type=int, default=None,
-                   help="steps of stage 0's optional clip-reading phase (default 0: off; 400 in docs/synthav.md)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     p.set_defaults(synthav_func=cmd_train_all)
 
     p = sub.add_parser("evaluate", help="the claims table over several train-all runs (one training seed each)")
@@ -142,19 +147,6 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.add_argument("--out", required=True, help="folder for results.json and results.png")
     p.add_argument("--limit", type=int, default=None, help="only the first N held-out questions")
     p.set_defaults(synthav_func=cmd_evaluate)
-
-    p = sub.add_parser("probe", help="what the frozen stage-0 parts know: linear probes, caption loss by token kind")
-    p.add_argument("--stage0", required=True, help="a stage-0 folder (model/ + llama_proj.safetensors)")
-    p.add_argument("--data", required=True, help="the SynthAV folder it was trained on (held-out clips are its last)")
-    p.add_argument("--clips", type=int, default=300, help="held-out WebVid clips to probe on")
-    p.add_argument("--out", default=None, help="also write the numbers to this JSON file")
-    p.set_defaults(synthav_func=cmd_probe)
-
-    p = sub.add_parser("spread", help="how much each representation of a trained model varies from clip to clip")
-    p.add_argument("--model", required=True, help="a model folder (e.g. a train-all run's model/)")
-    p.add_argument("--data", required=True, help="the SynthAV folder whose held-out clips are encoded")
-    p.add_argument("--clips", type=int, default=64, help="distinct held-out clips")
-    p.set_defaults(synthav_func=cmd_spread)
 
     p = sub.add_parser("ship", help="make a chain's model the package default and pick example clips")
     p.add_argument("--run", required=True, help="a train-all output folder (with model/ and data/)")

@@ -33,9 +33,9 @@ import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,180 @@ def _run_jobs(jobs: list[RenderJob], config: WorldConfig, workers: int, progress
     return total
 
 
+@dataclass
+class Collected:
+    """What the splits gather before anything is rendered: render jobs, truth records, training text."""
+
+    out: Path
+    config: WorldConfig
+    wav: bool
+    jobs: list[RenderJob] = field(default_factory=list)
+    truth: list[dict[str, Any]] = field(default_factory=list)
+    corpus: list[str] = field(default_factory=list)
+
+    def add(self, split: str, item_id: int, media: str, scene: Scene, frame: int | None = None,
+            sound_only: bool = False) -> None:
+        """Queue the render of ``media`` (a clip, a still of ``frame``, or a soundtrack alone) and record its scene."""
+        clip = frame is None and not sound_only
+        self.jobs.append(RenderJob(scene, str(self.out / media), frame=frame, wav=self.wav and clip,
+                                   sound_only=sound_only))
+        record: dict[str, Any] = {"split": split, "id": str(item_id), "media": media}
+        if frame is not None:
+            record["frame"] = frame
+        record["scene"] = scene.to_dict()
+        self.truth.append(record)
+
+
+def _scenes(seed: int, split: str, count: int, config: WorldConfig) -> Iterator[tuple[int, Scene, np.random.Generator,
+                                                                                    np.random.Generator]]:
+    """(index, scene, its scene stream after sampling, its text stream) of every item of ``split``."""
+    for i in range(count):
+        scene_rng, text_rng = _rngs(seed, split, i)
+        yield i, sample_scene(scene_rng, config), scene_rng, text_rng
+
+
+def _webvid(acc: Collected, seed: int, count: int) -> list[dict[str, Any]]:
+    """WebVid-style caption clips; returns the rows of ``train.csv``."""
+    rows = []
+    for i, scene, _, _ in _scenes(seed, "webvid", count, acc.config):
+        vid = ID_BASE["webvid"] + i
+        page_dir = f"shard_{i // SHARD_SIZE:04d}"
+        caption = annotate.video_caption(scene)
+        rows.append({"videoid": vid, "name": caption, "page_dir": page_dir,
+                     "duration": _iso_duration(acc.config.seconds)})
+        acc.corpus.append(caption)
+        (acc.out / "webvid/videos" / page_dir).mkdir(exist_ok=True)
+        acc.add("webvid", vid, f"webvid/videos/{page_dir}/{vid}.mp4", scene)
+    return rows
+
+
+def _instruction_qa(acc: Collected, seed: int, count: int, split: str, media_key: str, folder: str,
+                    sound_only: bool = False) -> list[dict[str, Any]]:
+    """An instruction-QA split: VideoChat-style clips (``videochat``) or audio-only QA about soundtracks alone
+    (``audio_instruct``); returns its records (``{media_key: file, "QA": [...]}``)."""
+    instruction = annotate.audio_instruction if sound_only else annotate.video_instruction
+    suffix = "wav" if sound_only else "mp4"
+    records = []
+    for i, scene, _, text_rng in _scenes(seed, split, count, acc.config):
+        item_id = ID_BASE[split] + i
+        qa = instruction(scene, acc.config, text_rng)
+        records.append({media_key: f"{item_id}.{suffix}", "QA": qa})
+        acc.corpus.extend(line for turn in qa for line in (turn["q"], turn["a"]))
+        acc.add(split, item_id, f"{folder}/{item_id}.{suffix}", scene, sound_only=sound_only)
+    if count:
+        (acc.out / folder).mkdir(parents=True, exist_ok=True)
+    return records
+
+
+def _cc_sbu(acc: Collected, seed: int, count: int) -> list[dict[str, Any]]:
+    """cc_sbu-style still captions; returns the annotations of ``filter_cap.json``."""
+    records = []
+    for i, scene, scene_rng, _ in _scenes(seed, "cc_sbu", count, acc.config):
+        frame = int(scene_rng.integers(acc.config.num_frames))
+        image_id = ID_BASE["cc_sbu"] + i
+        caption = annotate.still_caption(scene, frame)
+        records.append({"image_id": str(image_id), "caption": caption})
+        acc.corpus.append(caption)
+        acc.add("cc_sbu", image_id, f"cc_sbu/image/{image_id}.jpg", scene, frame)
+    return records
+
+
+def _llava(acc: Collected, seed: int, count: int) -> list[dict[str, Any]]:
+    """LLaVA-Instruct-style still conversations; returns the records of ``llava_instruct.json``."""
+    records = []
+    for i, scene, scene_rng, text_rng in _scenes(seed, "llava", count, acc.config):
+        frame = int(scene_rng.integers(acc.config.num_frames))
+        name = f"{ID_BASE['llava'] + i:0{LLAVA_IMAGE_DIGITS}d}.jpg"
+        conversation = annotate.image_instruction(scene, acc.config, text_rng, frame)
+        records.append({"id": name[:-4], "image": name, "conversations": conversation})
+        acc.corpus.extend(turn["value"].replace("<image>\n", "") for turn in conversation)
+        acc.add("llava", ID_BASE["llava"] + i, f"llava/images/COCO_train2014_{name}", scene, frame)
+    return records
+
+
+def _audio_captions(acc: Collected, seed: int, count: int) -> list[dict[str, Any]]:
+    """WavCaps-style captions of soundtracks alone (what is heard); returns the ``data`` of ``audio_captions.json``."""
+    records = []
+    for i, scene, _, _ in _scenes(seed, "audio_captions", count, acc.config):
+        clip_id = ID_BASE["audio_captions"] + i
+        caption = annotate.audio_caption(scene)
+        records.append({"id": str(clip_id), "caption": caption, "duration": acc.config.seconds})
+        acc.corpus.append(caption)
+        acc.add("audio_captions", clip_id, f"audio_captions/audio/{clip_id}.wav", scene, sound_only=True)
+    if count:
+        (acc.out / "audio_captions/audio").mkdir(parents=True, exist_ok=True)
+    return records
+
+
+def _test(acc: Collected, seed: int, count: int) -> tuple[list[dict[str, Any]], list[annotate.QAItem]]:
+    """The held-out QA clips, one question per applicable family each: (``qa/test.json`` records, the items).
+
+    Its text goes to no corpus: nothing trains on it."""
+    records: list[dict[str, Any]] = []
+    items: list[annotate.QAItem] = []
+    for i, scene, _, text_rng in _scenes(seed, "test", count, acc.config):
+        vid = ID_BASE["test"] + i
+        for family in FAMILIES:
+            item = annotate.sample_question(scene, acc.config, text_rng, family)
+            if item is None:
+                continue
+            items.append(item)
+            records.append({"id": f"{vid}-{family}", "video": f"videos/{vid}.mp4", "question": item.question,
+                            "answer": item.answer, "family": family, "type": item.qtype,
+                            "choices": list(item.choices), "chance": round(item.chance, 6),
+                            "hide_video": item.hide_video})
+        acc.add("test", vid, f"qa/videos/{vid}.mp4", scene)
+    return records, items
+
+
+def _meta(seed: int, counts: dict[str, int], config: WorldConfig, families: dict[str, Any],
+          with_audio: bool) -> dict[str, Any]:
+    """``meta.json``: version, seed, counts, world, vocabulary, question types, per-family chance, paths."""
+    return {
+        "generator": "videollama.synthav",
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "counts": counts,
+        "world": config.to_dict(),
+        "vocabulary": {
+            "shapes": list(SHAPES),
+            "colours": {k: list(v) for k, v in COLOURS.items()},
+            "sizes": SIZES,
+            "directions": list(DIRECTIONS),
+            "sound_sources": list(SOUND_SOURCES),
+        },
+        "sound_signatures": {k: {"description": v.description, "band_hz": list(v.band_hz)} for k, v in SIGNATURES.items()},
+        "question_types": [{"name": qt.name, "family": qt.family} for qt in annotate.QUESTION_TYPES],
+        "test_families": families,
+        "paths": {
+            "webvid_csv": "webvid/annotations/train.csv",
+            "webvid_videos": "webvid/videos",
+            "cc_sbu": "cc_sbu",
+            "llava_json": "llava/llava_instruct.json",
+            "llava_images": "llava/images",
+            "videochat_json": "videochat/videochat_instruct.json",
+            "videochat_videos": "videochat/videos",
+            "test_json": "qa/test.json",
+            "test_videos_relative_to": "qa",
+            **({"audio_captions_json": "audio_captions/audio_captions.json", "audio_captions_audio": "audio_captions/audio",
+                "audio_instruct_json": "audio_instruct/audio_instruct.json", "audio_instruct_audio": "audio_instruct/audio"}
+               if with_audio else {}),
+        },
+    }
+
+
+def _check_counts(clips: int, counts: dict[str, int], seed: int, workers: int) -> None:
+    if clips < 1:
+        raise ValueError(f"clips must be >= 1, got {clips}")
+    for name, n in counts.items():
+        if not 0 <= n < MAX_PER_SPLIT:
+            raise ValueError(f"{name} count must be in [0, {MAX_PER_SPLIT}), got {n}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+
+
 def generate(
     out_dir: str | Path,
     clips: int,
@@ -193,136 +367,23 @@ def generate(
     images = clips // 2 if images is None else images
     counts = {"webvid": clips, "videochat": instruct_clips, "test": test_clips, "cc_sbu": images, "llava": images,
               "audio_captions": audio_clips, "audio_instruct": audio_clips}
-    if clips < 1:
-        raise ValueError(f"clips must be >= 1, got {clips}")
-    for name, n in counts.items():
-        if not 0 <= n < MAX_PER_SPLIT:
-            raise ValueError(f"{name} count must be in [0, {MAX_PER_SPLIT}), got {n}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    _check_counts(clips, counts, seed, workers)
     config = WorldConfig(fps=fps, seconds=seconds, size=size)
     out = Path(out_dir)
     _prepare_out_dir(out, overwrite)
     started = time.perf_counter()
 
-    jobs: list[RenderJob] = []
-    truth: list[dict[str, Any]] = []
-    corpus: list[str] = []
+    acc = Collected(out, config, wav)
+    webvid_rows = _webvid(acc, seed, clips)
+    videochat = _instruction_qa(acc, seed, instruct_clips, "videochat", "video", "videochat/videos")
+    cc_sbu = _cc_sbu(acc, seed, images)
+    llava = _llava(acc, seed, images)
+    audio_captions = _audio_captions(acc, seed, audio_clips)
+    audio_instruct = _instruction_qa(acc, seed, audio_clips, "audio_instruct", "audio", "audio_instruct/audio",
+                                     sound_only=True)
+    test_items, test_qa = _test(acc, seed, test_clips)
 
-    def add_truth(split: str, item_id: int, media: str, scene: Scene, frame: int | None = None) -> None:
-        record: dict[str, Any] = {"split": split, "id": str(item_id), "media": media}
-        if frame is not None:
-            record["frame"] = frame
-        record["scene"] = scene.to_dict()
-        truth.append(record)
-
-    # WebVid-style caption clips.
-    webvid_rows = []
-    for i in range(clips):
-        scene_rng, _ = _rngs(seed, "webvid", i)
-        scene = sample_scene(scene_rng, config)
-        vid = ID_BASE["webvid"] + i
-        page_dir = f"shard_{i // SHARD_SIZE:04d}"
-        rel = f"webvid/videos/{page_dir}/{vid}.mp4"
-        caption = annotate.video_caption(scene)
-        webvid_rows.append({"videoid": vid, "name": caption, "page_dir": page_dir, "duration": _iso_duration(seconds)})
-        corpus.append(caption)
-        jobs.append(RenderJob(scene, str(out / rel), wav=wav))
-        add_truth("webvid", vid, rel, scene)
-        (out / "webvid/videos" / page_dir).mkdir(exist_ok=True)
-
-    # VideoChat-style instruction clips.
-    videochat = []
-    for i in range(instruct_clips):
-        scene_rng, text_rng = _rngs(seed, "videochat", i)
-        scene = sample_scene(scene_rng, config)
-        vid = ID_BASE["videochat"] + i
-        qa = annotate.video_instruction(scene, config, text_rng)
-        videochat.append({"video": f"{vid}.mp4", "QA": qa})
-        corpus.extend(line for turn in qa for line in (turn["q"], turn["a"]))
-        jobs.append(RenderJob(scene, str(out / "videochat/videos" / f"{vid}.mp4"), wav=wav))
-        add_truth("videochat", vid, f"videochat/videos/{vid}.mp4", scene)
-
-    # cc_sbu-style image captions.
-    cc_sbu = []
-    for i in range(images):
-        scene_rng, _ = _rngs(seed, "cc_sbu", i)
-        scene = sample_scene(scene_rng, config)
-        frame = int(scene_rng.integers(config.num_frames))
-        image_id = str(ID_BASE["cc_sbu"] + i)
-        caption = annotate.still_caption(scene, frame)
-        cc_sbu.append({"image_id": image_id, "caption": caption})
-        corpus.append(caption)
-        jobs.append(RenderJob(scene, str(out / "cc_sbu/image" / f"{image_id}.jpg"), frame=frame))
-        add_truth("cc_sbu", int(image_id), f"cc_sbu/image/{image_id}.jpg", scene, frame)
-
-    # LLaVA-Instruct-style image conversations.
-    llava = []
-    for i in range(images):
-        scene_rng, text_rng = _rngs(seed, "llava", i)
-        scene = sample_scene(scene_rng, config)
-        frame = int(scene_rng.integers(config.num_frames))
-        name = f"{ID_BASE['llava'] + i:0{LLAVA_IMAGE_DIGITS}d}.jpg"
-        conversation = annotate.image_instruction(scene, config, text_rng, frame)
-        llava.append({"id": name[:-4], "image": name, "conversations": conversation})
-        corpus.extend(turn["value"].replace("<image>\n", "") for turn in conversation)
-        jobs.append(RenderJob(scene, str(out / "llava/images" / f"COCO_train2014_{name}"), frame=frame))
-        add_truth("llava", ID_BASE["llava"] + i, f"llava/images/COCO_train2014_{name}", scene, frame)
-
-    # Audio-text data: soundtracks alone, with what is heard as WavCaps-style captions and as instruction QA.
-    audio_captions, audio_instruct = [], []
-    for i in range(audio_clips):
-        scene = sample_scene(_rngs(seed, "audio_captions", i)[0], config)
-        clip_id = str(ID_BASE["audio_captions"] + i)
-        caption = annotate.audio_caption(scene)
-        audio_captions.append({"id": clip_id, "caption": caption, "duration": seconds})
-        corpus.append(caption)
-        jobs.append(RenderJob(scene, str(out / "audio_captions/audio" / f"{clip_id}.wav"), sound_only=True))
-        add_truth("audio_captions", int(clip_id), f"audio_captions/audio/{clip_id}.wav", scene)
-    for i in range(audio_clips):
-        scene_rng, text_rng = _rngs(seed, "audio_instruct", i)
-        scene = sample_scene(scene_rng, config)
-        clip_id = ID_BASE["audio_instruct"] + i
-        qa = annotate.audio_instruction(scene, config, text_rng)
-        audio_instruct.append({"audio": f"{clip_id}.wav", "QA": qa})
-        corpus.extend(line for turn in qa for line in (turn["q"], turn["a"]))
-        jobs.append(RenderJob(scene, str(out / "audio_instruct/audio" / f"{clip_id}.wav"), sound_only=True))
-        add_truth("audio_instruct", clip_id, f"audio_instruct/audio/{clip_id}.wav", scene)
-    if audio_clips:
-        for sub in ("audio_captions/audio", "audio_instruct/audio"):
-            (out / sub).mkdir(parents=True, exist_ok=True)
-
-    # Held-out QA test set: one question per applicable family per clip.
-    test_items: list[dict[str, Any]] = []
-    test_qa: list[annotate.QAItem] = []
-    for i in range(test_clips):
-        scene_rng, text_rng = _rngs(seed, "test", i)
-        scene = sample_scene(scene_rng, config)
-        vid = ID_BASE["test"] + i
-        for family in FAMILIES:
-            item = annotate.sample_question(scene, config, text_rng, family)
-            if item is None:
-                continue
-            test_qa.append(item)
-            test_items.append(
-                {
-                    "id": f"{vid}-{family}",
-                    "video": f"videos/{vid}.mp4",
-                    "question": item.question,
-                    "answer": item.answer,
-                    "family": family,
-                    "type": item.qtype,
-                    "choices": list(item.choices),
-                    "chance": round(item.chance, 6),
-                    "hide_video": item.hide_video,
-                }
-            )
-        jobs.append(RenderJob(scene, str(out / "qa/videos" / f"{vid}.mp4"), wav=wav))
-        add_truth("test", vid, f"qa/videos/{vid}.mp4", scene)
-
-    total_bytes = _run_jobs(jobs, config, workers, progress)
+    total_bytes = _run_jobs(acc.jobs, config, workers, progress)
     render_seconds = time.perf_counter() - started
 
     # Annotations are written last, so they never point at media that failed to render.
@@ -338,40 +399,11 @@ def generate(
         _write_json(out / "audio_captions/audio_captions.json", {"data": audio_captions})
         _write_json(out / "audio_instruct/audio_instruct.json", audio_instruct)
     with open(out / "truth.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(rec) + "\n" for rec in truth)
-    (out / "corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
+        f.writelines(json.dumps(rec) + "\n" for rec in acc.truth)
+    (out / "corpus.txt").write_text("\n".join(acc.corpus) + "\n", encoding="utf-8")
     families = _family_stats(test_qa)
-    meta = {
-        "generator": "videollama.synthav",
-        "version": GENERATOR_VERSION,
-        "seed": seed,
-        "counts": {**counts, "test_questions": len(test_items), "corpus_lines": len(corpus)},
-        "world": config.to_dict(),
-        "vocabulary": {
-            "shapes": list(SHAPES),
-            "colours": {k: list(v) for k, v in COLOURS.items()},
-            "sizes": SIZES,
-            "directions": list(DIRECTIONS),
-            "sound_sources": list(SOUND_SOURCES),
-        },
-        "sound_signatures": {k: {"description": v.description, "band_hz": list(v.band_hz)} for k, v in SIGNATURES.items()},
-        "question_types": [{"name": qt.name, "family": qt.family} for qt in annotate.QUESTION_TYPES],
-        "test_families": families,
-        "paths": {
-            "webvid_csv": "webvid/annotations/train.csv",
-            "webvid_videos": "webvid/videos",
-            "cc_sbu": "cc_sbu",
-            "llava_json": "llava/llava_instruct.json",
-            "llava_images": "llava/images",
-            "videochat_json": "videochat/videochat_instruct.json",
-            "videochat_videos": "videochat/videos",
-            "test_json": "qa/test.json",
-            "test_videos_relative_to": "qa",
-            **({"audio_captions_json": "audio_captions/audio_captions.json", "audio_captions_audio": "audio_captions/audio",
-                "audio_instruct_json": "audio_instruct/audio_instruct.json", "audio_instruct_audio": "audio_instruct/audio"}
-               if audio_clips else {}),
-        },
-    }
+    meta = _meta(seed, {**counts, "test_questions": len(test_items), "corpus_lines": len(acc.corpus)}, config, families,
+                 with_audio=audio_clips > 0)
     _write_json(out / "meta.json", meta)
     seconds_total = time.perf_counter() - started
     n_videos = clips + instruct_clips + test_clips

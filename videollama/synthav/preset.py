@@ -11,6 +11,7 @@ native size, so no resizing), cut into 16x16 patches (7x7 = 49 patches + CLS).
 from __future__ import annotations
 
 from ..config import ImageBindConfig, QFormerConfig, VideoLlamaConfig, VisionConfig
+from ..presets import llama_config
 
 IMAGE_SIZE = 112
 PATCH_SIZE = 16
@@ -46,23 +47,7 @@ def synthav_config(vocab_size: int, *, use_frame_position: bool = True) -> Video
                                   image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
         audio_qformer=_qformer(EMBED_DIM, AUDIO_QUERIES),
         with_imagebind_vision=True,
-        llm={
-            "model_type": "llama",
-            "architectures": ["LlamaForCausalLM"],
-            "vocab_size": vocab_size,
-            "hidden_size": LLM_WIDTH,
-            "intermediate_size": LLM_MLP,
-            "num_hidden_layers": LLM_LAYERS,
-            "num_attention_heads": LLM_HEADS,
-            "num_key_value_heads": LLM_HEADS,
-            "max_position_embeddings": LLM_MAX_POSITIONS,
-            "rms_norm_eps": 1e-5,
-            "rope_theta": 10000.0,
-            "hidden_act": "silu",
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-            "pad_token_id": 0,
-            "tie_word_embeddings": False,
-        },
+        llm=llama_config(hidden=LLM_WIDTH, intermediate=LLM_MLP, layers=LLM_LAYERS, heads=LLM_HEADS,
+                         vocab_size=vocab_size, max_positions=LLM_MAX_POSITIONS),
         template="llama_2",
     )

@@ -249,9 +249,6 @@ class Scene:
     def always_visible(self) -> list[SceneObject]:
         return [o for o in self.objects if o.on_frame == 0 and o.off_frame == self.num_frames]
 
-    def object_by_shape(self, shape: str) -> SceneObject | None:
-        return next((o for o in self.objects if o.shape == shape), None)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "objects": [asdict(o) for o in self.objects],

@@ -52,7 +52,6 @@ AUDIO_PLACEHOLDERS = 8
 # Real audio for the audio branch (through ImageBind's audio encoder): videollama.train.audio_data.
 AUDIO_DATASET_TYPES = ("audiocaps", "clotho", "wavcaps", "audio_instruct")
 DATASET_TYPES = ("webvid", "cc_sbu_align", "llava_instruct", "videochat_instruct", "webdataset") + AUDIO_DATASET_TYPES
-CONVERSATION_TYPES = ("llava_instruct", "videochat_instruct", "audio_instruct")
 
 
 class ConfigError(ValueError):
@@ -127,10 +126,6 @@ class DatasetSpec:
     max_bad_fraction: float = 0.5  # stop with an error when more records than this fail
     captions: Literal["each", "sample"] = "each"  # clotho: every caption a record, or one drawn per draw
     prompts: list[str] | None = None  # caption prompts of this dataset; None -> data.prompts
-
-    @property
-    def is_conversation(self) -> bool:
-        return self.type in CONVERSATION_TYPES
 
 
 @dataclass

@@ -16,7 +16,8 @@ Formats (reference section 4):
                         the first q is prefixed with ``<Video>`` + placeholder x N + ``</Video> `` +
                         the timestamp sentence (dropped when ``data_type`` contains "cn").
 ``webdataset``          tar shards with ``<key>.mp4|jpg`` + ``<key>.txt|json`` members (json:
-                        ``caption``/``text``/``name``); caption mode with ``blip_caption``.
+                        ``caption``/``text``/``name``); caption mode with ``blip_caption`` (its reader:
+                        :mod:`videollama.train.webdataset`).
 =====================  ===========================================================================
 
 Audio-text formats (``audiocaps``, ``clotho``, ``wavcaps``, ``audio_instruct``: real audio for the
@@ -50,13 +51,9 @@ loaders retried a *random* index up to 10 times, printed a line and otherwise cr
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import logging
 import os
-import re
-import tarfile
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +86,6 @@ __all__ = [
     "CCSBUAlignDataset",
     "LlavaInstructDataset",
     "VideoChatInstructDataset",
-    "WebDatasetShards",
     "build_datasets",
     "text_options",
     "merge_skip_reports",
@@ -104,10 +100,6 @@ CROP_SCALE = (0.5, 1.0)  # alpro_video_train / blip2_image_train RandomResizedCr
 WEBVID_COLUMNS = ("videoid", "name", "page_dir")
 LLAVA_IMAGE_TOKEN = "<image>"
 LLAVA_IMAGE_PREFIX = "COCO_train2014_"
-WDS_VIDEO_EXTS = ("mp4", "avi", "mov", "mkv", "webm")
-WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-WDS_TEXT_KEYS = ("caption", "text", "name")
-_WDS_KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset: key = path up to the first dot
 
 
 class DatasetError(RuntimeError):
@@ -478,124 +470,6 @@ class VideoChatInstructDataset(TrainDataset):
         return self._conversation_sample(turns, frames)
 
 
-class WebDatasetShards(TrainDataset):
-    """WebDataset tar shards read as a map-style dataset (caption mode).
-
-    The shards are indexed once (tar headers only; member data is not read), then records are
-    read by seeking to their members, so order, DDP slicing and resume work as for the other
-    formats. Video members are written to a temporary file for decoding. An unreadable or
-    truncated shard contributes the records indexed before the damage and counts as one failure.
-    """
-
-    def __init__(self, name: str, text: TextOptions, *, shards: Sequence[str], num_frames: int = 8,
-                 sampling: str = "uniform", **kwargs) -> None:
-        super().__init__(name, text, **kwargs)
-        self.num_frames, self.sampling = num_frames, sampling
-        self.shards = _expand_shards(shards)
-        if not self.shards:
-            raise DatasetError(f"dataset {name!r}: no shard matches {list(shards)}")
-        records: list[tuple[int, str, dict[str, tuple[int, int]]]] = []
-        for shard_index, shard in enumerate(self.shards):
-            try:
-                records += _index_shard(shard_index, shard)
-            except _ShardError as err:
-                records += err.partial
-                self.skipped.attempted += 1
-                self.skipped.add_failure(f"shard {shard}: {err}")
-        if not records:
-            raise DatasetError(f"dataset {name!r}: no records in {len(self.shards)} shard(s); "
-                               f"first reasons: {' | '.join(self.skipped.reasons) or 'empty shards'}")
-        self.records = records
-
-    def _describe(self, index: int) -> str:
-        shard, key, _ = self.records[index]
-        return f"{self.shards[shard]}:{key}"
-
-    def _member(self, shard: int, location: tuple[int, int]) -> bytes:
-        offset, size = location
-        with open(self.shards[shard], "rb") as f:
-            f.seek(offset)
-            data = f.read(size)
-        if len(data) != size:
-            raise RecordError(f"member truncated ({len(data)} of {size} bytes)")
-        return data
-
-    def _load(self, index: int, generator: torch.Generator) -> dict[str, Any]:
-        shard, key, members = self.records[index]
-        caption = self._caption(shard, members)
-        video_ext = next((e for e in WDS_VIDEO_EXTS if e in members), None)
-        image_ext = next((e for e in WDS_IMAGE_EXTS if e in members), None)
-        if video_ext is None and image_ext is None:
-            raise RecordError(f"no media member (have {sorted(members)})")
-        ext = video_ext or image_ext
-        data = self._member(shard, members[ext])
-        with tempfile.NamedTemporaryFile(suffix=f".{ext}") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            if video_ext:
-                frames, _ = self._video(tmp.name, self.num_frames, self.sampling, generator)
-            else:
-                frames = self._image(tmp.name, generator)
-        return self._caption_sample(blip_caption(caption), frames, generator)
-
-    def _caption(self, shard: int, members: dict[str, tuple[int, int]]) -> str:
-        if "txt" in members:
-            return self._member(shard, members["txt"]).decode("utf-8").strip()
-        if "json" in members:
-            meta = json.loads(self._member(shard, members["json"]).decode("utf-8"))
-            for key in WDS_TEXT_KEYS:
-                if isinstance(meta, dict) and isinstance(meta.get(key), str):
-                    return meta[key].strip()
-            raise RecordError(f"json member has none of the keys {WDS_TEXT_KEYS}")
-        raise RecordError(f"no txt/json member (have {sorted(members)})")
-
-
-class _ShardError(Exception):
-    def __init__(self, message: str, partial: list) -> None:
-        super().__init__(message)
-        self.partial = partial
-
-
-def _expand_shards(patterns: Sequence[str]) -> list[str]:
-    """Brace ranges (``{000..009}``) and globs -> sorted existing paths (missing plain paths kept)."""
-    try:
-        from braceexpand import braceexpand
-    except ImportError:  # webdataset's dependency; without it, no brace ranges
-        braceexpand = lambda pattern: [pattern]  # noqa: E731
-    paths: list[str] = []
-    for pattern in patterns:
-        for expanded in braceexpand(pattern):
-            matches = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
-            paths += matches
-    return paths
-
-
-def _index_shard(shard_index: int, path: str) -> list[tuple[int, str, dict[str, tuple[int, int]]]]:
-    """Group a shard's members by key: [(shard, key, {ext: (data offset, size)})]."""
-    grouped: dict[str, dict[str, tuple[int, int]]] = {}
-    order: list[str] = []
-
-    def records() -> list:
-        return [(shard_index, key, grouped[key]) for key in order]
-
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                match = _WDS_KEY_RE.match(member.name)
-                if match is None:
-                    continue
-                key, ext = match.group(1), match.group(2).lower()
-                if key not in grouped:
-                    grouped[key] = {}
-                    order.append(key)
-                grouped[key][ext] = (member.offset_data, member.size)
-    except (OSError, tarfile.TarError, EOFError) as err:
-        raise _ShardError(_one_line(err), records()) from None
-    return records()
-
-
 # ---------------------------------------------------------------------------------------------- building
 def text_options(cfg, tokenizer, dataset: str) -> TextOptions:
     """TextOptions for ``dataset`` of a :class:`~videollama.train.config.TrainConfig`."""
@@ -634,6 +508,8 @@ def build_datasets(cfg, tokenizer) -> list[TrainDataset]:
                                           num_frames=spec.num_frames, sampling=spec.sampling,
                                           data_type=spec.data_type, **common)
         elif spec.type == "webdataset":
+            from .webdataset import WebDatasetShards  # imported here: that module builds on this one
+
             ds = WebDatasetShards(name, text, shards=spec.shards, num_frames=spec.num_frames,
                                   sampling=spec.sampling, **common)
         elif spec.type in AUDIO_DATASET_TYPES:

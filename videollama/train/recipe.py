@@ -111,7 +111,7 @@ def build_model(section: ModelSection, *, with_audio_vision: bool, cache_dir: Pa
     from transformers import AutoTokenizer
 
     from ..presets import get_preset
-    from ..processor import Processor
+    from ..processor import attach_media_tokens
 
     if section.model_dir:
         model = VideoLlama.from_pretrained(section.model_dir, with_audio=section.with_audio or None)
@@ -134,9 +134,9 @@ def build_model(section: ModelSection, *, with_audio_vision: bool, cache_dir: Pa
         config.with_audio = section.with_audio
         config.with_imagebind_vision = section.with_audio and with_audio_vision
         config.llm["vocab_size"] = max(config.llm["vocab_size"], tokenizer.vocab_size)
-        Processor(tokenizer, config)
+        attach_media_tokens(tokenizer, config)
         model = VideoLlama(config)
-    Processor(tokenizer, model.config)  # checks the placeholder ids agree with the tokenizer
+    attach_media_tokens(tokenizer, model.config)  # adds missing placeholders; checks the ids agree
     return model, tokenizer
 
 

@@ -4,7 +4,7 @@ The plain case (one device, one dtype) is ``VideoLlama.from_pretrained(dir, devi
 which the CLI's ``--device``/``--dtype`` cover. Two more options help users whose GPU is too small for
 the 7B/13B LLM in 16 bits (the official code needs >24 GB for VL-only 7B); on the command line
 (``chat``, ``serve``, ``web``, ``eval``) they are ``--device-map auto`` and ``--load-in {8bit,4bit}``
-(:func:`add_loading_args`), passed on by ``Pipeline.from_pretrained``:
+(``videollama.cli.add_model_args``), passed on by ``Pipeline.from_pretrained``:
 
 * ``device_map="auto"`` (or an explicit accelerate device map) spreads the *language model* over the
   visible GPUs (and CPU RAM, if needed) through transformers/accelerate; the encoders, Q-Formers and
@@ -23,15 +23,16 @@ state_dict=...)``, so nothing is copied to CPU RAM first.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 
-__all__ = ["QUANTIZATION_CHOICES", "LoadingError", "load_for_inference", "add_loading_args", "loading_kwargs"]
+__all__ = ["KEEP_FP32", "QUANTIZATION_CHOICES", "LoadingError", "load_for_inference", "load_with_separate_llm"]
 
 QUANTIZATION_CHOICES = ("8bit", "4bit")
 LLM_PREFIX = "language_model."
+# Tensors stored and loaded in float32 whatever the dtype: log(20) rounds to 3.0 in bf16 (a scale of 20.09).
+KEEP_FP32 = ("audio_encoder.log_logit_scale",)
 
 
 class LoadingError(ValueError):
@@ -60,7 +61,7 @@ def load_for_inference(
     Raises:
         LoadingError: the option needs CUDA or bitsandbytes and this machine lacks them.
     """
-    from ..model import VideoLlama
+    from .videollama import VideoLlama
 
     if quantization is not None and quantization not in QUANTIZATION_CHOICES:
         raise LoadingError(f"unknown quantization {quantization!r}; choose one of {QUANTIZATION_CHOICES}")
@@ -119,10 +120,8 @@ def load_with_separate_llm(directory: str | Path, *, device: torch.device, dtype
     from accelerate import init_empty_weights
     from safetensors import safe_open
 
-    from ..model import VideoLlama, load_config
-    from ..model.checkpoint import left_out, weight_files, without_branches
-    from ..model.videollama import llm_config
-    from .build import KEEP_FP32
+    from .checkpoint import left_out, weight_files, without_branches
+    from .videollama import VideoLlama, llm_config, load_config
 
     directory = Path(directory)
     config = without_branches(load_config(directory), with_audio=with_audio, with_vision=with_vision)
@@ -158,20 +157,3 @@ def load_with_separate_llm(directory: str | Path, *, device: torch.device, dtype
     )
     model.set_trainable(())
     return model.eval()
-
-
-DEVICE_MAP_HELP = ("spread the language model's layers over the visible GPUs (then CPU RAM) with accelerate; "
-                   "the other parts go on --device (cuda:0 if that is cpu). Needs CUDA")
-LOAD_IN_HELP = ("load the language model's linear layers in 8 bits (LLM.int8) or 4 bits (NF4) with bitsandbytes; "
-                "the other parts stay in --dtype on --device (cuda:0 if that is cpu). Needs CUDA and bitsandbytes")
-
-
-def add_loading_args(parser: argparse.ArgumentParser) -> None:
-    """``--device-map`` and ``--load-in`` for chat/serve/web/eval (next to --device/--dtype; see add_model_args)."""
-    parser.add_argument("--device-map", default=None, choices=["auto"], help=DEVICE_MAP_HELP)
-    parser.add_argument("--load-in", default=None, choices=QUANTIZATION_CHOICES, dest="load_in", help=LOAD_IN_HELP)
-
-
-def loading_kwargs(args: argparse.Namespace) -> dict:
-    """The keyword arguments of :func:`load_for_inference` chosen on the command line."""
-    return {"device_map": getattr(args, "device_map", None), "quantization": getattr(args, "load_in", None)}

@@ -16,24 +16,25 @@ Two measurements that tell where the SynthAV chain loses the picture (``docs/syn
    description *written out* in the slot instead of the picture (can the LLM answer from its
    context at all?), and chance.
 4. **Media questions by chat form**: the held-out question families that need more than one frame,
-   asked the way stage 0 trains its media chats (:data:`~.stage0.CHAT_FORMS`) with the stand-in
+   asked the way stage 0 trains its media chats (:data:`videollama.synthav.stage0.CHAT_FORMS`) with the stand-in
    pictures in the slots: temporal questions with 4 frames in order in the video slot (and the same
    frames *reversed*: an LLM that reads the order answers differently), audio questions with a frame
-   showing exactly the clip's sound sources in the audio slot (:func:`~.stage0.sound_frames`),
+   showing exactly the clip's sound sources in the audio slot (:func:`videollama.synthav.stage0.sound_frames`),
    audio-visual ones with that frame and the 4 frames. This is the ceiling the trained branches can
    reach: a family the frozen LLM cannot answer from ideal pictures, no branch will teach it.
 5. **Binding**: the premise of the audio branch (trained on vision embeddings, run on audio ones).
    A linear read-out of which shapes a frame shows is fitted on ImageBind-like *vision* embeddings of
    held-out frames and then applied to the *audio* embeddings of 2-s windows whose sound sources are all
-   on screen (:func:`~.stage0.audio_image_pairs`), against the shapes heard. Also: how often an audio
+   on screen (:func:`videollama.synthav.stage0.audio_image_pairs`), against the shapes heard. Also: how often an audio
    window's nearest frame embedding (cosine) shows the same set of sounding shapes, and the cosine to its
    own frame against any frame.
 
-    videollama synthav probe --stage0 runs/synthav/s0/stage0 --data runs/synthav/s0/data
+    python -m scripts.synthav.probe --stage0 runs/synthav/seed0/stage0 --data runs/synthav/seed0/data [--out probe.json]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -44,12 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .annotate import applicable
-from .evaluate import match_choice
-from .stage0 import CHAT_FORMS, audio_image_pairs, PICTURE_PREAMBLES, PROJECTION_FILE, POSITION_BINS, TRAIN_SYSTEM, VIDEO_FRAMES, WorldData, \
-    _bin, _caption_batch, _normalize, decode_media, frame_description, frame_queries, picture_chat, sound_frames, \
-    splice_prefix
-from .world import COLOURS, SHAPES, SIZES, Scene
+from videollama.synthav.annotate import applicable
+from videollama.synthav.evaluate import match_choice
+from videollama.synthav.stage0 import (CHAT_FORMS, PICTURE_PREAMBLES, POSITION_BINS, PROJECTION_FILE, TRAIN_SYSTEM,
+                                       VIDEO_FRAMES, WorldData, audio_image_pairs, decode_media, frame_description,
+                                       frame_queries, load_bridge, normalize_frames, picture_chat, position_bin,
+                                       sound_frames, splice_prefix)
+from videollama.synthav.stage0.loop import caption_batch
+from videollama.synthav.world import COLOURS, SHAPES, SIZES, Scene
 
 PROBE_STEPS = 300
 TRAIN_FRACTION = 0.75
@@ -97,13 +100,13 @@ def _single_object_features(model, data: WorldData, clips: int) -> tuple[dict[st
             if len(visible) != 1:
                 continue
             obj = visible[0]
-            image = _normalize(cache.frames[c, f][None])  # (1, 3, S, S)
+            image = normalize_frames(cache.frames[c, f][None])  # (1, 3, S, S)
             feats["image_qformer"].append(frame_queries(model, image).flatten())
             if model.imagebind_vision is not None:
                 feats["imagebind_vision"].append(model.imagebind_vision(image)[0])
             x, _ = obj.centres(data.world.num_frames)[frame]
             for name, value in (("colour", obj.colour), ("shape", obj.shape), ("size", obj.size),
-                                ("column", str(_bin(x, data.world.size)))):
+                                ("column", str(position_bin(x, data.world.size)))):
                 labels[name].append(value)
     return feats, labels
 
@@ -125,8 +128,8 @@ def caption_loss_by_kind(model, tokenizer, bridge: torch.nn.Linear, data: WorldD
     losses: dict[str, dict[str, list[float]]] = {"picture": defaultdict(list), "zero": defaultdict(list)}
     for c in range(cache.frames.shape[0]):
         captions = [frame_description(cache.scenes[c], i, data.world) for i in cache.frame_index[c]]
-        queries = frame_queries(model, _normalize(cache.frames[c]))  # (8, Q, W)
-        ids, mask = _caption_batch(tokenizer, captions)  # (8, L)
+        queries = frame_queries(model, normalize_frames(cache.frames[c]))  # (8, Q, W)
+        ids, mask = caption_batch(tokenizer, captions)  # (8, L)
         prefix = bridge(queries)  # (8, Q, D)
         for setting, given in (("picture", prefix), ("zero", torch.zeros_like(prefix))):
             attention = torch.cat([torch.ones(given.shape[:2], dtype=torch.long), mask], dim=1)
@@ -179,7 +182,7 @@ def picture_questions(model, tokenizer, bridge: torch.nn.Linear, data: WorldData
             items = applicable(cache.scenes[c], data.world, rng, family="static", frame=cache.frame_index[c][f])
             if not items:
                 continue
-            queries = frame_queries(model, _normalize(cache.frames[c, f][None]))  # (1, Q, W)
+            queries = frame_queries(model, normalize_frames(cache.frames[c, f][None]))  # (1, Q, W)
             picture = bridge(queries)[0]  # (Q, D)
             description = frame_description(cache.scenes[c], cache.frame_index[c][f], data.world)
             text = embed(torch.tensor(tokenizer(description, add_special_tokens=False)["input_ids"]))  # (T, D)
@@ -221,7 +224,7 @@ def media_questions(model, tokenizer, bridge: torch.nn.Linear, data: WorldData, 
     chance: dict[str, list[float]] = defaultdict(list)
     with torch.inference_mode():
         for c in range(cache.frames.shape[0]):
-            pictures = bridge(frame_queries(model, _normalize(cache.frames[c])))  # (8 cached frames, Q, D)
+            pictures = bridge(frame_queries(model, normalize_frames(cache.frames[c])))  # (8 cached frames, Q, D)
             clip = pictures[list(VIDEO_FRAMES)].flatten(0, 1)  # (4 * Q, D): the video slot
             backwards = pictures[list(reversed(VIDEO_FRAMES))].flatten(0, 1)
             for family, form_name in MEDIA_FAMILIES.items():
@@ -265,7 +268,7 @@ def binding(model, data: WorldData, clips: int = 100, steps: int = PROBE_STEPS, 
         return {"pairs": len(pairs)}
     n, per_clip = cache.frames.shape[:2]
     flat = cache.frames.flatten(0, 1)  # (N*8, 3, S, S)
-    vision = torch.cat([model.imagebind_vision(_normalize(flat[i: i + 128])) for i in range(0, len(flat), 128)])
+    vision = torch.cat([model.imagebind_vision(normalize_frames(flat[i: i + 128])) for i in range(0, len(flat), 128)])
     vision = F.normalize(vision, dim=-1).view(n, per_clip, -1)  # (N, 8, E)
     mel = torch.stack([cache.audio[c, k] for c, k, _ in pairs]).float()  # (P, 1, 128, 204)
     audio = F.normalize(torch.cat([model.audio_encoder(mel[i: i + 64])[1] for i in range(0, len(mel), 64)]), dim=-1)
@@ -308,21 +311,11 @@ def binding(model, data: WorldData, clips: int = 100, steps: int = PROBE_STEPS, 
     }
 
 
-def load_bridge(stage0_dir: Path, model) -> torch.nn.Linear:
-    from safetensors.torch import load_file
-
-    state = load_file(str(stage0_dir / PROJECTION_FILE))
-    weight = state["llama_proj.weight"]  # (D_llm, W)
-    bridge = torch.nn.Linear(weight.shape[1], weight.shape[0])
-    bridge.load_state_dict({"weight": weight, "bias": state["llama_proj.bias"]})
-    return bridge.to(model.dtype)
-
-
 def run_probe(stage0_dir: str | Path, data_dir: str | Path, clips: int = 300) -> dict[str, Any]:
     """Both measurements for a stage-0 folder (``model/`` + ``llama_proj.safetensors``)."""
     from transformers import AutoTokenizer
 
-    from ..model import VideoLlama
+    from videollama.model import VideoLlama
 
     stage0_dir = Path(stage0_dir)
     model = VideoLlama.from_pretrained(stage0_dir / "model").eval()
@@ -377,3 +370,21 @@ def format_probe(result: dict[str, Any]) -> str:
 
 def save_probe(result: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--stage0", required=True, help="a stage-0 folder (model/ + llama_proj.safetensors)")
+    parser.add_argument("--data", required=True, help="the SynthAV folder it was trained on (held-out clips are its last)")
+    parser.add_argument("--clips", type=int, default=300, help="held-out WebVid clips to probe on")
+    parser.add_argument("--out", default=None, help="also write the numbers to this JSON file")
+    args = parser.parse_args(argv)
+    result = run_probe(args.stage0, args.data, clips=args.clips)
+    print(format_probe(result))
+    if args.out:
+        save_probe(result, args.out)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

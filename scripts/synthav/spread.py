@@ -13,18 +13,19 @@ of each representation on the way to the LLM,
   soundtrack; the ImageBind-like vision embeddings and the audio soft tokens from the frames (the
   branch's training input).
 
-    videollama synthav spread --model runs/synthav/seed0/model --data runs/synthav/seed0/data
+    python -m scripts.synthav.spread --model runs/synthav/seed0/model --data runs/synthav/seed0/data
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .evaluate import NUM_FRAMES, load_test_items
-from .stage0 import frame_queries
+from videollama.synthav.evaluate import NUM_FRAMES, load_test_items
+from videollama.synthav.stage0 import frame_queries
 
 
 def relative_spread(x: Tensor) -> float:
@@ -35,9 +36,9 @@ def relative_spread(x: Tensor) -> float:
 
 def branch_spread(model_dir: str | Path, data_dir: str | Path, clips: int = 64) -> dict[str, float]:
     """Relative spread of each representation over the first ``clips`` distinct held-out clips."""
-    from ..inference import Pipeline
-    from ..media import load_audio
-    from ..media.video import load_video
+    from videollama.inference import Pipeline
+    from videollama.media import load_audio
+    from videollama.media.video import load_video
 
     pipe = Pipeline.from_pretrained(model_dir)
     model = pipe.model
@@ -70,4 +71,14 @@ def format_spread(spread: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["branch_spread", "format_spread", "relative_spread"]
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="a model folder (e.g. a train-all run's model/)")
+    parser.add_argument("--data", required=True, help="the SynthAV folder whose held-out clips are encoded")
+    parser.add_argument("--clips", type=int, default=64, help="distinct held-out clips")
+    args = parser.parse_args(argv)
+    print(format_spread(branch_spread(args.model, args.data, clips=args.clips)))
+
+
+if __name__ == "__main__":
+    main()
