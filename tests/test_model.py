@@ -103,7 +103,7 @@ def test_load_refuses_wrong_shapes(tiny_model_dir, tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from videollama.model.checkpoint import CheckpointError
+    from videollama.model.checkpoint import ModelFolderError
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, broken)
@@ -112,7 +112,7 @@ def test_load_refuses_wrong_shapes(tiny_model_dir, tmp_path):
     del state["audio_query_tokens"]
     state["surprise.weight"] = torch.zeros(1)
     save_file(state, broken / "model.safetensors")
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(ModelFolderError) as err:
         VideoLlama.from_pretrained(broken)
     message = str(err.value)
     assert "missing (1): audio_query_tokens" in message

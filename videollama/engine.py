@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import UsageError, VideoLlamaError
 from .model import VideoLlama
 
 SEED_MIN = -(2**63)  # torch.Generator.manual_seed's range: every int64 (OpenAI's) and every uint64
@@ -46,20 +47,20 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
+            raise UsageError("max_new_tokens must be >= 1")
         if self.do_sample and self.temperature <= 0:
-            raise ValueError("temperature must be > 0 when sampling (use greedy decoding instead)")
+            raise UsageError("temperature must be > 0 when sampling (use greedy decoding instead)")
         if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+            raise UsageError("top_p must be in (0, 1]")
         if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+            raise UsageError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise UsageError(f"top_k must be >= 0, got {self.top_k}")
         if not REPETITION_PENALTY_MIN <= self.repetition_penalty <= REPETITION_PENALTY_MAX:
-            raise ValueError(f"repetition_penalty must be between {REPETITION_PENALTY_MIN:g} and "
+            raise UsageError(f"repetition_penalty must be between {REPETITION_PENALTY_MIN:g} and "
                              f"{REPETITION_PENALTY_MAX:g}, got {self.repetition_penalty}")
         if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
-            raise ValueError(f"seed must be an integer from -2**63 to 2**64-1, got {self.seed}")
+            raise UsageError(f"seed must be an integer from -2**63 to 2**64-1, got {self.seed}")
 
 
 @dataclass
@@ -81,7 +82,7 @@ class RowFailure:
 Step = list["int | None | RowFailure"]
 
 
-class GenerationError(Exception):
+class GenerationError(VideoLlamaError):
     """Rows of an :meth:`Engine.generate_all` call failed: ``errors`` maps row -> exception, ``outputs`` holds
     every row's result (None where it failed)."""
 
@@ -126,7 +127,7 @@ class Engine:
     def check_length(self, request: Request) -> None:
         need = len(request.input_ids) + request.generation.max_new_tokens
         if self.max_positions is not None and need > self.max_positions:
-            raise ValueError(
+            raise UsageError(
                 f"prompt of {len(request.input_ids)} tokens + {request.generation.max_new_tokens} new tokens "
                 f"exceeds the model's context of {self.max_positions} tokens"
             )

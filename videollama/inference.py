@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import UsageError
 from .engine import Engine, GenerationConfig, GenerationError, Request, RowFailure
 from .long_video import Timeline, encode_video_file, encode_window_audio
 from .media import MediaError, NoAudioError, image_format, load_audio, load_image, probe
@@ -63,7 +64,7 @@ class MediaOptions:
 
     def __post_init__(self) -> None:
         if self.num_frames is not None and self.fps is not None:
-            raise ValueError(f"give either a frame count ({self.num_frames}) or fps ({self.fps}), not both")
+            raise UsageError(f"give either a frame count ({self.num_frames}) or fps ({self.fps}), not both")
         if self.num_frames is None and self.fps is None:
             object.__setattr__(self, "num_frames", DEFAULT_NUM_FRAMES)
         self.sampling  # validates the numbers
@@ -249,7 +250,7 @@ class Pipeline:
         """The prompt string of a conversation, as the official demos build it: the media preamble
         opens the first user message, the system text follows :func:`~videollama.templates.system_for`."""
         if not turns:
-            raise ValueError("a conversation needs at least one user message")
+            raise UsageError("a conversation needs at least one user message")
         first_user, first_answer = turns[0]
         if media is not None:
             turns = [(join_question(media.preamble, first_user), first_answer)] + list(turns[1:])
@@ -278,7 +279,7 @@ class Pipeline:
         if fit_to_context and context is not None:
             room = context - len(ids)
             if room < 1:
-                raise ValueError(f"the prompt has {len(ids)} tokens (media included); the model's context is {context}")
+                raise UsageError(f"the prompt has {len(ids)} tokens (media included); the model's context is {context}")
             gen = dataclasses.replace(gen, max_new_tokens=min(gen.max_new_tokens, room))
         return Request(
             input_ids=ids,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .errors import UsageError
 from .config import VideoLlamaConfig
 from .tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, add_media_tokens
 
@@ -73,7 +74,7 @@ class Processor:
         item per window); a prompt with other marker counts raises ``ValueError`` naming both."""
         if expected is not None and self.count_markers(prompt) != tuple(expected):
             found = self.count_markers(prompt)
-            raise ValueError(f"the prompt holds {found[0]} {IMAGE_PLACEHOLDER} and {found[1]} {AUDIO_PLACEHOLDER} "
+            raise UsageError(f"the prompt holds {found[0]} {IMAGE_PLACEHOLDER} and {found[1]} {AUDIO_PLACEHOLDER} "
                              f"markers but the media give {expected[0]} video and {expected[1]} audio items")
         ids: list[int] = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
         for piece in _MARKER.split(prompt):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .errors import UsageError
 from .tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
 
 # Official upload messages (conversation_video.py). 16 spaces separate the AV sentences.
@@ -110,7 +111,7 @@ def get_template(name: str) -> Template:
     try:
         return TEMPLATES[name]
     except KeyError:
-        raise ValueError(f"unknown template {name!r}; choose one of {sorted(TEMPLATES)}") from None
+        raise UsageError(f"unknown template {name!r}; choose one of {sorted(TEMPLATES)}") from None
 
 
 def media_message(*, video: bool = False, image: bool = False, audio: bool = False, timestamps: str = "") -> str:

@@ -170,7 +170,7 @@ class _Mapped:
         self.reports.append(rep)
         duplicates = sorted(set(ours) & set(self.tensors))
         if duplicates:
-            raise ValueError(f"two sources provide the same tensors, e.g. {duplicates[:3]}")
+            raise ConversionError(f"two sources provide the same tensors, e.g. {duplicates[:3]}")
         self.tensors.update(ours)
 
     def open(self, path: Path, kind: str) -> PthStateDict:
@@ -275,11 +275,11 @@ def convert(
 # ------------------------------------------------------------------------------------ steps
 def _check_request(out_dir: Path, sources: Sources, dtype: str, branches: str, overwrite: bool) -> None:
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        raise ConversionError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     if branches not in BRANCH_CHOICES:
-        raise ValueError(f"unknown branches {branches!r}; choose one of {BRANCH_CHOICES}")
+        raise ConversionError(f"unknown branches {branches!r}; choose one of {BRANCH_CHOICES}")
     if sources.hf_blip2 is not None and (sources.eva_vit is not None or sources.blip2 is not None):
-        raise ValueError("--hf-blip2 replaces both --eva-vit and --blip2; give one or the other")
+        raise ConversionError("--hf-blip2 replaces both --eva-vit and --blip2; give one or the other")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir}: exists and is not empty (choose another --out, or --overwrite)")
 
@@ -322,7 +322,7 @@ def _map_sources(sources: Sources, llm, cfg: VideoLlamaConfig, expected: dict[st
     if sources.hf_blip2 is not None:
         folder = read_hf_blip2_folder(sources.hf_blip2)
         if not len(folder.tensors):
-            raise ValueError(f"{sources.hf_blip2}: no vision_model.*, qformer.* or query_tokens tensors: "
+            raise ConversionError(f"{sources.hf_blip2}: no vision_model.*, qformer.* or query_tokens tensors: "
                              "not a BLIP-2 folder (--hf-blip2 takes a Salesforce/blip2-* folder)")
         mapped.releasers.append(folder.tensors)
         mapped.take(lambda: convert_hf_blip2_folder(folder, cfg, expected, source=str(sources.hf_blip2),
@@ -404,7 +404,7 @@ def _check_dtype_classes(tensors: dict[str, LazyTensor], model_dtypes: dict[str,
     for key, lazy in tensors.items():
         want, have = _dtype_class(model_dtypes[key]), _dtype_class(lazy.dtype)
         if want != have:
-            raise ValueError(f"{key}: {have} values ({lazy.dtype}) in {lazy.origin}, the model needs {want} "
+            raise ConversionError(f"{key}: {have} values ({lazy.dtype}) in {lazy.origin}, the model needs {want} "
                              f"({model_dtypes[key]}); a wrong or damaged checkpoint")
 
 
@@ -421,7 +421,7 @@ def _require_inputs(sources: Sources, with_vision: bool, with_audio: bool, allow
         if sources.imagebind is None:
             needed.append("--imagebind (imagebind_huge.pth)")
     if needed and not allow_missing:
-        raise ValueError(f"branches={branches!r} needs " + "; ".join(needed)
+        raise ConversionError(f"branches={branches!r} needs " + "; ".join(needed)
                          + " (or --allow-missing to fill them with a random init, or fewer --branches)")
 
 
@@ -452,7 +452,7 @@ def choose_template(template: str | None, vl_ckpt, al_ckpt, llm_config: dict) ->
 
     if template is not None:
         if template not in TEMPLATES:
-            raise ValueError(f"unknown template {template!r}; choose one of {sorted(TEMPLATES)}")
+            raise ConversionError(f"unknown template {template!r}; choose one of {sorted(TEMPLATES)}")
         return template, "given"
     for path in (vl_ckpt, al_ckpt):
         release = released_checkpoint(Path(path).name) if path is not None else None
@@ -493,7 +493,7 @@ def _fresh_values(meta_model: nn.Module, keys: list[str]) -> dict[str, torch.Ten
     values: dict[str, torch.Tensor] = {}
     for part, part_keys in parts.items():
         if part == "language_model":
-            raise ValueError("--allow-missing cannot make up language-model weights: the --llm folder lacks "
+            raise ConversionError("--allow-missing cannot make up language-model weights: the --llm folder lacks "
                              f"{len(part_keys)} tensors (e.g. {part_keys[0]})")
         obj = getattr(meta_model, part)
         if isinstance(obj, nn.Parameter):  # query tokens: the official N(0, 0.02) init

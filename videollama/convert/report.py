@@ -14,13 +14,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..errors import VideoLlamaError
+
 # How many keys of each kind the text report lists before summarising the rest.
 MAX_LISTED = 40
 # Ignored keys are summarised by their first dotted components ("modality_trunks.text").
 IGNORED_GROUP_DEPTH = 2
 
 
-class ConversionError(ValueError):
+class ConversionError(VideoLlamaError, ValueError):
     """A checkpoint does not match the key table; the message is the full, readable report."""
 
     def __init__(self, message: str, report: "ConversionReport | None" = None) -> None:

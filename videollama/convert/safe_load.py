@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..errors import VideoLlamaError
+
 __all__ = [
     "CheckpointReadError",
     "UnsafeCheckpointError",
@@ -57,7 +59,7 @@ HF_BIN_INDEX = "pytorch_model.bin.index.json"
 HF_BIN_SINGLE = "pytorch_model.bin"
 
 
-class CheckpointReadError(ValueError):
+class CheckpointReadError(VideoLlamaError, ValueError):
     """A weight file cannot be read (missing, truncated, corrupt, or not a checkpoint)."""
 
 
@@ -65,7 +67,7 @@ class UnsafeCheckpointError(CheckpointReadError):
     """A pickle that would need to run code (or build arbitrary objects) to load; refused."""
 
 
-class WrongCheckpointError(ValueError):
+class WrongCheckpointError(VideoLlamaError, ValueError):
     """A readable checkpoint of the wrong kind for the slot it was given in."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import VideoLlamaError
 from .safe_load import SAFETENSORS_DTYPES, LazyTensor
 
 __all__ = ["NonFiniteTensorError", "WrittenShards", "write_shards", "parse_size"]
@@ -41,7 +42,7 @@ _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
 
 
-class NonFiniteTensorError(ValueError):
+class NonFiniteTensorError(VideoLlamaError, ValueError):
     """A tensor holds NaN or infinite values, in its source or after the cast to the stored dtype."""
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..errors import VideoLlamaError
 from ..hashing import file_sha256
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
@@ -30,7 +31,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
 
 
-class DataError(ValueError):
+class DataError(VideoLlamaError, ValueError):
     """A benchmark file is missing or malformed; the message names the file and record."""
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..errors import VideoLlamaError
 from .records import JsonlWriter, read_records
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ API_KEY_ENV = "OPENAI_API_KEY"
 NO_API_KEY = "EMPTY"  # what local OpenAI-compatible servers accept
 
 
-class JudgeError(RuntimeError):
+class JudgeError(VideoLlamaError, RuntimeError):
     """The judge cannot be used at all (bad URL, no model); raised before any item is judged."""
 
 

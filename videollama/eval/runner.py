@@ -33,6 +33,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from ..errors import VideoLlamaError
 from . import metrics
 from .base import QAItem, Task
 from .judge import PROTOCOL, Judge, JudgeOptions, aggregate_judgements
@@ -56,7 +57,7 @@ DECODING = "greedy"
 """What :func:`main_eval` records unless told otherwise (Video-ChatGPT sampled at temperature 0.2)."""
 
 
-class EvalError(RuntimeError):
+class EvalError(VideoLlamaError, RuntimeError):
     """The evaluation cannot proceed; the message says why in one line."""
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "clip_starts",
     "denormalize",
     "kaldi_fbank",
+    "image_format",
     "kaldi_fbank_many",
     "load_audio",
     "load_image",

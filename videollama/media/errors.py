@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 import stat
 
+from ..errors import VideoLlamaError
+
 __all__ = ["MediaError", "NoAudioError", "NoVideoError", "check_media_file"]
 
 
-class MediaError(ValueError):
+class MediaError(VideoLlamaError, ValueError):
     """A media file cannot be used. ``str(err)`` is ``"<path>: <problem>"`` on one line."""
 
     def __init__(self, path: str | os.PathLike[str], problem: str) -> None:

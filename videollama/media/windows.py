@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..errors import UsageError
+
 __all__ = [
     "DEFAULT_FPS_MAX_FRAMES",
     "MAX_SAMPLED_FRAMES",
@@ -56,15 +58,15 @@ class VideoSampling:
 
     def __post_init__(self) -> None:
         if (self.frames is None) == (self.fps is None):
-            raise ValueError("give either frames (a count) or fps (a rate), not both and not neither")
+            raise UsageError("give either frames (a count) or fps (a rate), not both and not neither")
         if self.frames is not None and not 1 <= self.frames <= MAX_SAMPLED_FRAMES:
-            raise ValueError(f"frames must be between 1 and {MAX_SAMPLED_FRAMES:,}, got {self.frames}")
+            raise UsageError(f"frames must be between 1 and {MAX_SAMPLED_FRAMES:,}, got {self.frames}")
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
-            raise ValueError(f"fps must be a positive number of frames per second, got {self.fps}")
+            raise UsageError(f"fps must be a positive number of frames per second, got {self.fps}")
         if not 1 <= self.max_frames <= MAX_SAMPLED_FRAMES:
-            raise ValueError(f"max_frames must be between 1 and {MAX_SAMPLED_FRAMES:,}, got {self.max_frames}")
+            raise UsageError(f"max_frames must be between 1 and {MAX_SAMPLED_FRAMES:,}, got {self.max_frames}")
         if self.max_windows is not None and self.max_windows < 1:
-            raise ValueError(f"max_windows must be >= 1, got {self.max_windows}")
+            raise UsageError(f"max_windows must be >= 1, got {self.max_windows}")
 
     def frame_positions(self, num_video_frames: int, video_fps: float) -> list[int]:
         """Positions (in presentation order) of the frames to read from a video of
@@ -83,7 +85,7 @@ def frames_at_rate(num_video_frames: int, video_fps: float, fps: float) -> list[
     """Positions of one frame every ``1 / fps`` seconds, from 0: frame ``round(k * video_fps / fps)``
     for every k that lands inside the video (a rate above the video's gives every frame once)."""
     if num_video_frames < 1 or video_fps <= 0 or fps <= 0:
-        raise ValueError(f"need frames >= 1 and positive rates, got {num_video_frames}, {video_fps}, {fps}")
+        raise UsageError(f"need frames >= 1 and positive rates, got {num_video_frames}, {video_fps}, {fps}")
     step = video_fps / fps  # video frames per sampled frame
     count = math.ceil(num_video_frames / step - 1e-9)
     positions = sorted({min(num_video_frames - 1, round(k * step)) for k in range(count)})
@@ -94,7 +96,7 @@ def split_windows(positions: list[int], window_frames: int) -> list[list[int]]:
     """Cut ``positions`` into ``ceil(n / window_frames)`` consecutive windows of balanced sizes
     (sizes differ by at most one, larger first)."""
     if window_frames < 1:
-        raise ValueError(f"window_frames must be >= 1, got {window_frames}")
+        raise UsageError(f"window_frames must be >= 1, got {window_frames}")
     count = max(1, math.ceil(len(positions) / window_frames))
     base, extra = divmod(len(positions), count)
     windows, start = [], 0

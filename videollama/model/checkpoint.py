@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..errors import VideoLlamaError
 from ..config import VideoLlamaConfig
 
 CONFIG_NAME = "config.json"
@@ -22,7 +23,7 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 
 
-class CheckpointError(ValueError):
+class ModelFolderError(VideoLlamaError, ValueError):
     """A model folder does not match the model built from its config."""
 
 
@@ -107,7 +108,7 @@ def load_model_folder(cls, directory: str | Path, *, device="cpu", dtype=None, w
         for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
             if items:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
-        raise CheckpointError("\n".join(lines))
+        raise ModelFolderError("\n".join(lines))
     if tied:
         model.language_model.tie_weights()
     model.to(device)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import VideoLlamaError
+
 __all__ = ["KEEP_FP32", "QUANTIZATION_CHOICES", "LoadingError", "load_for_inference", "load_with_separate_llm"]
 
 QUANTIZATION_CHOICES = ("8bit", "4bit")
@@ -35,7 +37,7 @@ LLM_PREFIX = "language_model."
 KEEP_FP32 = ("audio_encoder.log_logit_scale",)
 
 
-class LoadingError(ValueError):
+class LoadingError(VideoLlamaError, ValueError):
     """The requested loading option cannot work on this machine (no CUDA, no bitsandbytes, ...)."""
 
 

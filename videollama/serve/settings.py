@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UsageError
+
 MODEL_MAX_FRAMES = 32  # rows of the model's frame-position table: no request may sample more
 BYTES_PER_MB = 1024 * 1024
 # Base64 turns 3 bytes into 4 characters; JSON around a data URL adds a little more.
@@ -81,23 +83,23 @@ class ServeSettings:
         if self.media_root is not None:
             self.media_root = Path(self.media_root).expanduser().resolve()
             if not self.media_root.is_dir():
-                raise ValueError(f"--media-root {self.media_root}: not a directory")
+                raise UsageError(f"--media-root {self.media_root}: not a directory")
         if self.max_connections_per_client is None:
             self.max_connections_per_client = 2 * (self.max_queue + self.max_batch)
         for name in ("max_queue", "max_batch", "default_max_tokens", "media_workers", "max_connections_per_client",
                      "max_connections", "max_header_kb", "max_sampled_frames"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.max_frames <= MODEL_MAX_FRAMES:
-            raise ValueError(f"max_frames must be between 1 and {MODEL_MAX_FRAMES}, got {self.max_frames}")
+            raise UsageError(f"max_frames must be between 1 and {MODEL_MAX_FRAMES}, got {self.max_frames}")
         if not 1 <= self.default_frames <= self.max_frames:
-            raise ValueError(f"default_frames must be between 1 and max_frames ({self.max_frames})")
+            raise UsageError(f"default_frames must be between 1 and max_frames ({self.max_frames})")
         if self.max_text_chars is not None and self.max_text_chars < 1:
-            raise ValueError(f"max_text_chars must be >= 1, got {self.max_text_chars}")
+            raise UsageError(f"max_text_chars must be >= 1, got {self.max_text_chars}")
         for name in ("timeout_s", "max_media_mb", "max_duration_s", "remote_timeout_s", "header_timeout_s",
                      "body_timeout_s", "keep_alive_s"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be > 0, got {getattr(self, name)}")
 
     @property
     def max_media_bytes(self) -> int:

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from .stage0 import PROJECTION_FILE, Stage0Settings, run_stage0
 from .stopwatch import Stopwatch
 
@@ -135,7 +136,7 @@ def train_stage(stage: str, overrides: list[str]) -> Path:
 
     cfg = load_stage_config(stage, overrides)
     if not cfg.run.export:
-        raise ValueError(f"{stage}: run.export is off; the chain needs each stage's exported model folder")
+        raise UsageError(f"{stage}: run.export is off; the chain needs each stage's exported model folder")
     train(cfg)
     folder = Path(cfg.run.output_dir) / EXPORT
     if not (folder / "config.json").is_file():
@@ -171,7 +172,7 @@ def finalize_model(src: Path, dst: Path, max_bytes: int = MAX_MODEL_BYTES) -> Pa
         model.save_pretrained(dst, tokenizer=AutoTokenizer.from_pretrained(str(src)))
         weights = sum(p.stat().st_size for p in dst.glob("*.safetensors"))
         if weights > max_bytes:
-            raise ValueError(f"{dst}: {weights / 2**20:.1f} MiB of weights even in fp16 (limit {max_bytes / 2**20:.0f})")
+            raise UsageError(f"{dst}: {weights / 2**20:.1f} MiB of weights even in fp16 (limit {max_bytes / 2**20:.0f})")
     return dst
 
 

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
+from ..errors import UsageError
+
 if TYPE_CHECKING:
     from .stage0 import Stage0Settings
 
@@ -83,10 +85,10 @@ def cmd_evaluate(args) -> int:
     from .evaluate import combine_runs, evaluate_synthav, format_table, save_results
 
     if bool(args.run) == bool(args.model):
-        raise ValueError("give either --run (train-all folders, one per seed) or --model with --data")
+        raise UsageError("give either --run (train-all folders, one per seed) or --model with --data")
     if args.model:
         if not args.data:
-            raise ValueError("--model needs --data (a SynthAV folder with qa/test.json)")
+            raise UsageError("--model needs --data (a SynthAV folder with qa/test.json)")
         results = evaluate_synthav(args.model, args.data, ablation_dirs=args.ablation_model, limit=args.limit)
     else:
         results = combine_runs(args.run, limit=args.limit)

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from .annotate import FAMILIES
 
 SETTINGS: tuple[str, ...] = ("audio+video", "video", "audio", "one_frame", "no_frame_pos", "other_audio",
@@ -74,9 +75,9 @@ def load_test_items(data_dir: str | Path, limit: int | None = None) -> list[Test
             items.append(TestItem(str(rec["id"]), data_dir / "qa" / rec["video"], rec["question"], rec["answer"],
                                   rec["family"], rec.get("type", ""), tuple(rec["choices"])))
         except KeyError as err:
-            raise ValueError(f"{path}: record {index} lacks the field {err}") from None
+            raise UsageError(f"{path}: record {index} lacks the field {err}") from None
         if items[-1].family not in FAMILIES:
-            raise ValueError(f"{path}: record {index} has unknown family {items[-1].family!r}")
+            raise UsageError(f"{path}: record {index} has unknown family {items[-1].family!r}")
     return items[:limit] if limit else items
 
 
@@ -123,7 +124,7 @@ def other_clips(videos: Sequence[Path]) -> dict[Path, Path]:
     """Each held-out clip -> the next distinct one (in first-seen order, wrapping): whose sound ``other_audio`` plays."""
     unique = list(dict.fromkeys(videos))
     if len(unique) < 2:
-        raise ValueError("the other_audio setting needs at least two held-out clips")
+        raise UsageError("the other_audio setting needs at least two held-out clips")
     return {v: unique[(i + 1) % len(unique)] for i, v in enumerate(unique)}
 
 
@@ -194,7 +195,7 @@ def evaluate_synthav(
 
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
-        raise ValueError(f"unknown SynthAV settings {unknown}; choose from {SETTINGS}")
+        raise UsageError(f"unknown SynthAV settings {unknown}; choose from {SETTINGS}")
     models = dict(model_dir) if isinstance(model_dir, Mapping) else {(seeds or [0])[0]: model_dir}
     ablations = (dict(ablation_dirs) if isinstance(ablation_dirs, Mapping)
                  else {k: ablation_dirs for k in models} if ablation_dirs is not None else {})
@@ -334,7 +335,7 @@ def combine_runs(run_dirs: Sequence[str | Path], limit: int | None = None) -> di
         chain = json.loads((run / "chain.json").read_text())
         seed = str(chain["seed"])
         if seed in per_seed:
-            raise ValueError(f"{run}: training seed {seed} appears twice; runs must use different seeds")
+            raise UsageError(f"{run}: training seed {seed} appears twice; runs must use different seeds")
         data = Path(chain.get("data_dir") or run / "data")
         saved = run / "results" / "results.json"
         results = json.loads(saved.read_text()) if saved.is_file() else None
@@ -357,7 +358,7 @@ def combine_runs(run_dirs: Sequence[str | Path], limit: int | None = None) -> di
         questions.add(results["questions"])
         data_dirs.add(results["data_dir"])
     if len(questions) != 1:
-        raise ValueError(f"the runs were evaluated on different question sets ({sorted(questions)} questions)")
+        raise UsageError(f"the runs were evaluated on different question sets ({sorted(questions)} questions)")
     return {"data_dir": sorted(data_dirs)[0], "models": models, "ablations": ablations,
             "settings": [s for s in SETTINGS if any(s in r for r in per_seed.values())],
             "questions": questions.pop(), "per_seed": per_seed, "summary": summarize(per_seed)}

@@ -25,6 +25,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from ..errors import VideoLlamaError
 from .world import BACKGROUND_RGB, COLOURS, Scene, SceneObject, WorldConfig
 
 # Shape geometry, as multiples of the object's nominal radius (all fit in world.BOUND_FACTOR).
@@ -66,7 +67,7 @@ AUDIO_OPTIONS = {"aac_coder": "fast"}
 JPEG_QUALITY = 95
 
 
-class RenderError(RuntimeError):
+class RenderError(VideoLlamaError, RuntimeError):
     """A clip could not be rendered or written (the message names the file)."""
 
 

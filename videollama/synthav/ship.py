@@ -19,6 +19,8 @@ import json
 import shutil
 from pathlib import Path
 
+from ..errors import UsageError
+
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 MODEL_DIR = ASSETS / "synthav-model"
 EXAMPLES_DIR = ASSETS / "examples"
@@ -40,7 +42,7 @@ def ship(run_dir: str | Path, model_dir: Path = MODEL_DIR, examples_dir: Path = 
         raise FileNotFoundError(f"{source}: no model folder (run `videollama synthav train-all --out {run}` first)")
     size = sum(p.stat().st_size for p in source.iterdir() if p.is_file())
     if size > MAX_MODEL_BYTES:
-        raise ValueError(f"{source}: {size / 2**20:.1f} MiB, over the {MAX_MODEL_BYTES / 2**20:.0f} MiB shipping limit")
+        raise UsageError(f"{source}: {size / 2**20:.1f} MiB, over the {MAX_MODEL_BYTES / 2**20:.0f} MiB shipping limit")
 
     chain = json.loads((run / "chain.json").read_text()) if (run / "chain.json").is_file() else {}
     data = Path(chain.get("data_dir") or run / "data")

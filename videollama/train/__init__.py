@@ -12,7 +12,7 @@ Modules (one component each; the trainer loop lives in ``recipe.py``):
 """
 
 from .checkpoint import (
-    CheckpointError,
+    TrainingCheckpointError,
     LoadedCheckpoint,
     NoUsableCheckpoint,
     capture_rng_state,
@@ -30,7 +30,7 @@ from .optim import LinearWarmupCosineLR, build_optimizer, param_groups
 from .text import IGNORE_INDEX, Turn, collate, encode_caption, encode_conversation
 
 __all__ = [
-    "CheckpointError",
+    "TrainingCheckpointError",
     "ConfigError",
     "DatasetError",
     "IGNORE_INDEX",

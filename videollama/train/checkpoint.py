@@ -59,8 +59,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..errors import VideoLlamaError
+
 __all__ = [
-    "CheckpointError",
+    "TrainingCheckpointError",
     "NoUsableCheckpoint",
     "LoadedCheckpoint",
     "save_checkpoint",
@@ -88,11 +90,11 @@ _TEST_SLEEP_ENV = "VIDEOLLAMA_CHECKPOINT_TEST_SLEEP"
 logger = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class TrainingCheckpointError(VideoLlamaError, ValueError):
     """A checkpoint cannot be written or read, or fails verification (one line naming the path)."""
 
 
-class NoUsableCheckpoint(CheckpointError):
+class NoUsableCheckpoint(TrainingCheckpointError):
     """Checkpoints exist, but none of them verifies (the message names each and why)."""
 
 
@@ -148,7 +150,7 @@ def _check_rng(rng: Any, path: Path) -> None:
     fields = {"python": dict, "numpy": dict, "torch": torch.Tensor}
     if not isinstance(rng, list) or not all(
             isinstance(rank, dict) and all(isinstance(rank.get(k), t) for k, t in fields.items()) for rank in rng):
-        raise CheckpointError(f"{path}: not an RNG state list (one dict of python, numpy, torch states per rank)")
+        raise TrainingCheckpointError(f"{path}: not an RNG state list (one dict of python, numpy, torch states per rank)")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -272,9 +274,9 @@ def save_checkpoint(directory: str | Path, step: int, state: dict[str, Any], *, 
     known = {"model", "optimizer", "scheduler", "data", "config", "rng", "extra"}
     unknown = set(state) - known
     if unknown:
-        raise CheckpointError(f"unknown checkpoint state keys {sorted(unknown)}; expected {sorted(known)}")
+        raise TrainingCheckpointError(f"unknown checkpoint state keys {sorted(unknown)}; expected {sorted(known)}")
     if "model" not in state:
-        raise CheckpointError("checkpoint state needs 'model' (the trainable weights)")
+        raise TrainingCheckpointError("checkpoint state needs 'model' (the trainable weights)")
     if keep_last_k < 1:
         raise ValueError("keep_last_k must be >= 1")
     directory = Path(directory)
@@ -335,37 +337,37 @@ def _read_meta(path: Path) -> dict[str, Any]:
     """``meta.json`` of a checkpoint, checked: this format, and every listed file with its size and SHA-256."""
     meta_file = path / META
     if not meta_file.is_file():
-        raise CheckpointError(f"{path}: not a complete checkpoint (no {META})")
+        raise TrainingCheckpointError(f"{path}: not a complete checkpoint (no {META})")
     try:
         meta = json.loads(meta_file.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise CheckpointError(f"{meta_file}: unreadable ({' '.join(str(err).split())})") from None
+        raise TrainingCheckpointError(f"{meta_file}: unreadable ({' '.join(str(err).split())})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         found = meta.get("format") if isinstance(meta, dict) else None
-        raise CheckpointError(f"{meta_file}: checkpoint format {found}, this version reads format {FORMAT_VERSION} "
+        raise TrainingCheckpointError(f"{meta_file}: checkpoint format {found}, this version reads format {FORMAT_VERSION} "
                               "(checksummed files, no pickled objects)")
     files, sizes, sums = meta.get("files"), meta.get("sizes"), meta.get("sha256")
     well_formed = (isinstance(files, list) and isinstance(sizes, dict) and isinstance(sums, dict)
                    and isinstance(meta.get("step"), int) and "model.safetensors" in files
                    and all(isinstance(n, str) and n in sizes and n in sums and n == Path(n).name for n in files))
     if not well_formed:
-        raise CheckpointError(f"{meta_file}: malformed (needs step, and files with their sizes and sha256)")
+        raise TrainingCheckpointError(f"{meta_file}: malformed (needs step, and files with their sizes and sha256)")
     for name in files:
         file = path / name
         if not file.is_file():
-            raise CheckpointError(f"{file}: missing (listed in {META})")
+            raise TrainingCheckpointError(f"{file}: missing (listed in {META})")
         size = file.stat().st_size
         if size != sizes[name]:
-            raise CheckpointError(f"{file}: size {size} differs from the recorded {sizes[name]}")
+            raise TrainingCheckpointError(f"{file}: size {size} differs from the recorded {sizes[name]}")
         if _sha256(file) != sums[name]:
-            raise CheckpointError(f"{file}: checksum mismatch (the file changed after it was saved)")
+            raise TrainingCheckpointError(f"{file}: checksum mismatch (the file changed after it was saved)")
     return meta
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Read one complete checkpoint directory, every file verified against ``meta.json`` first.
 
-    Raises :class:`CheckpointError` (one line naming the file) for anything missing, damaged or refused.
+    Raises :class:`TrainingCheckpointError` (one line naming the file) for anything missing, damaged or refused.
     """
     path = Path(path)
     meta = _read_meta(path)
@@ -383,10 +385,10 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         if "rng.pt" in files:
             loaded.rng = _load_pickle_free(path / "rng.pt", "cpu")
             _check_rng(loaded.rng, path / "rng.pt")
-    except CheckpointError:
+    except TrainingCheckpointError:
         raise
     except _PARSE_ERRORS as err:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({' '.join(str(err).split())})") from None
+        raise TrainingCheckpointError(f"{path}: cannot read checkpoint ({' '.join(str(err).split())})") from None
     loaded.extra = loaded.extra or {}
     return loaded
 
@@ -400,9 +402,9 @@ def _load_pickle_free(path: Path, map_location: str | torch.device) -> Any:
     except Exception as err:  # torch raises UnpicklingError/RuntimeError/EOFError/IndexError/... for bad files
         text = str(err)
         if "Weights only load failed" in text:
-            raise CheckpointError(f"{path}: refused: it holds more than tensors and plain values, loading it would "
+            raise TrainingCheckpointError(f"{path}: refused: it holds more than tensors and plain values, loading it would "
                                   f"need to run code ({first_specific_line(text)})") from None
-        raise CheckpointError(f"{path}: not a readable torch file ({type(err).__name__}: "
+        raise TrainingCheckpointError(f"{path}: not a readable torch file ({type(err).__name__}: "
                               f"{first_specific_line(text) if text.strip() else 'no detail'})") from None
 
 
@@ -427,7 +429,7 @@ def load_latest(directory: str | Path, *, map_location: str | torch.device = "cp
     for _, path in reversed(candidates):
         try:
             return load_checkpoint(path, map_location=map_location)
-        except CheckpointError as err:
+        except TrainingCheckpointError as err:
             logger.warning("skipping damaged checkpoint: %s", err)  # the message names the file; try an older one
             damaged.append(str(err))
     if damaged:

@@ -16,13 +16,14 @@ Trainable modules are named (``run.trainable``), never integer flags: the offici
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from ..errors import VideoLlamaError
+from ..typed import from_dict
 
 __all__ = [
     "ConfigError",
@@ -54,7 +55,7 @@ AUDIO_DATASET_TYPES = ("audiocaps", "clotho", "wavcaps", "audio_instruct")
 DATASET_TYPES = ("webvid", "cc_sbu_align", "llava_instruct", "videochat_instruct", "webdataset") + AUDIO_DATASET_TYPES
 
 
-class ConfigError(ValueError):
+class ConfigError(VideoLlamaError, ValueError):
     """A training config is invalid; the message names the dotted key (and file when known)."""
 
 
@@ -371,83 +372,4 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     if isinstance(data, dict) and isinstance(data.get("datasets"), dict):
         kept = {name: spec for name, spec in data["datasets"].items() if spec is not None}
         raw = {**raw, "data": {**data, "datasets": kept}}
-    return _convert(TrainConfig, raw, "")
-
-
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    """Convert ``value`` to type ``tp`` (dataclasses, Optional, list, dict, Literal, scalars)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    label = where or "config"
-    if dataclasses.is_dataclass(tp):
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{label}: expected a mapping, got {value!r}")
-        hints = typing.get_type_hints(tp)
-        names = [f.name for f in dataclasses.fields(tp)]
-        unknown = sorted(set(value) - set(names))
-        if unknown:
-            key = f"{where}.{unknown[0]}" if where else unknown[0]
-            raise ConfigError(f"unknown key {key!r}; valid keys here: {', '.join(names)}")
-        kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in value.items()}
-        try:
-            return tp(**kwargs)
-        except ConfigError as err:
-            raise ConfigError(str(err)) from None
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for option in options:
-            try:
-                return _convert(option, value, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{label}: {value!r} matches none of {options}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{label}: {value!r} is not one of {list(args)}")
-        return value
-    if origin is list:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and args and args[0] is str:
-            value = [value]  # a single path is a one-item list
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{label}: expected a list, got {value!r}")
-        return [_convert(args[0], v, f"{where}.{i}") for i, v in enumerate(value)]
-    if origin is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{label}: expected a mapping, got {value!r}")
-        return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{label}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{label}: expected an integer, got {value!r}")
-    if tp is float:
-        # PyYAML (YAML 1.1) reads ``1e-4`` as a string: accept numeric strings for floats.
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{label}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{label}: expected a string, got {value!r}")
-    if tp is Any:
-        return value
-    raise ConfigError(f"{label}: unsupported field type {tp!r}")
+    return from_dict(TrainConfig, raw, error=ConfigError)

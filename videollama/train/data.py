@@ -66,6 +66,7 @@ from torch.utils.data import Dataset
 
 from videollama.media.errors import MediaError
 
+from ..errors import VideoLlamaError
 from .config import AUDIO_DATASET_TYPES
 from .text import (
     EncodedText,
@@ -102,11 +103,11 @@ LLAVA_IMAGE_TOKEN = "<image>"
 LLAVA_IMAGE_PREFIX = "COCO_train2014_"
 
 
-class DatasetError(RuntimeError):
+class DatasetError(VideoLlamaError, RuntimeError):
     """A whole dataset is unusable (unreadable annotations, or too many bad records)."""
 
 
-class RecordError(ValueError):
+class RecordError(VideoLlamaError, ValueError):
     """One record cannot be used; the message says why (one line)."""
 
 

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .config import ConfigError
+
 __all__ = ["SampleKey", "MultiDatasetSampler", "AccumulationSampler", "MixedDataset", "normalized_ratios"]
 
 _CHOICE_CHUNK = 65536  # dataset choices are generated in chunks of this many steps
@@ -57,7 +59,7 @@ def normalized_ratios(ratios: Sequence[float] | None, count: int) -> np.ndarray:
         return np.full(count, 1.0 / count)
     values = np.asarray(ratios, dtype=np.float64)
     if values.shape != (count,) or (values <= 0).any() or not np.isfinite(values).all():
-        raise ValueError(f"need {count} positive finite sample ratios, got {list(ratios)}")
+        raise ConfigError(f"need {count} positive finite sample ratios, got {list(ratios)}")
     return values / values.sum()
 
 
@@ -90,12 +92,12 @@ class MultiDatasetSampler(Sampler[list[SampleKey]]):
         num_steps: int | None = None,
     ) -> None:
         if not dataset_sizes:
-            raise ValueError("no datasets to sample from")
+            raise ConfigError("no datasets to sample from")
         for i, size in enumerate(dataset_sizes):
             if size < 1:
-                raise ValueError(f"dataset {i} is empty")
+                raise ConfigError(f"dataset {i} is empty")
         if batch_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"bad batch_size/rank/world_size: {batch_size}/{rank}/{world_size}")
+            raise ConfigError(f"bad batch_size/rank/world_size: {batch_size}/{rank}/{world_size}")
         self.sizes = [int(s) for s in dataset_sizes]
         self.probs = normalized_ratios(ratios, len(self.sizes))
         self.batch_size = int(batch_size)
@@ -189,9 +191,9 @@ class MultiDatasetSampler(Sampler[list[SampleKey]]):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, mine in (("seed", self.seed), ("sizes", self.sizes), ("global_batch", self.global_batch)):
             if state[key] != mine:
-                raise ValueError(f"cannot resume the data order: {key} was {state[key]}, now {mine}")
+                raise ConfigError(f"cannot resume the data order: {key} was {state[key]}, now {mine}")
         if not np.allclose(state["probs"], self.probs):
-            raise ValueError(f"cannot resume the data order: sample ratios changed ({state['probs']} -> {list(self.probs)})")
+            raise ConfigError(f"cannot resume the data order: sample ratios changed ({state['probs']} -> {list(self.probs)})")
         self.next_step = int(state["next_step"])
 
 
@@ -211,7 +213,7 @@ class AccumulationSampler(MultiDatasetSampler):
     def __init__(self, dataset_sizes: Sequence[int], ratios: Sequence[float] | None, batch_size: int, *, seed: int = 42, rank: int = 0,
                  world_size: int = 1, accum: int = 1, num_steps: int | None = None) -> None:
         if accum < 1:
-            raise ValueError(f"accum must be >= 1, got {accum}")
+            raise ConfigError(f"accum must be >= 1, got {accum}")
         super().__init__(dataset_sizes, ratios, batch_size, seed=seed, rank=rank, world_size=world_size * accum,
                          num_steps=num_steps)
         self.process_rank, self.processes, self.accum = int(rank), int(world_size), int(accum)

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .config import ConfigError
+
 __all__ = ["NO_DECAY_NAME_PARTS", "no_weight_decay", "param_groups", "build_optimizer", "LinearWarmupCosineLR"]
 
 NO_DECAY_NAME_PARTS = ("bias", "ln", "bn")  # official substring rule
@@ -67,7 +69,7 @@ def build_optimizer(
     """AdamW over :func:`param_groups` (the official optimizer). Raises if nothing is trainable."""
     groups = param_groups(named_params, weight_decay)
     if not any(g["params"] for g in groups):
-        raise ValueError("no trainable parameters: check run.trainable")
+        raise ConfigError("no trainable parameters: check run.trainable")
     groups = [g for g in groups if g["params"]]
     return torch.optim.AdamW(groups, lr=float(lr), weight_decay=float(weight_decay), betas=tuple(betas))
 
@@ -102,7 +104,7 @@ class LinearWarmupCosineLR:
         iters_per_epoch: int,
     ) -> None:
         if iters_per_epoch < 1 or max_epoch < 1:
-            raise ValueError("max_epoch and iters_per_epoch must be >= 1")
+            raise ConfigError("max_epoch and iters_per_epoch must be >= 1")
         self.optimizer = optimizer
         # warmup_lr < 0 means "start at init_lr" in the original (warmup_start_lr default -1).
         start = float(warmup_lr) if warmup_lr >= 0 else float(init_lr)
@@ -143,7 +145,7 @@ class LinearWarmupCosineLR:
         """Restore position; the schedule numbers must match the current config."""
         saved = _Schedule(**{k: state[k] for k in asdict(self.schedule)})
         if saved != self.schedule:
-            raise ValueError(f"checkpoint schedule {saved} differs from the configured {self.schedule}")
+            raise ConfigError(f"checkpoint schedule {saved} differs from the configured {self.schedule}")
         self.last_epoch, self.last_step, self.last_lr = state["last_epoch"], state["last_step"], state["last_lr"]
         if self.optimizer is not None and self.last_step >= 0:
             for group in self.optimizer.param_groups:

@@ -37,6 +37,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .config import ConfigError
 from ..model import VideoLlama
 from .checkpoint import (
     NoUsableCheckpoint,
@@ -127,7 +128,7 @@ def build_model(section: ModelSection, *, with_audio_vision: bool, cache_dir: Pa
     else:
         path = section.tokenizer_path or section.llm_path
         if not path:
-            raise ValueError("model: give model_dir, the official files (llm_path + checkpoints), or a tokenizer_path "
+            raise ConfigError("model: give model_dir, the official files (llm_path + checkpoints), or a tokenizer_path "
                              "for a randomly initialised preset")
         tokenizer = AutoTokenizer.from_pretrained(path)
         config = get_preset(section.preset)
@@ -188,7 +189,7 @@ def _build_from_official_files(section: ModelSection, *, with_audio_vision: bool
     vl_file, vl_folder = _split_ckpt(section.ckpt, "ckpt")
     al_file, al_folder = _split_ckpt(section.ckpt_2, "ckpt_2")
     if (al_file or al_folder) and not section.with_audio:
-        raise ValueError("model.ckpt_2 (the audio-branch checkpoint) needs model.with_audio: true")
+        raise ConfigError("model.ckpt_2 (the audio-branch checkpoint) needs model.with_audio: true")
     imagebind_vision = bool(section.with_audio and with_audio_vision)
     args = dict(llm_dir=section.llm_path, eva_vit=section.vit_ckpt, blip2=section.qformer_ckpt,
                 imagebind=section.imagebind_ckpt if section.with_audio else None, vl_ckpt=vl_file, al_ckpt=al_file,
@@ -237,7 +238,7 @@ def _convert_official(folder: Path, args: dict, section: ModelSection, sources: 
 
         shutil.rmtree(folder, ignore_errors=True)
         need = sorted({_FROZEN_FROM_FILES.get(p, p) for p in frozen})
-        raise ValueError(f"model: the official files do not provide the frozen part(s) {', '.join(frozen)}; "
+        raise ConfigError(f"model: the official files do not provide the frozen part(s) {', '.join(frozen)}; "
                          f"give {' and '.join(need)}")
     (folder / SOURCES_NAME).write_text(json.dumps(sources, indent=1) + "\n")
     # One status line per source file (the full report is in the folder's README.md); the converter's
@@ -266,11 +267,11 @@ def _overlay_parts(model: VideoLlama, folder: Path, parts: tuple[str, ...], opti
                     found[key] = f.get_tensor(key)
     missing = sorted(set(wanted) - set(found))
     if missing:
-        raise ValueError(f"{option}={folder}: the model folder lacks {len(missing)} tensors of {', '.join(parts)} "
+        raise ConfigError(f"{option}={folder}: the model folder lacks {len(missing)} tensors of {', '.join(parts)} "
                          f"(e.g. {missing[0]}); was it trained with that branch?")
     wrong = [f"{k}: {tuple(t.shape)} vs {tuple(wanted[k].shape)}" for k, t in found.items() if t.shape != wanted[k].shape]
     if wrong:
-        raise ValueError(f"{option}={folder}: wrongly shaped tensors for this model: {wrong[:3]}")
+        raise ConfigError(f"{option}={folder}: wrongly shaped tensors for this model: {wrong[:3]}")
     with torch.no_grad():
         for key, tensor in found.items():
             wanted[key].copy_(tensor.to(wanted[key].dtype))
@@ -285,12 +286,12 @@ def _overlay_llama_proj(model: VideoLlama, path: str) -> None:
         keys = {"llama_proj.weight": model.video_projection.weight, "llama_proj.bias": model.video_projection.bias}
         absent = [k for k in keys if k not in state]
         if absent:
-            raise ValueError(f"model.llama_proj_ckpt={path}: no {absent[0]} (give MiniGPT-4's pretrained_minigpt4.pth)")
+            raise ConfigError(f"model.llama_proj_ckpt={path}: no {absent[0]} (give MiniGPT-4's pretrained_minigpt4.pth)")
         with torch.no_grad():
             for key, param in keys.items():
                 tensor = state[key].load()
                 if tensor.shape != param.shape:
-                    raise ValueError(f"model.llama_proj_ckpt={path}: {key} has shape {tuple(tensor.shape)}, the model "
+                    raise ConfigError(f"model.llama_proj_ckpt={path}: {key} has shape {tuple(tensor.shape)}, the model "
                                      f"needs {tuple(param.shape)} (a projection for another LLM width?)")
                 param.copy_(tensor.to(param.dtype))
     finally:
@@ -329,14 +330,14 @@ def merge_lora_state(state: dict[str, torch.Tensor], *, alpha: float, r: int) ->
         if match:
             adapters.setdefault(match["module"], {})[match["ab"]] = value
         elif ".lora_" in rest:
-            raise ValueError(f"cannot merge the LoRA tensor {key}: only linear-layer adapters (lora_A/lora_B) are supported")
+            raise ConfigError(f"cannot merge the LoRA tensor {key}: only linear-layer adapters (lora_A/lora_B) are supported")
         else:
             out["language_model." + rest.replace(".base_layer.", ".")] = value
     scaling = alpha / r
     for module, pair in adapters.items():
         key = f"language_model.{module}.weight"
         if set(pair) != {"A", "B"} or key not in out:
-            raise ValueError(f"LoRA adapter of {module}: incomplete (have {sorted(pair)}) or no base weight {key}")
+            raise ConfigError(f"LoRA adapter of {module}: incomplete (have {sorted(pair)}) or no base weight {key}")
         base = out[key]
         out[key] = (base.float() + (pair["B"].float() @ pair["A"].float()) * scaling).to(base.dtype)
     return out
@@ -548,7 +549,7 @@ def _enable_grad_checkpointing(model: VideoLlama) -> None:
     enable({"use_reentrant": False})  # activation_/gradient_checkpointing_kwargs (positional in both)
     layers = [m for m in lm.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
     if not layers:
-        raise ValueError(f"optim.grad_checkpointing: {type(lm).__name__} has no layers transformers can checkpoint")
+        raise ConfigError(f"optim.grad_checkpointing: {type(lm).__name__} has no layers transformers can checkpoint")
     for layer in layers:
         layer.training = True  # the flag only: its submodules keep eval mode
 
@@ -618,7 +619,7 @@ def _load_optimizer_state(model: VideoLlama, optimizer, state: dict, path) -> No
             isinstance(p, int) for g in state.get("param_groups", []) for p in g.get("params", [])):
         # Written by an older version (optimizer.state_dict(): parameters by position).
         if any(hasattr(p, "full_tensor") for p in model.parameters()):
-            raise ValueError(f"{path}: optimizer state in the old positional format cannot be loaded under FSDP; "
+            raise ConfigError(f"{path}: optimizer state in the old positional format cannot be loaded under FSDP; "
                              "resume it with DDP or one process once")
         optimizer.load_state_dict(state)
         return
@@ -717,7 +718,7 @@ def _resume(cfg, model, optimizer, scheduler, sampler, d: Distributed) -> int:
     missing = [n for n, p in params.items() if p.requires_grad and n not in ckpt.model]
     unexpected = [n for n in ckpt.model if n not in params]
     if missing or unexpected:
-        raise ValueError(f"{ckpt.path}: checkpoint does not match the trainable parts (missing {missing[:5]}, "
+        raise ConfigError(f"{ckpt.path}: checkpoint does not match the trainable parts (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]})")
     _load_trainable(model, ckpt.model)
     if ckpt.optimizer is not None:
@@ -761,7 +762,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, step: int | None = None)
     state = dict(model.named_parameters())
     unknown = [k for k in ckpt.model if k not in state]
     if unknown:
-        raise ValueError(f"{ckpt.path}: weights not in the model: {unknown[:5]}")
+        raise ConfigError(f"{ckpt.path}: weights not in the model: {unknown[:5]}")
     _load_trainable(model, ckpt.model)
     full = model.state_dict()
     if cfg.optim.lora.enabled:

@@ -45,6 +45,8 @@ import torch
 from videollama.templates import AUDIO_SENTENCE, join_question
 from videollama.tokenizer import AUDIO_PLACEHOLDER
 
+from .config import ConfigError
+
 __all__ = [
     "IGNORE_INDEX",
     "OFFICIAL_CONVERSATION_MAX_LEN",
@@ -235,7 +237,7 @@ def encode_caption(
     """
     if prompt:
         if prompt.count(PROMPT_MEDIA_MARKER) != 1:
-            raise ValueError(f"caption prompt must contain {PROMPT_MEDIA_MARKER} exactly once: {prompt!r}")
+            raise ConfigError(f"caption prompt must contain {PROMPT_MEDIA_MARKER} exactly once: {prompt!r}")
         before, after = prompt.split(PROMPT_MEDIA_MARKER)
         before_ids, after_ids = _encode(tokenizer, before), _encode(tokenizer, after)
     else:
@@ -259,7 +261,7 @@ def encode_conversation(
         return _encode_vicuna_v0(tokenizer, turns, max_len)
     if template == "llama_2":
         return _encode_llama_2(tokenizer, turns, max_len)
-    raise ValueError(f"unknown conversation template {template!r}; choose one of {TEMPLATES}")
+    raise ConfigError(f"unknown conversation template {template!r}; choose one of {TEMPLATES}")
 
 
 def _encode_vicuna_v0(tokenizer, turns: Sequence[Turn], max_len: int) -> EncodedText:

@@ -23,7 +23,7 @@ from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_p
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
-from ..model.checkpoint import CheckpointError
+from ..model.checkpoint import ModelFolderError
 from ..model.hf_config import VideoLlamaHFConfig
 from ..model.videollama import VideoLlama
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
@@ -125,7 +125,7 @@ class VideoLlamaForConditionalGeneration(nn.Module, SupportsMultiModal, Supports
             for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
                 if items:
                     lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]))
-            raise CheckpointError("\n".join(lines))
+            raise ModelFolderError("\n".join(lines))
         llm_loaded = self.language_model.load_weights(llm_weights)
         return {f"encoders.{n}" for n in loaded} | {LANGUAGE_MODEL_PREFIX + n for n in llm_loaded}
 

@@ -53,7 +53,8 @@ class ChatForm:
 
 CHAT_FORMS: tuple[ChatForm, ...] = (
     ChatForm("image", IMAGE_MESSAGE, ("frame",), VISUAL_SYSTEM, 0.4),
-    ChatForm("video", VIDEO_MESSAGE + TIMESTAMP_EXAMPLE, ("clip",), VISUAL_SYSTEM, 0.35),
+    # The SynthAV model has both branches, so a silent video gets demo_audiovideo.py's system text, "".
+    ChatForm("video", VIDEO_MESSAGE + TIMESTAMP_EXAMPLE, ("clip",), "", 0.35),
     ChatForm("audio", AUDIO_SENTENCE, ("frame",), LLAMA2_DEFAULT_SYSTEM, 0.125),
     ChatForm("audio_video", AV_MESSAGE, ("frame", "clip"), "", 0.125),  # the sound's slot comes first
 )
