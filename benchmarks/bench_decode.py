@@ -30,6 +30,7 @@ import argparse
 import os
 import sys
 import time
+from fractions import Fraction
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from videollama.media.video import load_video, probe, sample_indices  # noqa: E402
+from videollama.media.video import FrameResizer, load_video, probe, sample_indices  # noqa: E402
 
 NUM_FRAMES = 8
 IMAGE_SIZE = 224
@@ -128,19 +129,6 @@ def clips(cache_dir: Path) -> dict[str, Path]:
 # --------------------------------------------------------------------------- methods
 
 
-def _bilinear_rgb(frame: av.VideoFrame) -> np.ndarray:
-    """decord's resize: FFmpeg's ``scale=224:224:flags=bilinear,format=rgb24`` filter graph."""
-    graph = av.filter.Graph()
-    chain = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format, time_base=frame.time_base),
-             graph.add("scale", f"{IMAGE_SIZE}:{IMAGE_SIZE}:flags=bilinear"), graph.add("format", "rgb24"),
-             graph.add("buffersink")]
-    for a, b in zip(chain, chain[1:]):
-        a.link_to(b)
-    graph.configure()
-    graph.push(frame)
-    return graph.pull().to_ndarray()
-
-
 def decode_all(path: Path) -> np.ndarray:
     """Decode every frame; keep the official ones: the i-th in presentation order."""
     with av.open(str(path)) as container:
@@ -149,7 +137,8 @@ def decode_all(path: Path) -> np.ndarray:
         order = sorted(p.pts for p in container.demux(stream) if p.size)  # presentation order
         wanted = [order[i] for i in sample_indices(len(order), NUM_FRAMES)]
         container.seek(0, stream=stream)
-        kept = {f.pts: _bilinear_rgb(f) for f in container.decode(stream) if f.pts in wanted}
+        resize = FrameResizer(IMAGE_SIZE, "squash", Fraction(1))  # decord's filter graph
+        kept = {f.pts: resize(f, stream.time_base) for f in container.decode(stream) if f.pts in wanted}
     return np.stack([kept[pts] for pts in wanted])
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "CLIP_STD",
     "DEFAULT_NUM_FRAMES",
     "FRAME_LOOKUPS",
+    "FrameResizer",
     "MAX_FRAMES",
     "RESIZE_MODES",
     "SAMPLING_MODES",
@@ -440,7 +441,7 @@ def _scan_packets(container: av.container.InputContainer, stream: av.video.strea
 # --------------------------------------------------------------------------- pixels
 
 
-class _Rescaler:
+class FrameResizer:
     """Decoded frame -> (h, w, 3) uint8 RGB through decord's FFmpeg filter graph
     (``scale=w:h:flags=bilinear,format=rgb24``). The graph is built for the frames' size and pixel
     format and rebuilt only when they change."""
@@ -606,7 +607,7 @@ class VideoReader:
                                    f"the stream header says {stream.frames}")
         self._scan = scan
         self._seeker = _FrameSeeker(path, container, stream, rate, keyframes=scan.keyframes)
-        self._rescale = _Rescaler(self.image_size, self.resize, _pixel_aspect(stream))
+        self._rescale = FrameResizer(self.image_size, self.resize, _pixel_aspect(stream))
         self.frame_lookup = frame_lookup if scan.pts is not None else "time"
         self.duration = info.duration or self._scanned_duration()
         if max_duration is not None and self.duration > max_duration:  # a header without a duration
