@@ -44,7 +44,14 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    Blip2QFormerConfig,
+    Blip2QFormerModel,
+    Blip2VisionConfig,
+    Blip2VisionModel,
+)
 
 from ..config import QFormerConfig, VideoLlamaConfig, VisionConfig
 from .imagebind import ImageBindAudioEncoder, ImageBindVisionEncoder

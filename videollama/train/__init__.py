@@ -12,9 +12,9 @@ Modules (one component each; the trainer loop lives in ``recipe.py``):
 """
 
 from .checkpoint import (
-    TrainingCheckpointError,
     LoadedCheckpoint,
     NoUsableCheckpoint,
+    TrainingCheckpointError,
     capture_rng_state,
     load_checkpoint,
     load_latest,
