@@ -39,6 +39,7 @@ import av
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from .errors import MediaError, NoVideoError, check_media_file
 from .seeking import DecodeStats, FrameSeeker, UnseekableError, ffmpeg_reason, scan_packets
 
@@ -201,7 +202,7 @@ def sample_indices(num_video_frames: int, n: int, sampling: str = "uniform",
     if num_video_frames < 1:
         raise ValueError(f"num_video_frames must be >= 1, got {num_video_frames}")
     if n < 1:
-        raise ValueError(f"number of frames must be >= 1, got {n}")
+        raise UsageError(f"number of frames must be >= 1, got {n}")
     vlen = num_video_frames
     n = min(n, vlen)
     if sampling == "uniform":
@@ -212,7 +213,7 @@ def sample_indices(num_video_frames: int, n: int, sampling: str = "uniform",
         head = torch.randperm(half, generator=generator)[:n_head].sort().values
         tail = half + torch.randperm(vlen - half, generator=generator)[: n - n_head].sort().values
         return [int(i) for i in torch.cat([head, tail])]
-    raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
+    raise UsageError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
 
 
 # --------------------------------------------------------------------------- pixels
@@ -324,7 +325,7 @@ def load_video(
         raise MediaError(path, f"num_frames must be between 1 and {max_frames} "
                                f"(the frame-position table size), got {num_frames}")
     if sampling not in SAMPLING_MODES:
-        raise ValueError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
+        raise UsageError(f"unknown sampling {sampling!r}; expected one of {SAMPLING_MODES}")
     with VideoReader(path, image_size=image_size, resize=resize, frame_lookup=frame_lookup, max_bytes=max_bytes,
                      max_duration=max_duration, normalize=normalize) as reader:
         return reader.read(sample_indices(reader.num_frames, num_frames, sampling, generator))
@@ -347,9 +348,9 @@ class VideoReader:
                  frame_lookup: str = "index", max_bytes: int | None = None, max_duration: float | None = None,
                  normalize: bool = True) -> None:
         if resize not in RESIZE_MODES:
-            raise ValueError(f"unknown resize {resize!r}; expected one of {RESIZE_MODES}")
+            raise UsageError(f"unknown resize {resize!r}; expected one of {RESIZE_MODES}")
         if frame_lookup not in FRAME_LOOKUPS:
-            raise ValueError(f"unknown frame_lookup {frame_lookup!r}; expected one of {FRAME_LOOKUPS}")
+            raise UsageError(f"unknown frame_lookup {frame_lookup!r}; expected one of {FRAME_LOOKUPS}")
         self.path, self.image_size, self.resize, self.normalize = path, image_size, resize, normalize
         self._container = open_media(path, max_bytes=max_bytes)
         try:
