@@ -286,7 +286,7 @@ def test_vl_stage1_starts_from_stage0s_projection(quick_chain, tmp_path):
         cfg = load_stage_config(stage, over)
         assert (cfg.model.llama_proj_ckpt is not None) == (stage == "vl_stage1"), stage
     from videollama.model import VideoLlama
-    from videollama.train.recipe import build_model
+    from videollama.train.base_model import build_model
 
     cfg = load_stage_config("vl_stage1", stage_overrides("vl_stage1", out / "data", out / "stage0" / "model",
                                                          tmp_path / "s1", 0, steps["vl_stage1"], 0,

@@ -363,7 +363,8 @@ def test_lora_export_is_a_plain_model_folder_with_merged_adapters(data, model_di
     from transformers import AutoTokenizer
 
     from videollama.train.checkpoint import load_latest
-    from videollama.train.recipe import _apply_lora, _load_trainable, build_batches
+    from videollama.train.base_model import apply_lora as _apply_lora
+    from videollama.train.recipe import _load_trainable, build_batches
 
     out = tmp_path / "lora"
     raw = stage_config(data, model_dir, out, steps=3, save_every=3)
@@ -441,7 +442,7 @@ def test_stage1_from_the_official_files(data, release, tmp_path, capsys):
     assert torch.equal(trained["vision_model.embeddings.patch_embedding.weight"],
                        base["vision_model.embeddings.patch_embedding.weight"])
     # Built again (as `videollama export` does): the cached folder is reused, the projection is MiniGPT-4's.
-    from videollama.train.recipe import build_model
+    from videollama.train.base_model import build_model
 
     model, _ = build_model(config_from_dict(raw).model, with_audio_vision=False, cache_dir=out)
     assert torch.equal(model.video_projection.weight, proj["llama_proj.weight"])
@@ -452,7 +453,7 @@ def test_stage1_from_the_official_files(data, release, tmp_path, capsys):
 def test_stage2_from_a_previous_export_and_an_official_branch_file(data, release, tmp_path, model_dir):
     """AL stage 2 as the official YAML: ckpt = the VL stage's export/ (a model folder), ckpt_2 = an official
     AL .pth, ImageBind (with its vision encoder) from imagebind_huge.pth; it trains."""
-    from videollama.train.recipe import build_model
+    from videollama.train.base_model import build_model
 
     vl_export = tmp_path / "vl" / "export"
     raw = stage_config(data, None, tmp_path / "vl", steps=1)

@@ -19,6 +19,7 @@ from typing import Any
 from .errors import VideoLlamaError
 from .typed import from_dict
 
+
 class ModelConfigError(VideoLlamaError, ValueError):
     """A model config that cannot describe a model: unknown keys, wrong types, inconsistent widths."""
 

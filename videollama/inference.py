@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UsageError
 from .engine import Engine, GenerationConfig, GenerationError, Request, RowFailure
+from .errors import UsageError
 from .long_video import Timeline, encode_video_file, encode_window_audio
 from .media import MediaError, NoAudioError, image_format, load_audio, load_image, probe
 from .media.errors import check_media_file

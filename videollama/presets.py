@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from .config import ImageBindConfig, QFormerConfig, VideoLlamaConfig, VisionConfig
 
-
 LLAMA2_VOCAB = 32000
 LLAMA2_CONTEXT = 4096
 

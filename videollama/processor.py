@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import UsageError
 from .config import VideoLlamaConfig
+from .errors import UsageError
 from .tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, add_media_tokens
 
 _MARKER = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(AUDIO_PLACEHOLDER)})")

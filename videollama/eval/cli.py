@@ -10,6 +10,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from ..errors import UsageError
+
 
 def register(sub, commands) -> None:
     from ..cli import add_generation_args, add_media_args, add_model_args
@@ -44,7 +46,7 @@ def cmd_eval(args) -> int:
 
     args.greedy = not args.sample
     if "LOCAL_RANK" in os.environ and args.device_map is not None:
-        raise ValueError("--device-map auto spreads one model over all GPUs, but under torchrun each process loads "
+        raise UsageError("--device-map auto spreads one model over all GPUs, but under torchrun each process loads "
                          "its own copy; run without torchrun, or use --load-in to fit one copy per GPU")
     if args.device == "cpu" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         args.device = f"cuda:{os.environ['LOCAL_RANK']}"

@@ -33,7 +33,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ..errors import VideoLlamaError
+from ..errors import UsageError, VideoLlamaError
 from . import metrics
 from .base import QAItem, Task
 from .judge import PROTOCOL, Judge, JudgeOptions, aggregate_judgements
@@ -221,7 +221,7 @@ def run_eval(task: str | Task, items: Sequence[QAItem], answerer: Answerer, out_
 
     task = get_task(task)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     own_dist = dist is None
     dist = dist or setup_distributed()
     out_dir = Path(out_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import UsageError
 from .activitynet_qa import ActivityNetQA
 from .base import Task
 from .msrvtt_qa import MSRVTTQA
@@ -18,5 +19,5 @@ def get_task(task: str | Task) -> Task:
         return task
     key = task.lower().replace("_", "-")
     if key not in TASKS:
-        raise ValueError(f"unknown eval task {task!r}; choose one of: {', '.join(TASK_NAMES)}")
+        raise UsageError(f"unknown eval task {task!r}; choose one of: {', '.join(TASK_NAMES)}")
     return TASKS[key]()

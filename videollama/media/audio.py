@@ -40,7 +40,8 @@ import torch
 from .errors import MediaError, NoAudioError
 from .fbank import kaldi_fbank_many, num_frames
 from .resample import resample
-from .video import _ffmpeg_reason, _info, _stream_seconds, open_media
+from .seeking import ffmpeg_reason
+from .video import _info, _stream_seconds, open_media
 
 __all__ = [
     "AUDIO_MEAN",
@@ -102,7 +103,7 @@ def load_waveform(path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RAT
                     frames = packet.decode()
                 except av.FFmpegError as err:  # a damaged packet: skip it, as players do
                     errors += 1
-                    logger.warning("%s: skipped an undecodable audio packet (%s)", path, _ffmpeg_reason(err))
+                    logger.warning("%s: skipped an undecodable audio packet (%s)", path, ffmpeg_reason(err))
                     continue
                 for frame in frames:
                     frame.pts = None  # resample by sample count; avoids timestamp gap handling
@@ -114,7 +115,7 @@ def load_waveform(path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RAT
             for out in to_float.resample(None):  # flush the converter
                 chunks.append(out.to_ndarray())
         except av.FFmpegError as err:
-            raise MediaError(path, f"cannot decode audio ({_ffmpeg_reason(err)})") from err
+            raise MediaError(path, f"cannot decode audio ({ffmpeg_reason(err)})") from err
     waveform = torch.from_numpy(np.concatenate(chunks, axis=1)) if chunks else torch.zeros(0, 0)  # (C, N)
     if waveform.shape[-1] == 0:
         detail = f" ({errors} damaged packets)" if errors else ""

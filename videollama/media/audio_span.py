@@ -28,7 +28,8 @@ from .audio import CLIP_SECONDS, NUM_CLIPS, SAMPLE_RATE, _exact_starts, _float_c
 from .errors import MediaError, NoAudioError
 from .fbank import num_frames
 from .resample import resample
-from .video import _ffmpeg_reason, open_media
+from .seeking import ffmpeg_reason
+from .video import open_media
 
 __all__ = ["AudioSpanReader", "WHOLE_SPAN_SECONDS"]
 
@@ -131,7 +132,7 @@ class AudioSpanReader:
                 if position is not None and position >= last:
                     break
         except av.FFmpegError as err:
-            raise MediaError(self.path, f"cannot decode audio ({_ffmpeg_reason(err)})") from err
+            raise MediaError(self.path, f"cannot decode audio ({ffmpeg_reason(err)})") from err
         if not chunks:
             return torch.zeros(len(stream.layout.channels) or 1, 0)
         return torch.from_numpy(np.concatenate(chunks, axis=1))  # (C, n)

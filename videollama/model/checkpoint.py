@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..errors import VideoLlamaError
 from ..config import VideoLlamaConfig
+from ..errors import VideoLlamaError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -44,9 +44,17 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    Blip2QFormerConfig,
+    Blip2QFormerModel,
+    Blip2VisionConfig,
+    Blip2VisionModel,
+)
 
-from ..config import QFormerConfig, VideoLlamaConfig, VisionConfig
+from ..config import ModelConfigError, QFormerConfig, VideoLlamaConfig, VisionConfig
+from ..errors import UsageError
 from .imagebind import ImageBindAudioEncoder, ImageBindVisionEncoder
 
 WEIGHTS_NAME = "model.safetensors"
@@ -96,7 +104,7 @@ def qformer_config(cfg: QFormerConfig) -> Blip2QFormerConfig:
 def llm_config(llm: dict):
     """A transformers config from the plain dict stored in ``VideoLlamaConfig.llm``."""
     if "model_type" not in llm:
-        raise ValueError("VideoLlamaConfig.llm needs a 'model_type' (e.g. 'llama')")
+        raise ModelConfigError("VideoLlamaConfig.llm needs a 'model_type' (e.g. 'llama')")
     fields = {k: v for k, v in llm.items() if k != "model_type"}
     return AutoConfig.for_model(llm["model_type"], **fields)
 
@@ -150,7 +158,7 @@ class VideoLlama(nn.Module):
         parts = set(parts)
         unknown = parts - set(self.part_names)
         if unknown:
-            raise ValueError(f"unknown trainable parts {sorted(unknown)}; the model has {self.part_names}")
+            raise UsageError(f"unknown trainable parts {sorted(unknown)}; the model has {self.part_names}")
         self.trainable_parts = parts
         for name in self.part_names:
             getattr(self, name).requires_grad_(name in parts)
@@ -220,7 +228,7 @@ class VideoLlama(nn.Module):
         """
         self._require_audio()
         if not hasattr(self, "imagebind_vision"):
-            raise ValueError("this model was built without ImageBind's vision encoder (with_imagebind_vision=False)")
+            raise UsageError("this model was built without ImageBind's vision encoder (with_imagebind_vision=False)")
         batch = pixel_values.shape[0]
         frames = rearrange(pixel_values, "b t c h w -> (b t) c h w")
         with self._frozen_context("imagebind_vision"):
@@ -231,7 +239,7 @@ class VideoLlama(nn.Module):
         """(B, S, 1024) clip embeddings -> (B, num_audio_tokens, D_llm)."""
         batch, num_clips = clip_embeddings.shape[:2]
         if num_clips > self.config.max_audio_clips:
-            raise ValueError(f"{num_clips} audio clips given; the audio position table holds {self.config.max_audio_clips}")
+            raise UsageError(f"{num_clips} audio clips given; the audio position table holds {self.config.max_audio_clips}")
         positions = self.audio_position_embedding(torch.arange(num_clips, device=clip_embeddings.device))
         clip_embeddings = clip_embeddings.to(positions.dtype)
         if self.config.audio_branch_input_norm is not None:  # the same norm for sound and frames
@@ -264,7 +272,7 @@ class VideoLlama(nn.Module):
             given = 0 if features is None else features.shape[0] * features.shape[1]
             if found != given:
                 detail = "no features" if features is None else f"{features.shape[0]} items x {features.shape[1]} tokens"
-                raise ValueError(f"input_ids hold {found} {name} tokens but the media features fill {given} ({detail})")
+                raise UsageError(f"input_ids hold {found} {name} tokens but the media features fill {given} ({detail})")
             if features is not None and found:
                 _check_runs(mask, features.shape[1], name)
             masks.append((mask, features))
@@ -287,7 +295,7 @@ class VideoLlama(nn.Module):
         audio = _encode_grouped(self.encode_audio, audio_values)
         if visual_audio_values is not None:
             if audio is not None:
-                raise ValueError("give either audio_values or visual_audio_values, not both")
+                raise UsageError("give either audio_values or visual_audio_values, not both")
             audio = _encode_grouped(self.encode_visual_for_audio_branch, visual_audio_values)
         return video, audio
 
@@ -309,16 +317,16 @@ class VideoLlama(nn.Module):
     # ------------------------------------------------------------------ helpers
     def _require_vision(self) -> None:
         if not self.config.with_vision:
-            raise ValueError("this model has no vision branch (with_vision=False)")
+            raise UsageError("this model has no vision branch (with_vision=False)")
 
     def _check_frame_count(self, num_frames: int) -> None:
         if num_frames > self.config.max_frames:
-            raise ValueError(f"{num_frames} frames given; the frame-position table holds {self.config.max_frames} "
+            raise UsageError(f"{num_frames} frames given; the frame-position table holds {self.config.max_frames} "
                              "(longer videos: videollama.long_video reads them in windows)")
 
     def _require_audio(self) -> None:
         if not self.config.with_audio:
-            raise ValueError("this model has no audio branch (with_audio=False)")
+            raise UsageError("this model has no audio branch (with_audio=False)")
 
     def _frozen_context(self, *names: str):
         """no_grad when every named part is frozen: saves activation memory in the frozen encoders."""
@@ -379,7 +387,7 @@ def _check_runs(mask: torch.Tensor, tokens_per_item: int, name: str) -> None:
     lengths = (ends - starts).tolist()
     bad = [n for n in lengths if n % tokens_per_item]
     if bad:
-        raise ValueError(f"a run of {bad[0]} {name} tokens is not a whole number of media items of {tokens_per_item} "
+        raise UsageError(f"a run of {bad[0]} {name} tokens is not a whole number of media items of {tokens_per_item} "
                          "tokens each (placeholders expanded by hand?)")
 
 

@@ -44,8 +44,23 @@ from .connections import BodyTimeoutMiddleware, ConnectionGuard
 from .media_input import ContentLimits, MediaLimits, check_media, describe_media_error, materialize, new_workdir
 from .scheduler import JobChannel, QueueFull, Scheduler, Ticket
 from .schemas import (
-    AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice, Delta,
-    MediaPart, ModelCard, ModelList, ServeError, TextPart, Usage, bad_request, completion_id, now, parse_request,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    MediaPart,
+    ModelCard,
+    ModelList,
+    ServeError,
+    TextPart,
+    Usage,
+    bad_request,
+    completion_id,
+    now,
+    parse_request,
 )
 from .settings import ServeSettings
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..engine import Request, RowFailure
+from ..errors import UsageError
 from .schemas import ServeError
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class Scheduler:
     def __init__(self, engine, *, max_queue: int = 64, max_batch: int = 8, timeout_s: float = 300.0,
                  batch_wait_s: float = 0.01) -> None:
         if max_queue < 1 or max_batch < 1:
-            raise ValueError("max_queue and max_batch must be >= 1")
+            raise UsageError("max_queue and max_batch must be >= 1")
         self.engine = engine
         self.max_queue = max_queue
         self.max_batch = max_batch

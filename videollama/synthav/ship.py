@@ -33,8 +33,8 @@ def ship(run_dir: str | Path, model_dir: Path = MODEL_DIR, examples_dir: Path = 
     """Copy ``run_dir/model`` to ``model_dir`` and pick the example clips; returns the manifest."""
     from ..engine import GenerationConfig
     from ..inference import Pipeline
-    from .evaluate import load_test_items, match_choice
     from .chain import MAX_MODEL_BYTES
+    from .evaluate import load_test_items, match_choice
 
     run = Path(run_dir)
     source = run / "model"

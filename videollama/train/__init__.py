@@ -3,6 +3,7 @@
 Modules (one component each; the trainer loop lives in ``recipe.py``):
 
 * ``config``     -- ``TrainConfig`` dataclasses, ``load_train_config(path, overrides)``
+* ``base_model`` -- where a run starts from (model folder, official files, fresh preset); LoRA
 * ``data``       -- datasets for WebVid CSV, cc_sbu_align, LLaVA-Instruct, VideoChat-Instruct, WebDataset
 * ``text``       -- caption/conversation rendering, official label masks, ``collate``
 * ``mixing``     -- ``MultiDatasetSampler`` (one dataset per batch ∝ sample_ratio) + ``MixedDataset``
@@ -12,9 +13,9 @@ Modules (one component each; the trainer loop lives in ``recipe.py``):
 """
 
 from .checkpoint import (
-    TrainingCheckpointError,
     LoadedCheckpoint,
     NoUsableCheckpoint,
+    TrainingCheckpointError,
     capture_rng_state,
     load_checkpoint,
     load_latest,

@@ -24,8 +24,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..media import (MediaError, NoAudioError, audio_to_clips, load_audio, load_image, load_video, normalize, resize_squash,
-                     sample_indices)
+from ..media import (
+    MediaError,
+    NoAudioError,
+    audio_to_clips,
+    load_audio,
+    load_image,
+    load_video,
+    normalize,
+    resize_squash,
+    sample_indices,
+)
 from ..media.audio import SAMPLE_RATE
 from ..media.resample import resample
 

@@ -25,8 +25,16 @@ docs/synthav.md describes the recipe and holds the measurements behind each choi
 """
 
 from .binding import audio_image_pairs, train_audio_encoder, train_imagebind_vision
-from .chats import CHAT_FORMS, PICTURE_PREAMBLES, VIDEO_FRAMES, ChatForm, ChatSampler, picture_chat, sound_frames, \
-    splice_prefix
+from .chats import (
+    CHAT_FORMS,
+    PICTURE_PREAMBLES,
+    VIDEO_FRAMES,
+    ChatForm,
+    ChatSampler,
+    picture_chat,
+    sound_frames,
+    splice_prefix,
+)
 from .labels import PHRASES, SlotReadout, patch_labels, presence_labels, slot_targets
 from .media_cache import FRAMES_PER_CLIP, MediaCache, decode_media, normalize_frames
 from .picture_reading import PictureLosses, frame_queries, train_image_encoder, train_picture_reading

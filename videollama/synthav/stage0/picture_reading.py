@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..world import WorldConfig
 from .chats import VIDEO_FRAMES, ChatSampler, picture_chat, splice_prefix
 from .labels import SlotReadout, slot_targets
-from .loop import IGNORE_INDEX, caption_batch, train_loop, lm_loss
+from .loop import IGNORE_INDEX, caption_batch, lm_loss, train_loop
 from .media_cache import FRAMES_PER_CLIP, MediaCache, normalize_frames
 from .settings import Stage0Settings
 from .world_data import frame_description
