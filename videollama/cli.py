@@ -109,12 +109,10 @@ def load_pipeline(args, **extra):
 def media_options(args):
     from .inference import MediaOptions
 
-    try:
-        return MediaOptions(num_frames=args.frames, use_audio=not args.no_audio,
-                            resize="keep_aspect" if args.keep_aspect else "squash", frame_lookup=args.frame_lookup,
-                            fps=args.fps, max_frames=args.max_frames, max_windows=args.max_windows)
-    except UsageError as err:  # the numbers of --frames/--fps/--max-frames/--max-windows, named as the flags
-        raise UsageError(str(err)) from None
+    # out-of-range --frames/--fps/--max-frames/--max-windows raise UsageError: one line, exit 2
+    return MediaOptions(num_frames=args.frames, use_audio=not args.no_audio,
+                        resize="keep_aspect" if args.keep_aspect else "squash", frame_lookup=args.frame_lookup,
+                        fps=args.fps, max_frames=args.max_frames, max_windows=args.max_windows)
 
 
 def cmd_chat(args) -> int:
