@@ -18,14 +18,15 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from safetensors import safe_open
-
 from convert_fixtures import release_args, write_tiny_release
 from media_fixtures import make_numbered_video, make_tone_audio
+from PIL import Image
+from safetensors import safe_open
 from serve_helpers import running_server
+
 from videollama.config import VideoLlamaConfig
 from videollama.engine import GenerationConfig
+from videollama.errors import VideoLlamaError
 from videollama.inference import NO_VISION_NOTICE, MediaOptions, Pipeline
 from videollama.media import MediaError
 from videollama.model import AUDIO_BRANCH_TRAINABLE, VISION_BRANCH_TRAINABLE, VideoLlama, count_parameters
@@ -189,6 +190,7 @@ def test_what_an_audio_only_model_cannot_read(audio_pipeline, media):
     with pytest.raises(ValueError, match="no vision branch .* cannot read images") as err:
         audio_pipeline.chat(media["image"])
     assert "image.png" in str(err.value)
+    assert isinstance(err.value, VideoLlamaError)  # the user's to fix: one line and exit 2 at the CLI
     with pytest.raises(MediaError, match="no audio track, and this model has no vision branch"):
         audio_pipeline.chat(media["silent"])
     with pytest.raises(MediaError, match="audio is switched off"):

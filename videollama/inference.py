@@ -176,7 +176,7 @@ class Pipeline:
         with_vision = self.model.config.with_vision
         if path.suffix.lower() in IMAGE_SUFFIXES or image_format(path) is not None:  # an image named clip.mp4 too
             if not with_vision:
-                raise ValueError(f"{path}: this model has no vision branch (with_vision=False), so it cannot read "
+                raise UsageError(f"{path}: this model has no vision branch (with_vision=False), so it cannot read "
                                  "images; give it an audio file or a video with an audio track")
             pixels = load_image(path, image_size=self.image_size)  # (1, 3, H, W): a one-frame video
             return MediaFeatures("image", video=self.model.encode_video(pixels[None].to(device, dtype)))
