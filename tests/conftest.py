@@ -47,9 +47,12 @@ def tiny_pipeline(tiny_model, tiny_tokenizer):
 
 @pytest.fixture(scope="session")
 def quick_chain(tmp_path_factory):
-    """``(out_dir, ChainResult)`` of one quick SynthAV chain (``ChainSettings.quick(0)``), shared by the
-    chain tests and the research-tool tests."""
+    """``(out_dir, ChainResult)`` of one quick SynthAV chain (``ChainSettings.quick(0)``, audio recipe ``mixed``: its
+    world has the audio-text sets and its audio branch trains on sound and frames), shared by the chain tests and
+    the research-tool tests."""
+    from dataclasses import replace
+
     from videollama.synthav.chain import ChainSettings, run_chain
 
     out = tmp_path_factory.mktemp("synthav_chain")
-    return out, run_chain(out, seed=0, settings=ChainSettings.quick(0))
+    return out, run_chain(out, seed=0, settings=replace(ChainSettings.quick(0), audio_recipe="mixed"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,83 @@ def test_audio_branch_trains_on_frames_only(quick_chain, tmp_path):
             assert all(f.shape[-3:] == (3, 112, 112) for f in frames), stage
             assert int((batch["input_ids"] == tokenizer.convert_tokens_to_ids("<AudioHere>")).sum()) > 0
             assert int((batch["input_ids"] == tokenizer.convert_tokens_to_ids("<ImageHere>")).sum()) == 0
+
+
+@pytest.mark.slow
+def test_audio_recipes_choose_what_the_audio_branch_hears(quick_chain, tmp_path):
+    """audiotext: every AL batch is real audio (audio_values, ImageBind's audio encoder); mixed: real-audio batches
+    and frame batches by the YAML's weights; visual (the paper): frames only (test above)."""
+    from transformers import AutoTokenizer
+
+    from videollama.synthav.chain import AUDIO_RECIPES
+    from videollama.train.recipe import build_batches
+
+    out, _ = quick_chain
+    model_dir = out / "stage0" / "model"
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    audio_id = tokenizer.convert_tokens_to_ids("<AudioHere>")
+    seen: dict[str, set[str]] = {}
+    for recipe in ("audiotext", "mixed"):
+        configs, drop = AUDIO_RECIPES[recipe]
+        for stage, config in zip(("al_stage1", "al_stage2"), configs):
+            steps = replace(ChainSettings.quick().stages[stage], steps=6)
+            cfg = load_stage_config(config, stage_overrides(stage, out / "data", model_dir, tmp_path / stage, 0, steps,
+                                                            0, config=config, drop=drop))
+            assert cfg.run.branch == "audio"
+            names = set(cfg.data.datasets)
+            assert ("webvid" in names or "llava_instruct" in names) == (recipe == "mixed"), (recipe, names)
+            kinds = seen.setdefault(f"{recipe}/{stage}", set())
+            for batch in build_batches(cfg, tokenizer, steps=6):
+                if batch.get("audio_values") is not None:
+                    assert batch["audio_values"].shape[1:] == (8, 1, 128, 204)
+                    kinds.add("audio")
+                else:
+                    kinds.add("frames")
+                assert int((batch["input_ids"] == audio_id).sum()) == 8 * batch["input_ids"].shape[0]
+    assert seen["audiotext/al_stage1"] == seen["audiotext/al_stage2"] == {"audio"}
+    assert "audio" in seen["mixed/al_stage1"] | seen["mixed/al_stage2"]
+    assert "frames" in seen["mixed/al_stage1"] | seen["mixed/al_stage2"]
+
+
+@pytest.mark.slow
+def test_audio_recipe_on_a_reused_vision_branch(quick_chain, tmp_path):
+    """--vision-from trains only the audio branch on the run's vision branch; the vision-only settings' results are
+    that run's, the audio settings are evaluated again; a world without the audio-text sets is refused."""
+    from safetensors.torch import load_file
+
+    from videollama.errors import UsageError
+    from videollama.synthav.chain import VISION_ONLY_SETTINGS
+
+    out, _ = quick_chain
+    settings = replace(ChainSettings.quick(0), audio_recipe="audiotext")
+    result = run_chain(tmp_path / "audiotext", seed=0, settings=settings, data_dir=out / "data",
+                       stage0_dir=out / "stage0", vision_from=out)
+    assert {"al_stage1", "al_stage2", "evaluate"} <= set(result.seconds)
+    assert not {"vl_stage1", "vl_stage2", "ablation/vl_stage2"} & set(result.seconds)
+    vision = load_file(str(out / "vl_stage2" / "export" / "model.safetensors"))
+    final = load_file(str(tmp_path / "audiotext" / "model" / "model.safetensors"))
+    video_keys = [k for k in vision if k.startswith(("video_qformer.", "video_projection."))]
+    assert video_keys and all(torch.equal(vision[k], final[k].to(vision[k].dtype)) for k in video_keys)
+    audio_keys = [k for k in vision if k.startswith("audio_projection.")]
+    assert audio_keys and not all(torch.equal(vision[k], final[k].to(vision[k].dtype)) for k in audio_keys)
+    mine = json.loads((tmp_path / "audiotext" / "results" / "results.json").read_text())["per_seed"]["0"]
+    theirs = json.loads((out / "results" / "results.json").read_text())["per_seed"]["0"]
+    assert set(mine) == set(theirs)
+    for setting in VISION_ONLY_SETTINGS:
+        assert mine[setting] == theirs[setting], setting
+    with pytest.raises(UsageError, match="needs a world generated with --audio-clips"):
+        run_chain(tmp_path / "x", seed=0, settings=settings, data_dir=tmp_path, stage0_dir=out / "stage0",
+                  vision_from=out)
+    with pytest.raises(UsageError, match="unknown audio recipe"):
+        replace(ChainSettings.quick(0), audio_recipe="speech")
+
+
+def test_cli_recipe_names_match_the_chain():
+    from videollama.synthav import cli
+    from videollama.synthav.chain import AUDIO_RECIPES
+
+    assert tuple(AUDIO_RECIPES) == cli.AUDIO_RECIPE_NAMES
+    assert ChainSettings().audio_recipe == cli.DEFAULT_AUDIO_RECIPE
 
 
 def test_choice_matching():
@@ -347,6 +425,8 @@ def test_ship_copies_the_model_and_records_how_examples_were_chosen(quick_chain,
         assert example["family"] in EXAMPLE_FAMILIES and (tmp_path / "examples" / example["file"]).is_file()
         assert match_choice(example["reply"], example["choices"]) == example["answer"]
         assert example["chosen"].startswith(f"first of the {example['family']} held-out questions answered right")
+        if example["family"] == "audio":  # answered from the sound: another clip's soundtrack does not get it right
+            assert match_choice(example["reply_with_other_sound"], example["choices"]) != example["answer"]
 
 
 @pytest.mark.slow

@@ -13,11 +13,18 @@ Steps (each writes under ``--out``; ``chain.json`` records the settings and ever
 2. ``stage0/``: the parts users normally download, trained on the world and frozen (the ``stage0`` package).
 3. ``vl_stage1/``, ``vl_stage2/``: the vision-language branch, through the project's real training
    recipe (``videollama.train.recipe.train``) and loaders, with ``configs/synthav/vl_stage*.yaml``.
-4. ``al_stage1/``, ``al_stage2/``: the audio-language branch on the same visual data through the
-   ImageBind-like *vision* encoder only (``configs/synthav/al_stage*.yaml``): no audio in training.
+4. ``al_stage1/``, ``al_stage2/``: the audio-language branch, by the chosen *audio recipe*
+   (:data:`AUDIO_RECIPES`): ``visual``, the paper's, on the same visual data through the ImageBind-like
+   *vision* encoder only (``configs/synthav/al_stage{1,2}.yaml``: no audio in training); ``audiotext``, on
+   the world's soundtracks and their captions and audio questions through the *audio* encoder
+   (``al_stage{1,2}_audiotext.yaml`` without their visual entries); ``mixed``, both, by the YAMLs' weights.
 5. ``ablation/``: stage 0 with ``use_frame_position=False`` and the vision branch trained again.
 6. ``model/``: the final folder (vision branch + audio branch + frozen parts), fp16 if it would
    exceed the size limit; ``results/``: ``evaluate_synthav`` JSON + PNG.
+
+``vision_from`` (another chain run of the same stage 0 and seed) reuses that run's vision branch and
+ablation, so several audio recipes are compared on one vision branch: only steps 4 and 6 run, and the
+settings that never hear the audio branch (:data:`VISION_ONLY_SETTINGS`) are copied from that run's results.
 
 ``--seed`` is the *training* seed (stage 0 and stages 1-2); the world is the same for every
 training seed unless ``--data-seed`` changes, so results over seeds measure training variation.
@@ -43,6 +50,24 @@ logger = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "synthav"
 MAX_MODEL_BYTES = 30 * 1024 * 1024
 STAGES = ("vl_stage1", "vl_stage2", "al_stage1", "al_stage2")
+# Audio recipe -> (the YAML of each audio stage, the datasets it drops from them).
+AUDIO_RECIPES: dict[str, tuple[tuple[str, str], tuple[str, ...]]] = {
+    "visual": (("al_stage1", "al_stage2"), ()),  # the paper: frames through ImageBind's vision encoder only
+    "audiotext": (("al_stage1_audiotext", "al_stage2_audiotext"),
+                  ("webvid", "cc_sbu_align", "llava_instruct", "webvid_instruct")),  # real audio only
+    "mixed": (("al_stage1_audiotext", "al_stage2_audiotext"), ()),  # real audio + the paper's visual data
+}
+# Evaluation settings that never run the audio branch: the same for every audio recipe on one vision branch.
+VISION_ONLY_SETTINGS = ("video", "one_frame", "no_frame_pos")
+# Where each dataset of configs/synthav/*.yaml lies in a generated world (``generate``'s layout).
+DATASET_PATHS: dict[str, dict[str, str]] = {
+    "webvid": {"annotations": "webvid/annotations", "media_root": "webvid/videos"},
+    "cc_sbu_align": {"annotations": "cc_sbu"},
+    "llava_instruct": {"annotations": "llava/llava_instruct.json", "media_root": "llava/images"},
+    "webvid_instruct": {"annotations": "videochat/videochat_instruct.json", "media_root": "videochat/videos"},
+    "audio_captions": {"annotations": "audio_captions/audio_captions.json", "media_root": "audio_captions/audio"},
+    "audio_instruct": {"annotations": "audio_instruct/audio_instruct.json", "media_root": "audio_instruct/audio"},
+}
 
 
 @dataclass
@@ -71,8 +96,18 @@ class ChainSettings:
         "al_stage2": StageSteps(200, 16),
     })
     ablation: bool = True
+    audio_recipe: str = "visual"  # a key of AUDIO_RECIPES: what the audio branch is trained on
     num_workers: int = 1  # DataLoader workers per stage
     eval_limit: int | None = None  # None: every held-out question
+
+    def __post_init__(self) -> None:
+        if self.audio_recipe not in AUDIO_RECIPES:
+            raise UsageError(f"unknown audio recipe {self.audio_recipe!r}; choose from {', '.join(AUDIO_RECIPES)}")
+
+    @property
+    def audio_clips(self) -> int:
+        """Soundtracks the world needs for each audio-text set (0 for the paper's visual-only recipe)."""
+        return 0 if self.audio_recipe == "visual" else self.clips
 
     @classmethod
     def quick(cls, seed: int = 0) -> "ChainSettings":
@@ -93,12 +128,16 @@ class ChainResult:
 
 # ------------------------------------------------------------------------------------------------ stages 1-2
 def stage_overrides(stage: str, data: Path, model_dir: Path, output: Path, seed: int, steps: StageSteps,
-                    num_workers: int, projection: Path | None = None) -> list[str]:
-    """``key=value`` overrides pointing a ``configs/synthav`` YAML at one chain run.
+                    num_workers: int, projection: Path | None = None, config: str | None = None,
+                    drop: tuple[str, ...] = ()) -> list[str]:
+    """``key=value`` overrides pointing a ``configs/synthav`` YAML (``config``, default ``stage``) at one chain run.
 
-    ``projection``: stage 0's Q-Former -> LLM bridge (``llama_proj.*``), which initialises VL stage 1's
-    video projection as MiniGPT-4's projection does in the official recipe.
+    Every dataset of the YAML is pointed at ``data`` (:data:`DATASET_PATHS`); those in ``drop`` are left out
+    of the mix. ``projection``: stage 0's Q-Former -> LLM bridge (``llama_proj.*``), which initialises VL
+    stage 1's video projection as MiniGPT-4's projection does in the official recipe.
     """
+    import yaml
+
     over = [
         f"model.model_dir={model_dir}",
         f"run.output_dir={output}",
@@ -111,36 +150,35 @@ def stage_overrides(stage: str, data: Path, model_dir: Path, output: Path, seed:
     ]
     if stage == "vl_stage1" and projection is not None:
         over.append(f"model.llama_proj_ckpt={projection}")  # stage 0's bridge, as MiniGPT-4's llama_proj
-    if stage.endswith("stage1"):
-        over += [f"data.datasets.webvid.annotations={data / 'webvid/annotations'}",
-                 f"data.datasets.webvid.media_root={data / 'webvid/videos'}",
-                 f"data.datasets.cc_sbu_align.annotations={data / 'cc_sbu'}"]
-    else:
-        over += [f"data.datasets.cc_sbu_align.annotations={data / 'cc_sbu'}",
-                 f"data.datasets.llava_instruct.annotations={data / 'llava/llava_instruct.json'}",
-                 f"data.datasets.llava_instruct.media_root={data / 'llava/images'}",
-                 f"data.datasets.webvid_instruct.annotations={data / 'videochat/videochat_instruct.json'}",
-                 f"data.datasets.webvid_instruct.media_root={data / 'videochat/videos'}"]
+    datasets = yaml.safe_load((CONFIG_DIR / f"{config or stage}.yaml").read_text())["data"]["datasets"]
+    for name in datasets:
+        if name in drop:
+            over.append(f"data.datasets.{name}=null")
+            continue
+        if name not in DATASET_PATHS:
+            raise UsageError(f"{config or stage}.yaml: dataset {name!r} has no place in a SynthAV world")
+        over += [f"data.datasets.{name}.{key}={data / rel}" for key, rel in DATASET_PATHS[name].items()]
     return over
 
 
-def load_stage_config(stage: str, overrides: list[str]):
+def load_stage_config(config: str, overrides: list[str]):
     from ..train.config import load_train_config
 
-    return load_train_config(CONFIG_DIR / f"{stage}.yaml", overrides)
+    return load_train_config(CONFIG_DIR / f"{config}.yaml", overrides)
 
 
-def train_stage(stage: str, overrides: list[str]) -> Path:
-    """Run one stage through the project's training recipe; returns the exported model folder."""
+def train_stage(config: str, overrides: list[str]) -> Path:
+    """Run one stage (``configs/synthav/{config}.yaml``) through the project's training recipe; returns the
+    exported model folder."""
     from ..train.recipe import EXPORT, train
 
-    cfg = load_stage_config(stage, overrides)
+    cfg = load_stage_config(config, overrides)
     if not cfg.run.export:
-        raise UsageError(f"{stage}: run.export is off; the chain needs each stage's exported model folder")
+        raise UsageError(f"{config}: run.export is off; the chain needs each stage's exported model folder")
     train(cfg)
     folder = Path(cfg.run.output_dir) / EXPORT
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{stage}: the run finished without writing {folder}")
+        raise FileNotFoundError(f"{config}: the run finished without writing {folder}")
     return folder
 
 
@@ -177,14 +215,29 @@ def finalize_model(src: Path, dst: Path, max_bytes: int = MAX_MODEL_BYTES) -> Pa
 
 
 # ------------------------------------------------------------------------------------------------ driver
+def reused_vision(run: str | Path) -> tuple[Path, Path | None, dict[str, Any]]:
+    """What ``vision_from`` takes from a finished chain run: (its VL-stage-2 model, its ablation model or None,
+    its saved results or {}); raises when the run has no vision branch."""
+    run = Path(run).resolve()
+    vision = run / "vl_stage2" / "export"
+    if not (vision / "config.json").is_file():
+        raise UsageError(f"{run}: no vl_stage2/export; --vision-from needs a finished chain run")
+    ablation = run / "ablation" / "vl_stage2" / "export"
+    saved = run / "results" / "results.json"
+    return (vision, ablation if (ablation / "config.json").is_file() else None,
+            json.loads(saved.read_text()) if saved.is_file() else {})
+
+
 def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None = None, *, data_seed: int = 0,
               data_dir: str | Path | None = None, stage0_dir: str | Path | None = None,
-              evaluate: bool = True) -> ChainResult:
+              vision_from: str | Path | None = None, evaluate: bool = True) -> ChainResult:
     """Run every step; ``data_dir`` reuses an existing SynthAV folder instead of generating one, and
     ``stage0_dir`` an existing stage 0 (a ``stage0/`` folder of another run, or ``videollama synthav stage0``'s
     output): the frozen parts are then shared, as downloaded weights are, and only stages 1-2 vary with ``seed``.
+    ``vision_from``: a finished run (same stage 0 and seed) whose vision branch and ablation are reused; only the
+    audio branch (``settings.audio_recipe``) is trained and evaluated.
     """
-    from .evaluate import evaluate_synthav, format_table, save_results
+    from .evaluate import SETTINGS, evaluate_synthav, format_table, save_results, summarize
     from .generate import format_summary, generate
 
     settings = settings or ChainSettings(stage0=Stage0Settings(seed=seed))
@@ -194,6 +247,7 @@ def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None
     data = out / "data" if data_dir is None else Path(data_dir).resolve()
     result = ChainResult(out_dir=str(out), model_dir=str(out / "model"), data_dir=str(data))
     watch = Stopwatch(result.seconds)
+    (al_configs, drop) = AUDIO_RECIPES[settings.audio_recipe]
 
     def lap(name: str) -> None:
         watch.lap(name)
@@ -204,9 +258,12 @@ def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None
     if data_dir is None:
         summary = generate(data, settings.clips, data_seed, test_clips=settings.test_clips,
                            instruct_clips=settings.instruct_clips, images=settings.images,
-                           workers=settings.workers, overwrite=True)
+                           audio_clips=settings.audio_clips, workers=settings.workers, overwrite=True)
         logger.info("%s", format_summary(summary))
         lap("generate")
+    elif settings.audio_clips and not (data / "audio_captions" / "audio_captions.json").is_file():
+        raise UsageError(f"{data}: no audio_captions/; the {settings.audio_recipe!r} audio recipe needs a world "
+                         "generated with --audio-clips")
 
     if stage0_dir is None:
         stage0_dir = out / "stage0"
@@ -218,26 +275,43 @@ def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None
         if not (stage0_dir / needed).is_file():
             raise FileNotFoundError(f"{stage0_dir}: no {needed}; not a stage-0 folder (run `videollama synthav stage0`)")
 
-    def branch(start: Path, prefix: str, stages: tuple[str, ...]) -> Path:
+    def branch(start: Path, prefix: str, stages: tuple[str, ...], configs: tuple[str, ...] | None = None,
+               drop: tuple[str, ...] = ()) -> Path:
         model = start
-        for stage in stages:
+        for stage, config in zip(stages, configs or stages):
             over = stage_overrides(stage, data, model, out / f"{prefix}{stage}", seed, settings.stages[stage],
-                                   settings.num_workers, projection=stage0_dir / PROJECTION_FILE)
-            model = train_stage(stage, over)
+                                   settings.num_workers, projection=stage0_dir / PROJECTION_FILE, config=config,
+                                   drop=drop)
+            model = train_stage(config, over)
             lap(f"{prefix}{stage}")
         return model
 
-    model = branch(stage0_dir / "model", "", STAGES)
+    copied: dict[str, Any] = {}
+    if vision_from is None:
+        vision = branch(stage0_dir / "model", "", ("vl_stage1", "vl_stage2"))
+    else:
+        vision, ablation, saved = reused_vision(vision_from)
+        copied = {s: r for s, r in saved.get("per_seed", {}).get(str(seed), {}).items() if s in VISION_ONLY_SETTINGS}
+    model = branch(vision, "", ("al_stage1", "al_stage2"), al_configs, drop)
     final = finalize_model(model, out / "model")
-    ablation = None
-    if settings.ablation:
-        start = without_frame_position(stage0_dir / "model", out / "ablation" / "stage0")
-        ablation = branch(start, "ablation/", ("vl_stage1", "vl_stage2"))
+    if vision_from is None:
+        ablation = None
+        if settings.ablation:
+            start = without_frame_position(stage0_dir / "model", out / "ablation" / "stage0")
+            ablation = branch(start, "ablation/", ("vl_stage1", "vl_stage2"))
     lap("export")
 
     if evaluate:
-        results = evaluate_synthav({seed: final}, data, seeds=[seed],
+        settings_to_run = [s for s in SETTINGS if s not in copied]
+        results = evaluate_synthav({seed: final}, data, settings_to_run, seeds=[seed],
                                    ablation_dirs={seed: ablation} if ablation else None, limit=settings.eval_limit)
+        if copied:  # the same vision branch answered these: its run's replies, not a second pass
+            results["per_seed"][str(seed)] = {s: ({**copied, **results["per_seed"][str(seed)]})[s]
+                                              for s in SETTINGS if s in copied or s in results["per_seed"][str(seed)]}
+            results["settings"] = list(results["per_seed"][str(seed)])
+            results["summary"] = summarize(results["per_seed"])
+            if ablation:
+                results["ablations"] = {str(seed): str(ablation)}
         save_results(results, out / "results")
         logger.info("\n%s", format_table(results))
         result.results = results["summary"]

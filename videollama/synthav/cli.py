@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 
+AUDIO_RECIPE_NAMES = ("visual", "audiotext", "mixed")  # chain.AUDIO_RECIPES' keys, without importing torch
+DEFAULT_AUDIO_RECIPE = "visual"
+
 if TYPE_CHECKING:
     from .stage0 import Stage0Settings
 
@@ -74,9 +77,9 @@ def cmd_train_all(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = ChainSettings.quick(args.seed) if args.quick else ChainSettings()
-    settings.stage0 = stage0_settings(args)
+    settings = replace(settings, stage0=stage0_settings(args), audio_recipe=args.audio_recipe)
     result = run_chain(args.out, args.seed, settings, data_seed=args.data_seed, data_dir=args.data,
-                       stage0_dir=args.stage0, evaluate=not args.no_eval)
+                       stage0_dir=args.stage0, vision_from=args.vision_from, evaluate=not args.no_eval)
     print(json.dumps({"model_dir": result.model_dir, "seconds": result.seconds}, indent=1))
     return 0
 
@@ -138,6 +141,13 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.add_argument("--data-seed", type=int, default=0, help="world seed of the generated data")
     p.add_argument("--data", default=None, help="reuse a generated SynthAV folder")
     p.add_argument("--stage0", default=None, help="reuse a stage-0 folder: the frozen parts shared across seeds")
+    p.add_argument("--audio-recipe", choices=AUDIO_RECIPE_NAMES, default=DEFAULT_AUDIO_RECIPE,
+                   help="what the audio branch trains on: visual (the paper: frames through ImageBind's vision "
+                        "encoder), audiotext (the world's sounds with captions and audio questions), mixed (both); "
+                        f"default {DEFAULT_AUDIO_RECIPE}")
+    p.add_argument("--vision-from", default=None,
+                   help="a finished train-all folder (same stage 0 and seed) whose vision branch and ablation are "
+                        "reused: only the audio branch is trained (compare audio recipes)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     p.set_defaults(synthav_func=cmd_train_all)
 
