@@ -242,6 +242,30 @@ def test_audio_span_equals_the_whole_track_slice(clips):
                                        waveform[:, int(start * 16000):int(end * 16000)], atol=1e-6, rtol=0)
 
 
+def test_a_long_file_read_as_one_clip_decodes_only_its_audio_clips(clips, monkeypatch, tmp_path):
+    """--frames 8 on a 90-s file: the 8 official clips of 2 s, sought out one by one (never the whole
+    track), equal to the whole-track path; files up to WHOLE_SPAN_SECONDS still decode the whole track.
+    (One encoded segment: in the test's packet-copied long files every copy restarts the AAC priming, so
+    timestamps and decoded-sample counts disagree past the first copy.)"""
+    from videollama.media import audio_span
+    from videollama.media.audio_span import WHOLE_SPAN_SECONDS, whole_file_audio
+
+    path = make_long_video(tmp_path / "ninety.mp4", 90, segment_seconds=90, fps=2, size=(32, 32))
+    expected = load_audio(path)  # (8, 1, 128, 204), the official whole-track path
+    with AudioSpanReader(path) as reader:
+        assert reader.track_seconds() == load_waveform(path).shape[-1] / 16000 > WHOLE_SPAN_SECONDS
+
+    def whole_track(*args, **kwargs):
+        raise AssertionError("the whole track was decoded")
+
+    monkeypatch.setattr(audio_span, "load_audio", whole_track)
+    sought = whole_file_audio(path)
+    assert sought.shape == expected.shape == (8, 1, 128, 204)
+    torch.testing.assert_close(sought, expected, atol=2e-3, rtol=0)
+    with pytest.raises(AssertionError, match="whole track"):  # a short file takes the official path
+        whole_file_audio(clips["numbered"])
+
+
 # ----------------------------------------------------------------------------------- the API's fields
 @pytest.fixture(scope="module")
 def server(tiny_pipeline, clips):

@@ -28,6 +28,7 @@ from .engine import Engine, GenerationConfig, GenerationError, Request, RowFailu
 from .errors import UsageError
 from .long_video import Timeline, encode_video_file, encode_window_audio
 from .media import MediaError, NoAudioError, image_format, load_audio, load_image, probe
+from .media.audio_span import whole_file_audio
 from .media.errors import check_media_file
 from .media.video import DEFAULT_NUM_FRAMES
 from .media.windows import DEFAULT_FPS_MAX_FRAMES, VideoSampling, time_label
@@ -40,6 +41,7 @@ NO_VISION_NOTICE = "this model has no vision branch: answering from the audio tr
 # (the rest is for the text and the answer); beyond it the most similar frames are merged.
 MEDIA_CONTEXT_SHARE = 0.5
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,7 @@ class Pipeline:
                 if encoded.windowed:
                     features.audio = encode_window_audio(self.model, path, timeline.windows, max_bytes=options.max_bytes)
                 else:
-                    audio = load_audio(path, max_bytes=options.max_bytes)[None]  # (1, 8, 1, 128, 204)
+                    audio = whole_file_audio(path, max_bytes=options.max_bytes)[None]  # (1, 8, 1, 128, 204)
                     features.audio = self.model.encode_audio(audio.to(self.model.device, self.model.dtype))
             except NoAudioError:
                 notices.append("no audio track found: answering from the frames only")

@@ -24,14 +24,14 @@ import av
 import numpy as np
 import torch
 
-from .audio import CLIP_SECONDS, NUM_CLIPS, SAMPLE_RATE, _exact_starts, _float_converter, audio_to_clips
+from .audio import CLIP_SECONDS, NUM_CLIPS, SAMPLE_RATE, _float_converter, audio_to_clips, clip_sample_ranges, load_audio
 from .errors import MediaError, NoAudioError
 from .fbank import num_frames
 from .resample import resample
 from .seeking import ffmpeg_reason
 from .video import open_media
 
-__all__ = ["AudioSpanReader", "WHOLE_SPAN_SECONDS"]
+__all__ = ["AudioSpanReader", "WHOLE_SPAN_SECONDS", "whole_file_audio"]
 
 # Spans up to this long are decoded whole; longer ones clip by clip.
 WHOLE_SPAN_SECONDS = 64.0
@@ -64,6 +64,23 @@ class AudioSpanReader:
         # native samples per resampler period: excerpts start on multiples of it
         self._period = self.native_rate // math.gcd(self.native_rate, sample_rate)
 
+    def track_seconds(self) -> float:
+        """The track's length as the official loader measures it: decoded samples, resampled to ``sample_rate``,
+        over ``sample_rate``. Decodes the whole track but keeps none of it (a container's stated duration can
+        differ by an audio frame, which would move every clip's start)."""
+        stream = self._stream
+        self._container.seek(0, stream=stream, backward=True)
+        native = 0
+        try:
+            for packet in self._container.demux(stream):
+                try:
+                    native += sum(frame.samples for frame in packet.decode())
+                except av.FFmpegError:  # a damaged packet: skipped, as the whole-track loader skips it
+                    continue
+        except av.FFmpegError as err:
+            raise MediaError(self.path, f"cannot decode audio ({ffmpeg_reason(err)})") from err
+        return math.ceil(native * self.sample_rate / self.native_rate) / self.sample_rate
+
     def clips(self, start: float, end: float, clips: int = NUM_CLIPS) -> torch.Tensor:
         """The ``clips`` official 2-s clips of the span [start, end) seconds -> (clips, 1, 128, 204).
 
@@ -75,11 +92,11 @@ class AudioSpanReader:
         duration = end - start
         if duration <= WHOLE_SPAN_SECONDS:
             return audio_to_clips(self._checked(self.waveform(start, end), start), self.sample_rate, clips)
-        pieces = []
-        for offset in _exact_starts(duration, clips, CLIP_SECONDS):
-            clip_start = start + float(offset)
-            piece = self._checked(self.waveform(clip_start, clip_start + CLIP_SECONDS), clip_start)
-            pieces.append(audio_to_clips(piece, self.sample_rate, 1))
+        sr, first = self.sample_rate, int(start * self.sample_rate)
+        pieces = []  # each clip's samples exactly as the official slice of the span's waveform would hold them
+        for lo, hi in clip_sample_ranges(int(end * sr) - first, sr, clips, CLIP_SECONDS):
+            piece = self._checked(self.samples(first + lo, first + hi), (first + lo) / sr)
+            pieces.append(audio_to_clips(piece, sr, 1))
         return torch.cat(pieces)  # (clips, 1, 128, 204)
 
     def _checked(self, waveform: torch.Tensor, start: float) -> torch.Tensor:
@@ -89,19 +106,21 @@ class AudioSpanReader:
 
     def waveform(self, start: float, end: float) -> torch.Tensor:
         """(channels, N) float32 at ``sample_rate`` for [start, end) seconds of the track (cut short
-        where the track ends)."""
-        rate = self.native_rate
-        first = max(0, math.floor((start - _MARGIN_SECONDS) * rate))
+        where the track ends), as the official ``waveform[int(start * sr):int(end * sr)]`` slices."""
+        return self.samples(int(start * self.sample_rate), int(end * self.sample_rate))
+
+    def samples(self, lo: int, hi: int) -> torch.Tensor:
+        """(channels, N) float32: samples [lo, hi) of the track resampled to ``sample_rate`` (cut short where it ends)."""
+        rate, sr = self.native_rate, self.sample_rate
+        first = max(0, math.floor((lo / sr - _MARGIN_SECONDS) * rate))
         first -= first % self._period  # on the resampler's grid
-        last = math.ceil((end + _MARGIN_SECONDS) * rate)
+        last = math.ceil((hi / sr + _MARGIN_SECONDS) * rate)
         native = self._decode(first, last)  # (C, n) from native sample `first`
         if native.shape[1] == 0:
             return native
-        out = resample(native, rate, self.sample_rate)
-        offset = first * self.sample_rate // rate  # exact: `first` is a multiple of the period
-        lo = int(start * self.sample_rate) - offset  # as the official waveform[int(start * sr):...] slices
-        hi = int(end * self.sample_rate) - offset
-        return out[:, max(lo, 0):max(hi, 0)].contiguous()
+        out = resample(native, rate, sr)
+        offset = first * sr // rate  # exact: `first` is a multiple of the period
+        return out[:, max(lo - offset, 0):max(hi - offset, 0)].contiguous()
 
     def _decode(self, first: int, last: int) -> torch.Tensor:
         """Native samples [first, last) of the track (sample 0 = the stream's start)."""
@@ -152,3 +171,20 @@ class AudioSpanReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def whole_file_audio(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> torch.Tensor:
+    """The official 8 clips of 2 s of a whole file's track -> (8, 1, 128, 204).
+
+    Up to :data:`WHOLE_SPAN_SECONDS` the whole track is decoded, as the official
+    loader does (:func:`~videollama.media.audio.load_audio`); a longer file (an hour sampled as 8 frames) seeks to its 8
+    clips only (:class:`AudioSpanReader`), so memory does not grow with its length.
+    """
+    with AudioSpanReader(path, max_bytes=max_bytes) as reader:
+        stream = reader._stream
+        stated = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
+        if stated is None or stated > WHOLE_SPAN_SECONDS:  # unknown or long: measured, then sought clip by clip
+            duration = reader.track_seconds()
+            if duration > WHOLE_SPAN_SECONDS:
+                return reader.clips(0.0, duration)
+    return load_audio(path, max_bytes=max_bytes)
