@@ -67,6 +67,7 @@ COUNT_CHOICES: tuple[str, ...] = NUMBER_WORDS[1:6]  # count: one ... five
 WHEN_SUFFIX = "Answer in seconds."
 SCENE_SUBSTREAM, TEXT_SUBSTREAM = 0, 1
 LONG_OUTPUTS = ("long", "qa/long_test.json", "qa/long_videos")
+WORLD = WorldConfig()  # the shipped world: 8 fps, 112x112, 16 kHz
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,9 @@ class LongSettings:
         if self.fps <= 0 or self.window_frames < 1 or self.max_windows < 1:
             raise UsageError(f"need fps > 0, window_frames >= 1 and max_windows >= 1, got {self.fps}, "
                              f"{self.window_frames}, {self.max_windows}")
+
+
+DEFAULT_LONG = LongSettings()
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,7 @@ class LongItem:
 
 
 # ------------------------------------------------------------------------------------------------ clips
-def sample_long_clip(rng: np.random.Generator, settings: LongSettings, world: WorldConfig = WorldConfig()) -> LongClip:
+def sample_long_clip(rng: np.random.Generator, settings: LongSettings, world: WorldConfig = WORLD) -> LongClip:
     """Scenes of whole-second lengths in [min, max]_scene_seconds until the clip reaches a drawn length."""
     target = float(rng.uniform(settings.min_seconds, settings.max_seconds))
     scenes, starts, total = [], [], 0.0
@@ -181,7 +185,7 @@ def sample_long_clip(rng: np.random.Generator, settings: LongSettings, world: Wo
     return LongClip(tuple(scenes), tuple(starts), world.fps)
 
 
-def render_long_clip(clip: LongClip, path: str | Path, world: WorldConfig = WorldConfig()) -> int:
+def render_long_clip(clip: LongClip, path: str | Path, world: WorldConfig = WORLD) -> int:
     """Render every scene with the SynthAV renderer, join frames and soundtracks, write one mp4; returns its bytes."""
     frames, audio = [], []
     for scene, seconds in zip(clip.scenes, clip.durations):
@@ -211,7 +215,7 @@ def when_chance(truth: float, tolerance: float, duration: float) -> float:
 
 
 def _seconds_grid(clip: LongClip) -> list[int]:
-    return list(range(int(math.ceil(AT_MARGIN_S)), int(clip.duration - AT_MARGIN_S)))
+    return list(range(math.ceil(AT_MARGIN_S), int(clip.duration - AT_MARGIN_S)))
 
 
 def q_screen_at(clip: LongClip, settings: LongSettings, rng: np.random.Generator) -> LongItem | None:
@@ -296,8 +300,15 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def _when_fields(item: LongItem) -> dict[str, float]:
+    """A ``first_time`` record's truth and tolerance (nothing for the closed types)."""
+    if item.qtype != "first_time":
+        return {}
+    return {"truth_seconds": item.truth_seconds, "tolerance": round(item.tolerance, 6)}  # type: ignore[arg-type]
+
+
 def generate_long(out_dir: str | Path, clips: int, seed: int = 0, *, test_clips: int = 50,
-                  settings: LongSettings = LongSettings(), workers: int = 1, overwrite: bool = False) -> dict[str, Any]:
+                  settings: LongSettings = DEFAULT_LONG, workers: int = 1, overwrite: bool = False) -> dict[str, Any]:
     """Render ``clips`` long training clips and ``test_clips`` held-out ones into ``out_dir`` (module docstring).
 
     Returns a summary: counts, questions per type, mean chance per type, bytes, seconds (and per clip).
@@ -333,8 +344,7 @@ def generate_long(out_dir: str | Path, clips: int, seed: int = 0, *, test_clips:
                 test += [{"id": f"{vid}-{item.qtype}", "video": f"long_videos/{vid}.mp4", "type": item.qtype,
                           "question": item.question, "answer": item.answer, "choices": list(item.choices),
                           "chance": round(item.chance, 6), "duration": clip.duration,
-                          **({"truth_seconds": item.truth_seconds, "tolerance": round(item.tolerance, 6)}
-                             if item.qtype == "first_time" else {})} for item in items]
+                          **_when_fields(item)} for item in items]
             jobs.append((clip, str(out / media)))
             truth.append({"split": split, "id": str(vid), "media": media, "duration": clip.duration,
                           "clip": clip.to_dict()})
@@ -364,10 +374,12 @@ def generate_long(out_dir: str | Path, clips: int, seed: int = 0, *, test_clips:
 
 
 def format_long_summary(summary: dict[str, Any]) -> str:
-    lines = [f"long SynthAV clips written to {summary['out_dir']} (seed {summary['seed']}): {summary['clips']} training, "
-             f"{summary['test_clips']} held-out ({summary['test_questions']} questions), "
-             f"{summary['video_seconds'] / 60:.1f} min of video, {summary['bytes'] / 1e6:.1f} MB in "
-             f"{summary['seconds']:.1f} s ({summary['seconds_per_clip']:.2f} s per clip)"]
+    """Human-readable lines for the CLI."""
+    head = (f"long SynthAV clips written to {summary['out_dir']} (seed {summary['seed']}): {summary['clips']} training, "
+            f"{summary['test_clips']} held-out ({summary['test_questions']} questions), "
+            f"{summary['video_seconds'] / 60:.1f} min of video, {summary['bytes'] / 1e6:.1f} MB in "
+            f"{summary['seconds']:.1f} s ({summary['seconds_per_clip']:.2f} s per clip)")
+    lines = [head]
     for qtype, row in summary["types"].items():
         if row["items"]:
             lines.append(f"  {qtype:<11} {row['items']:>5} items  chance {row['chance']:.3f}")

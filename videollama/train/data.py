@@ -79,7 +79,12 @@ from torch.utils.data import Dataset
 from videollama.media.errors import MediaError
 
 from ..errors import VideoLlamaError
-from ..media.windows import DEFAULT_FPS_MAX_FRAMES, VideoSampling, split_windows, window_spans
+from ..media.windows import (
+    DEFAULT_FPS_MAX_FRAMES,
+    VideoSampling,
+    split_windows,
+    window_spans,
+)
 from ..templates import join_question, windowed_video_message
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
 from .config import AUDIO_DATASET_TYPES
