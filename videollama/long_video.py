@@ -37,7 +37,7 @@ from .media.video import DEFAULT_IMAGE_SIZE, VideoClip, VideoReader
 from .media.windows import VideoSampling, WindowSpan, split_windows, window_spans
 from .model import VideoLlama
 
-__all__ = ["THUMBNAIL_SIZE", "Timeline", "VideoEncoding", "encode_video_file", "encode_window_audio"]
+__all__ = ["THUMBNAIL_SIZE", "Timeline", "VideoEncoding", "encode_video_file", "encode_window_audio", "window_audio_clips"]
 
 THUMBNAIL_SIZE = 96  # pixels, the longer side of a timeline thumbnail
 UINT8_MAX = 255
@@ -157,6 +157,20 @@ def encode_window_audio(model: VideoLlama, path: str | os.PathLike[str], windows
             clips = audio.clips(window.start, window.end)  # (8, 1, 128, 204)
             rows.append(model.encode_audio(clips[None].to(model.device, model.dtype)))
     return torch.cat(rows)
+
+
+def window_audio_clips(path: str | os.PathLike[str], windows: list[WindowSpan], *,
+                       max_bytes: int | None = None) -> torch.Tensor:
+    """The log-mel clips :func:`encode_window_audio` encodes, before the model: (W, 8, 1, 128, 204).
+
+    Training reads a long video's sound with it (``videollama.train.data``), so a trained window hears
+    exactly what an inference window hears.
+
+    Raises:
+        NoAudioError: no audio stream, or a window's span holds no audio.
+    """
+    with AudioSpanReader(path, max_bytes=max_bytes) as audio:
+        return torch.stack([audio.clips(window.start, window.end) for window in windows])  # (W, 8, 1, 128, 204)
 
 
 def _thumbnail(frame: torch.Tensor) -> np.ndarray:

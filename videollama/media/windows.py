@@ -29,6 +29,7 @@ __all__ = [
     "MAX_SAMPLED_FRAMES",
     "VideoSampling",
     "WindowSpan",
+    "clock",
     "frames_at_rate",
     "split_windows",
     "time_label",
@@ -132,10 +133,11 @@ def window_spans(first_times: list[float], frame_times: list[list[float]], durat
 
 def time_label(start: float, end: float) -> str:
     """``HH:MM:SS-HH:MM:SS`` of a time range (start rounded down, end rounded up to whole seconds)."""
-    return f"{_clock(math.floor(start))}-{_clock(math.ceil(end))}"
+    return f"{clock(math.floor(start))}-{clock(math.ceil(end))}"
 
 
-def _clock(seconds: int) -> str:
+def clock(seconds: int) -> str:
+    """``HH:MM:SS`` of a whole number of seconds (the format of the windows' time labels)."""
     hours, rest = divmod(max(0, seconds), SECONDS_PER_HOUR)
     minutes, secs = divmod(rest, SECONDS_PER_MINUTE)
     return f"{hours:02d}:{minutes:02d}:{secs:02d}"

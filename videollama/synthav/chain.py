@@ -26,6 +26,9 @@ Steps (each writes under ``--out``; ``chain.json`` records the settings and ever
 ablation, so several audio recipes are compared on one vision branch: only steps 4 and 6 run, and the
 settings that never hear the audio branch (:data:`VISION_ONLY_SETTINGS`) are copied from that run's results.
 
+Afterwards, :func:`run_long_variant` trains the stage-2 variant on long inputs from a finished run's
+``model/`` (``configs/synthav/vl_stage2_long.yaml``, long clips of :mod:`videollama.synthav.long`).
+
 ``--seed`` is the *training* seed (stage 0 and stages 1-2); the world is the same for every
 training seed unless ``--data-seed`` changes, so results over seeds measure training variation.
 """
@@ -319,3 +322,44 @@ def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None
     result.seconds["total"] = round(sum(v for k, v in result.seconds.items() if k != "total"), 1)
     lap("done")
     return result
+
+
+# ------------------------------------------------------------------------------------------------ long inputs
+LONG_STAGE = "vl_stage2_long"
+LONG_QUICK = StageSteps(2, 2, warmup_steps=1)
+
+
+def long_overrides(run_dir: Path, data: Path, long_data: Path, output: Path, seed: int, steps: StageSteps,
+                   num_workers: int) -> list[str]:
+    """``key=value`` overrides pointing ``vl_stage2_long.yaml`` at a chain run and a long-clip folder."""
+    over = stage_overrides("vl_stage2", data, run_dir / "model", output, seed, steps, num_workers)
+    return over + [f"data.datasets.long_instruct.annotations={long_data / 'long/long_instruct.json'}",
+                   f"data.datasets.long_instruct.media_root={long_data / 'long/videos'}"]
+
+
+def run_long_variant(run_dir: str | Path, long_data_dir: str | Path, seed: int = 0, steps: int | None = None, *,
+                     batch_size: int | None = None, quick: bool = False, out_dir: str | Path | None = None,
+                     num_workers: int | None = None, extra: list[str] | None = None) -> Path:
+    """Train the stage-2 long-input variant from a finished chain run; returns its exported model folder.
+
+    Starts from ``run_dir/model`` (both branches: the windows' sound is read by the audio branch), mixes the
+    run's stage-2 data (``chain.json``'s ``data_dir``, else ``run_dir/data``) with ``long_data_dir``'s
+    training clips, and writes ``out_dir`` (default ``run_dir/long_variant/seed_<seed>``). ``quick``: 2 steps
+    of 2 samples, no DataLoader workers (tests); ``steps`` / ``batch_size`` default to the YAML's.
+    """
+    run = Path(run_dir).resolve()
+    if not (run / "model" / "config.json").is_file():
+        raise UsageError(f"{run}: no model/config.json; give a finished `videollama synthav train-all` folder")
+    chain = json.loads((run / "chain.json").read_text()) if (run / "chain.json").is_file() else {}
+    data = Path(chain.get("data_dir") or run / "data")
+    long_data = Path(long_data_dir).resolve()
+    if not (long_data / "long" / "long_instruct.json").is_file():
+        raise UsageError(f"{long_data}: no long/long_instruct.json (write it with `videollama synthav generate-long`)")
+    base = load_stage_config(LONG_STAGE, [])
+    plan = LONG_QUICK if quick else StageSteps(base.optim.iters_per_epoch, base.optim.batch_size,
+                                               base.optim.warmup_steps)
+    plan = StageSteps(steps or plan.steps, batch_size or plan.batch_size, plan.warmup_steps)
+    workers = (0 if quick else base.run.num_workers) if num_workers is None else num_workers
+    output = Path(out_dir) if out_dir is not None else run / "long_variant" / f"seed_{seed}"
+    over = long_overrides(run, data, long_data, output, seed, plan, workers) + list(extra or [])
+    return train_stage(LONG_STAGE, over)

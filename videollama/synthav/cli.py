@@ -1,4 +1,4 @@
-"""``videollama synthav generate|stage0|train-all|evaluate|ship``: the SynthAV world and its reproducible chain.
+"""``videollama synthav generate|stage0|train-all|evaluate|ship|generate-long|train-long|evaluate-long``: the SynthAV world and its reproducible chain.
 
     videollama synthav generate --out data/synthav --clips 2000 --seed 0
     videollama synthav stage0 --data data/synthav --out output/synthav/stage0
@@ -6,6 +6,9 @@
     videollama synthav evaluate --run output/s0 --run output/s1 --run output/s2 --out results/
     videollama synthav evaluate --model DIR --data data/synthav --out results/   # one model (no ablation setting)
     videollama synthav ship --run output/synthav          # becomes the default model + examples
+    videollama synthav generate-long --out data/synthav_long --clips 400 --test-clips 60 --seed 0
+    videollama synthav train-long --run output/synthav --long-data data/synthav_long --seed 0 [--quick]
+    videollama synthav evaluate-long --model DIR --data data/synthav_long --out results/long/
 
 Each command parses its options once into the settings its library function takes
 (:class:`~.stage0.Stage0Settings`, :class:`~.chain.ChainSettings`). The research tools (probe, spread,
@@ -110,6 +113,54 @@ def cmd_ship(args) -> int:
     return 0
 
 
+def _long_settings(args):
+    from .long import LongSettings
+
+    return LongSettings(min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+                        min_scene_seconds=args.min_scene_seconds, max_scene_seconds=args.max_scene_seconds,
+                        fps=args.fps, max_windows=args.max_windows)
+
+
+def cmd_generate_long(args) -> int:
+    from .long import format_long_summary, generate_long
+
+    summary = generate_long(args.out, args.clips, args.seed, test_clips=args.test_clips,
+                            settings=_long_settings(args), workers=args.workers, overwrite=args.overwrite)
+    print(format_long_summary(summary))
+    return 0
+
+
+def cmd_train_long(args) -> int:
+    from .chain import run_long_variant
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    folder = run_long_variant(args.run, args.long_data, args.seed, args.steps, batch_size=args.batch_size,
+                              quick=args.quick, out_dir=args.out)
+    print(json.dumps({"model_dir": str(folder)}))
+    return 0
+
+
+def cmd_evaluate_long(args) -> int:
+    from pathlib import Path
+
+    from .long import LongSettings
+    from .long_eval import evaluate_long, format_long_table
+
+    settings = LongSettings(fps=args.fps, max_windows=args.max_windows)
+    results = evaluate_long(args.model, args.data, limit=args.limit, settings=settings)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "long_results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(format_long_table(results))
+    print(f"wrote {out / 'long_results.json'}")
+    return 0
+
+
+def _add_long_reading(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fps", type=float, default=1.0, help="frames per second the windows are read at (default 1)")
+    p.add_argument("--max-windows", type=int, default=4, help="most windows (frames spread uniformly past them)")
+
+
 def register(subparsers, commands: dict[str, Callable]) -> None:
     """Add ``synthav`` with its subcommands to the ``videollama`` parser."""
     parser = subparsers.add_parser("synthav", help="generate the SynthAV world; train the SynthAV model from scratch")
@@ -163,6 +214,38 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p = sub.add_parser("ship", help="make a chain's model the package default and pick example clips")
     p.add_argument("--run", required=True, help="a train-all output folder (with model/ and data/)")
     p.set_defaults(synthav_func=cmd_ship)
+
+    p = sub.add_parser("generate-long", help="long clips (scenes one after another) with long-video questions")
+    p.add_argument("--out", required=True, help="folder (may be a SynthAV folder: only long/ and qa/long_* are written)")
+    p.add_argument("--clips", type=int, default=400, help="training clips (VideoChat-style QA)")
+    p.add_argument("--test-clips", type=int, default=60, help="held-out clips (one question per type each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-seconds", type=float, default=60.0, help="shortest clip (seconds)")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="longest clip before its last scene ends")
+    p.add_argument("--min-scene-seconds", type=int, default=4)
+    p.add_argument("--max-scene-seconds", type=int, default=8)
+    _add_long_reading(p)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(synthav_func=cmd_generate_long)
+
+    p = sub.add_parser("train-long", help="train the stage-2 long-input variant from a finished train-all folder")
+    p.add_argument("--run", required=True, help="a train-all output folder (model/, chain.json)")
+    p.add_argument("--long-data", required=True, help="a folder written by generate-long")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="default: the YAML's iters_per_epoch")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--out", default=None, help="default: RUN/long_variant/seed_<seed>")
+    p.add_argument("--quick", action="store_true", help="2 steps of 2 samples (CI, same code path)")
+    p.set_defaults(synthav_func=cmd_train_long)
+
+    p = sub.add_parser("evaluate-long", help="long-video questions: windows vs uniform 8 frames, per type")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="a folder with qa/long_test.json")
+    p.add_argument("--out", required=True, help="folder for long_results.json")
+    p.add_argument("--limit", type=int, default=None, help="only the first N held-out questions")
+    _add_long_reading(p)
+    p.set_defaults(synthav_func=cmd_evaluate_long)
 
     commands["synthav"] = lambda args: args.synthav_func(args)
 

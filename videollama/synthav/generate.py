@@ -48,8 +48,8 @@ from .world import COLOURS, DIRECTIONS, SHAPES, SIGNATURES, SIZES, SOUND_SOURCES
 
 GENERATOR_VERSION = "1.0.0"
 STREAMS: dict[str, int] = {"webvid": 1, "videochat": 2, "test": 3, "cc_sbu": 4, "llava": 5, "audio_captions": 6,
-                           "audio_instruct": 7}
-"""Seed stream per split; the test stream is used by nothing else."""
+                           "audio_instruct": 7, "long_instruct": 8, "long_test": 9}
+"""Seed stream per split; the test streams are used by nothing else (long_*: ``synthav.long``)."""
 ID_BASE: dict[str, int] = {s: 10_000_000 * k for s, k in STREAMS.items()}
 """Ids of split s are ID_BASE[s] + index: disjoint ranges, numeric like WebVid's, no leading zeros."""
 MAX_PER_SPLIT = 10_000_000

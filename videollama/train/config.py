@@ -16,6 +16,7 @@ Trainable modules are named (``run.trainable``), never integer flags: the offici
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -99,7 +100,11 @@ class DatasetSpec:
     * ``llava_instruct``: ``annotations`` = ``llava_instruct_150k.json``; ``media_root`` = COCO
       ``train2014/`` (files ``COCO_train2014_{image}``).
     * ``videochat_instruct``: ``annotations`` = ``videochat_instruct_11k.json``; ``media_root`` =
-      videos folder (``media_root/{video}``).
+      videos folder (``media_root/{video}``). Long videos (ours, ``docs/long-video.md``): with
+      ``window_fps`` a video sampled at that rate beyond the model's ``max_frames`` becomes several
+      windows, as inference reads it (``max_windows`` caps the frames at ``max_windows x max_frames``,
+      spread uniformly; ``window_audio`` adds each window's sound); a video that fits one window is
+      read exactly as without these keys.
     * ``webdataset``: ``shards`` = tar files (globs and ``{000..099}`` brace ranges allowed),
       members ``<key>.mp4|jpg`` + ``<key>.txt|json``.
 
@@ -127,6 +132,9 @@ class DatasetSpec:
     max_bad_fraction: float = 0.5  # stop with an error when more records than this fail
     captions: Literal["each", "sample"] = "each"  # clotho: every caption a record, or one drawn per draw
     prompts: list[str] | None = None  # caption prompts of this dataset; None -> data.prompts
+    window_fps: float | None = None  # videochat_instruct: long videos read in windows at this rate (None: off)
+    max_windows: int | None = None  # with window_fps: at most this many windows (frames spread uniformly past it)
+    window_audio: bool = False  # with window_fps: each window's sound too (the audio-visual prompt)
 
 
 @dataclass
@@ -260,6 +268,7 @@ class TrainConfig:
                 raise ConfigError(f"{where}.captions applies to clotho only (this dataset is {spec.type!r})")
             if spec.prompts is not None:
                 spec.prompts = _named_prompts(spec.prompts)
+            self._validate_windows(where, spec)
         self.data.prompts = _named_prompts(self.data.prompts)
         o = self.optim
         for key in ("init_lr", "min_lr", "warmup_lr", "weight_decay"):
@@ -280,6 +289,22 @@ class TrainConfig:
             raise ConfigError(f"run.keep_last_k must be >= 1, got {self.run.keep_last_k}")
         if self.run.resume and self.run.restart:
             raise ConfigError("run.resume and run.restart exclude each other: continue the run or start it over")
+
+    def _validate_windows(self, where: str, spec: DatasetSpec) -> None:
+        """The long-video keys: videochat_instruct on the vision branch only, sensible numbers."""
+        if spec.window_fps is None:
+            if spec.max_windows is not None or spec.window_audio:
+                raise ConfigError(f"{where}: max_windows and window_audio need window_fps (the rate windows are read at)")
+            return
+        if spec.type != "videochat_instruct" or self.run.branch != "vision":
+            raise ConfigError(f"{where}.window_fps applies to videochat_instruct datasets of the vision branch "
+                              f"(this one is {spec.type!r} on the {self.run.branch} branch)")
+        if not (math.isfinite(spec.window_fps) and spec.window_fps > 0):
+            raise ConfigError(f"{where}.window_fps must be a positive number of frames per second, got {spec.window_fps}")
+        if spec.max_windows is not None and spec.max_windows < 1:
+            raise ConfigError(f"{where}.max_windows must be >= 1, got {spec.max_windows}")
+        if spec.window_audio and not self.model.with_audio:
+            raise ConfigError(f"{where}.window_audio needs the audio branch: set model.with_audio: true")
 
 
 def _named_prompts(prompts: list[str]) -> list[str]:

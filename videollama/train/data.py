@@ -14,7 +14,8 @@ Formats (reference section 4):
                         placeholder x N + ``</Image>``; conversation mode.
 ``videochat_instruct``  JSON list of ``{"video", "QA": [{"q", "a"}]}``; video ``media_root/{video}``;
                         the first q is prefixed with ``<Video>`` + placeholder x N + ``</Video> `` +
-                        the timestamp sentence (dropped when ``data_type`` contains "cn").
+                        the timestamp sentence (dropped when ``data_type`` contains "cn"). With
+                        ``window_fps`` a long video becomes several windows (below).
 ``webdataset``          tar shards with ``<key>.mp4|jpg`` + ``<key>.txt|json`` members (json:
                         ``caption``/``text``/``name``); caption mode with ``blip_caption`` (its reader:
                         :mod:`videollama.train.webdataset`).
@@ -27,6 +28,17 @@ N and the placeholder token depend on the branch: 32 x ``<ImageHere>`` for the v
 8 x ``<AudioHere>`` for the audio branch. The official code wrote ``<ImageHere>`` x 8 for the audio
 branch too (its model had one placeholder id and a ``train_flag``); our model fills ``<AudioHere>``
 with audio-branch features, so the audio branch's training text uses ``<AudioHere>``.
+
+**Long videos** (``window_fps``, ours): the video is sampled at ``window_fps`` frames per second
+(:class:`~videollama.media.windows.VideoSampling`, capped at ``max_windows x window_frames`` frames
+spread uniformly) and cut into windows of at most ``window_frames`` (the model's ``max_frames``) by
+:func:`~videollama.media.windows.split_windows`, exactly as :mod:`videollama.long_video` reads it at
+inference. The first question opens with inference's windowed preamble
+(:func:`~videollama.templates.windowed_video_message`: each window's time label, then its
+placeholders; with ``window_audio`` the audio-visual sentence with each window's 8 ``<AudioHere>``)
+joined as inference joins it (:func:`~videollama.templates.join_question`). The sample's ``frames``
+is then a list of per-window tensors ``(T_w, 3, S, S)`` (one crop for the whole video) and
+``window_audio`` holds ``(W, 8, 1, 128, 204)``; a video that fits one window gives today's sample.
 
 Train transforms: one random resized crop (scale 0.5-1, ratio 3/4-4/3, bicubic) per video or
 image, then CLIP normalisation. Video frames are squashed to 224 at decode and cropped after
@@ -67,8 +79,17 @@ from torch.utils.data import Dataset
 from videollama.media.errors import MediaError
 
 from ..errors import VideoLlamaError
+from ..media.windows import (
+    DEFAULT_FPS_MAX_FRAMES,
+    VideoSampling,
+    split_windows,
+    window_spans,
+)
+from ..templates import join_question, windowed_video_message
+from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
 from .config import AUDIO_DATASET_TYPES
 from .text import (
+    WINDOW_AUDIO_KEY,
     EncodedText,
     Turn,
     blip_caption,
@@ -87,6 +108,7 @@ __all__ = [
     "CCSBUAlignDataset",
     "LlavaInstructDataset",
     "VideoChatInstructDataset",
+    "WindowedVideo",
     "build_datasets",
     "text_options",
     "merge_skip_reports",
@@ -101,6 +123,8 @@ CROP_SCALE = (0.5, 1.0)  # alpro_video_train / blip2_image_train RandomResizedCr
 WEBVID_COLUMNS = ("videoid", "name", "page_dir")
 LLAVA_IMAGE_TOKEN = "<image>"
 LLAVA_IMAGE_PREFIX = "COCO_train2014_"
+DEFAULT_WINDOW_FRAMES = 32  # VideoLlamaConfig.max_frames: frames per window unless the model says otherwise
+DEFAULT_AUDIO_TOKENS = 8  # VideoLlamaConfig.num_audio_tokens
 
 
 class DatasetError(VideoLlamaError, RuntimeError):
@@ -284,18 +308,24 @@ class TrainDataset(Dataset):
                                  max_txt_len=t.max_txt_len, prompt=prompt)
         return self._sample(encoded, media)
 
-    def _conversation_sample(self, turns: list[Turn], media: torch.Tensor) -> dict[str, Any]:
+    def _conversation_sample(self, turns: list[Turn], media: torch.Tensor | list[torch.Tensor], *,
+                             items: int = 1, audio: tuple[int, int] | None = None) -> dict[str, Any]:
+        """``items`` media items (a long video's windows) of ``num_media_tokens`` each; ``audio``:
+        (placeholder id, tokens expected) when the text also holds audio placeholders."""
         t = self.text
         encoded = encode_conversation(t.tokenizer, turns, t.template, t.conversation_max_len)
         found = int((encoded.input_ids == self._media_token_id).sum())
-        if found != t.num_media_tokens:
+        if found != items * t.num_media_tokens:
             raise RecordError(
-                f"{found} {t.media_token} tokens after tokenisation, expected {t.num_media_tokens} "
+                f"{found} {t.media_token} tokens after tokenisation, expected {items * t.num_media_tokens} "
                 "(missing media tag, several media, or cut by the length limit)"
             )
+        if audio is not None and int((encoded.input_ids == audio[0]).sum()) != audio[1]:
+            raise RecordError(f"{int((encoded.input_ids == audio[0]).sum())} {AUDIO_PLACEHOLDER} tokens after "
+                              f"tokenisation, expected {audio[1]} (cut by the length limit?)")
         return self._sample(encoded, media)
 
-    def _sample(self, encoded: EncodedText, media: torch.Tensor) -> dict[str, Any]:
+    def _sample(self, encoded: EncodedText, media: torch.Tensor | list[torch.Tensor]) -> dict[str, Any]:
         return {"input_ids": encoded.input_ids, "labels": encoded.labels, self.media_field: media}
 
 
@@ -438,15 +468,42 @@ class LlavaInstructDataset(TrainDataset):
         return self._conversation_sample(turns, frames)
 
 
+@dataclass(frozen=True)
+class WindowedVideo:
+    """A long video as a training sample reads it: frames per window, time labels, sound per window."""
+
+    windows: list[torch.Tensor]  # each (T_w, 3, S, S), CLIP-normalised
+    labels: list[str]  # the windows' time labels, as inference writes them
+    duration: float  # seconds
+    audio: torch.Tensor | None = None  # (W, 8, 1, 128, 204) log-mel clips, or None
+
+
 class VideoChatInstructDataset(TrainDataset):
-    """VideoChat-instruct-11K: ``{"video", "QA": [{"q", "a"}]}`` (conversation mode, uniform frames)."""
+    """VideoChat-instruct-11K: ``{"video", "QA": [{"q", "a"}]}`` (conversation mode, uniform frames).
+
+    ``window_fps`` (long videos): sampled at that rate, a video longer than one window of
+    ``window_frames`` becomes several windows with inference's time-labelled prompt (module docstring).
+    """
 
     def __init__(self, name: str, text: TextOptions, *, annotations: str, media_root: str,
-                 num_frames: int = 8, sampling: str = "uniform", data_type: str = "video", **kwargs) -> None:
+                 num_frames: int = 8, sampling: str = "uniform", data_type: str = "video",
+                 window_fps: float | None = None, max_windows: int | None = None, window_audio: bool = False,
+                 window_frames: int = DEFAULT_WINDOW_FRAMES, audio_tokens: int = DEFAULT_AUDIO_TOKENS,
+                 **kwargs) -> None:
         super().__init__(name, text, **kwargs)
         self.records = _read_json_list(Path(annotations), name)
         self.media_root = Path(media_root)
         self.num_frames, self.sampling, self.data_type = num_frames, sampling, data_type
+        self.window_frames, self.window_audio, self.audio_tokens = window_frames, window_audio, audio_tokens
+        self.window_sampling = None if window_fps is None else VideoSampling(
+            frames=None, fps=window_fps,
+            max_frames=DEFAULT_FPS_MAX_FRAMES if max_windows is None else max_windows * window_frames)
+        self._audio_token_id = None
+        if window_audio:
+            audio_id = text.tokenizer.convert_tokens_to_ids(AUDIO_PLACEHOLDER)
+            if audio_id is None or audio_id == text.tokenizer.unk_token_id:
+                raise DatasetError(f"dataset {name!r}: window_audio needs a tokenizer with {AUDIO_PLACEHOLDER}")
+            self._audio_token_id = int(audio_id)
 
     def _describe(self, index: int) -> str:
         record = self.records[index]
@@ -459,6 +516,9 @@ class VideoChatInstructDataset(TrainDataset):
         if not qa:
             raise RecordError("empty QA list")
         pairs = [(_require(item, "q"), _require(item, "a")) for item in qa]
+        windowed = None if self.window_sampling is None else self._windows(self.media_root / video, generator)
+        if windowed is not None:
+            return self._windowed_sample(pairs, windowed)
         frames, message = self._video(self.media_root / video, self.num_frames, self.sampling, generator)
         if "cn" in self.data_type:
             message = ""
@@ -469,6 +529,50 @@ class VideoChatInstructDataset(TrainDataset):
                 question = f"{block} {message}{question}"
             turns += [Turn("human", question), Turn("gpt", answer)]
         return self._conversation_sample(turns, frames)
+
+    def _windows(self, path: Path, generator: torch.Generator) -> WindowedVideo | None:
+        """The video's windows at ``window_fps`` (None: it fits one window, so today's sample is used).
+
+        Positions, windows, timestamps and labels come from the same functions as
+        :func:`videollama.long_video.encode_video_file`; one random crop covers the whole video."""
+        from videollama.long_video import window_audio_clips
+        from videollama.media.transforms import normalize, random_resized_crop
+        from videollama.media.video import VideoReader
+
+        with VideoReader(path, image_size=self.image_size, normalize=False) as reader:
+            positions = self.window_sampling.frame_positions(reader.num_frames, reader.fps)
+            chunks = split_windows(positions, self.window_frames)
+            if len(chunks) == 1:
+                return None
+            clip = reader.read(positions)
+            duration = reader.duration
+        frames = normalize(random_resized_crop(clip.frames, size=self.image_size, scale=CROP_SCALE,
+                                               generator=generator))  # (N, 3, S, S), one crop for every frame
+        sizes = [len(chunk) for chunk in chunks]
+        windows = list(torch.split(frames, sizes))  # W x (T_w, 3, S, S)
+        times, start = [], 0
+        for size in sizes:
+            times.append(clip.timestamps[start:start + size])
+            start += size
+        spans = window_spans([t[0] for t in times], times, duration)
+        audio = window_audio_clips(path, spans) if self.window_audio else None  # (W, 8, 1, 128, 204)
+        return WindowedVideo(windows, [span.label for span in spans], duration, audio)
+
+    def _windowed_sample(self, pairs: list[tuple[str, str]], video: WindowedVideo) -> dict[str, Any]:
+        """Inference's windowed preamble (each marker expanded to its token run) + the conversation."""
+        t = self.text
+        preamble = windowed_video_message(video.labels, audio=video.audio is not None, duration=video.duration)
+        preamble = preamble.replace(IMAGE_PLACEHOLDER, t.media_token * t.num_media_tokens)
+        preamble = preamble.replace(AUDIO_PLACEHOLDER, AUDIO_PLACEHOLDER * self.audio_tokens)
+        turns = []
+        for i, (question, answer) in enumerate(pairs):
+            turns += [Turn("human", join_question(preamble, question) if i == 0 else question), Turn("gpt", answer)]
+        count = len(video.windows)
+        audio = None if video.audio is None else (self._audio_token_id, count * self.audio_tokens)
+        sample = self._conversation_sample(turns, video.windows, items=count, audio=audio)
+        if video.audio is not None:
+            sample[WINDOW_AUDIO_KEY] = video.audio
+        return sample
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -490,8 +594,12 @@ def text_options(cfg, tokenizer, dataset: str) -> TextOptions:
     )
 
 
-def build_datasets(cfg, tokenizer) -> list[TrainDataset]:
-    """One dataset per entry of ``cfg.data.datasets`` (in YAML order)."""
+def build_datasets(cfg, tokenizer, *, window_frames: int = DEFAULT_WINDOW_FRAMES,
+                   audio_tokens: int = DEFAULT_AUDIO_TOKENS) -> list[TrainDataset]:
+    """One dataset per entry of ``cfg.data.datasets`` (in YAML order).
+
+    ``window_frames`` / ``audio_tokens``: the model's ``max_frames`` and ``num_audio_tokens``, which
+    size the windows of long videos (``window_fps``) as inference sizes them."""
     built: list[TrainDataset] = []
     for index, (name, spec) in enumerate(cfg.data.datasets.items()):
         common = dict(image_size=cfg.data.image_size, max_bad_fraction=spec.max_bad_fraction,
@@ -507,7 +615,9 @@ def build_datasets(cfg, tokenizer) -> list[TrainDataset]:
         elif spec.type == "videochat_instruct":
             ds = VideoChatInstructDataset(name, text, annotations=spec.annotations, media_root=spec.media_root,
                                           num_frames=spec.num_frames, sampling=spec.sampling,
-                                          data_type=spec.data_type, **common)
+                                          data_type=spec.data_type, window_fps=spec.window_fps,
+                                          max_windows=spec.max_windows, window_audio=spec.window_audio,
+                                          window_frames=window_frames, audio_tokens=audio_tokens, **common)
         elif spec.type == "webdataset":
             from .webdataset import WebDatasetShards  # imported here: that module builds on this one
 

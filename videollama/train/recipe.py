@@ -46,7 +46,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ConfigError, TrainConfig
-from .data import build_datasets
+from .data import DEFAULT_AUDIO_TOKENS, DEFAULT_WINDOW_FRAMES, build_datasets
 from .logging import CURVE_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, RunLogger
 from .mixing import AccumulationSampler, MixedDataset
 from .optim import LinearWarmupCosineLR, build_optimizer
@@ -146,16 +146,18 @@ def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed()) -> tuple[DataLoader, AccumulationSampler]:
+def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed(), *, window_frames: int = DEFAULT_WINDOW_FRAMES,
+                 audio_tokens: int = DEFAULT_AUDIO_TOKENS) -> tuple[DataLoader, AccumulationSampler]:
     """The run's micro-batches: the configured datasets mixed one dataset per step, this rank's part of
     each step's global batch in ``optim.accum_grad_iters`` micro-batches (:class:`AccumulationSampler`).
 
     The audio branch's batches carry ``visual_audio_values`` (frames for ImageBind's vision path) or,
     from the audio-text datasets, ``audio_values`` (real audio for ImageBind's audio encoder); the vision
     branch's carry ``pixel_values``. The sampler is returned too: it holds the data position
-    that checkpoints save and resuming restores.
+    that checkpoints save and resuming restores. ``window_frames`` / ``audio_tokens``: the model's
+    ``max_frames`` and ``num_audio_tokens`` (long videos' windows, ``window_fps``).
     """
-    datasets = build_datasets(cfg, tokenizer)
+    datasets = build_datasets(cfg, tokenizer, window_frames=window_frames, audio_tokens=audio_tokens)
     ratios = [spec.sample_ratio for spec in cfg.data.datasets.values()]
     sampler = AccumulationSampler([len(ds) for ds in datasets], ratios, cfg.optim.batch_size, seed=cfg.run.seed,
                                   rank=d.rank, world_size=d.world_size, accum=cfg.optim.accum_grad_iters,
@@ -174,10 +176,11 @@ def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed()) ->
     return loader, sampler
 
 
-def build_batches(cfg: TrainConfig, tokenizer, steps: int):
+def build_batches(cfg: TrainConfig, tokenizer, steps: int, **media):
     """The batches of the first ``steps`` steps of a single-process run of ``cfg`` (for inspection and tests):
-    ``steps x optim.accum_grad_iters`` micro-batches, in the order the run reads them."""
-    loader, _ = build_loader(cfg, tokenizer)
+    ``steps x optim.accum_grad_iters`` micro-batches, in the order the run reads them (``media``: as
+    :func:`build_loader`)."""
+    loader, _ = build_loader(cfg, tokenizer, **media)
     for index, batch in enumerate(loader):
         if index >= steps * cfg.optim.accum_grad_iters:
             return
@@ -213,7 +216,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         _enable_grad_checkpointing(model)
 
     total_steps = cfg.optim.total_steps
-    loader, sampler = build_loader(cfg, tokenizer, d)
+    loader, sampler = build_loader(cfg, tokenizer, d, window_frames=model.config.max_frames,
+                                   audio_tokens=model.config.num_audio_tokens)
     wrapped = _wrap(model, cfg, d)
     # After _wrap: FSDP2 replaced the parameters by sharded ones, which are what the optimizer must step.
     optimizer = build_optimizer(model.named_parameters(), lr=cfg.optim.init_lr, weight_decay=cfg.optim.weight_decay,

@@ -71,6 +71,7 @@ __all__ = [
 IGNORE_INDEX = -100  # label value that ``CrossEntropyLoss`` skips
 AUDIO_SAMPLE_KEY = "audio"  # a sample's real-audio features (audio_data.py)
 AUDIO_BATCH_KEY = "audio_values"  # ... batched as VideoLlama.forward's argument
+WINDOW_AUDIO_KEY = "window_audio"  # a long video's sound per window (data.py), batched under AUDIO_BATCH_KEY too
 OFFICIAL_CONVERSATION_MAX_LEN = 512  # hard-coded max_length of the official instruct datasets
 CAPTION_MAX_WORDS = 50  # blip_caption default
 TEMPLATES = ("vicuna_v0", "llama_2")
@@ -317,7 +318,12 @@ def collate(
     """Right-pad a list of samples into a batch.
 
     Each sample has ``input_ids`` and ``labels`` (``(L,)``) and either ``frames`` ``(T, 3, H, W)``
-    or ``audio`` ``(8, 1, 128, 204)`` (real audio, :mod:`videollama.train.audio_data`).
+    or ``audio`` ``(8, 1, 128, 204)`` (real audio, :mod:`videollama.train.audio_data`). A long
+    video's sample (``window_fps``, :mod:`videollama.train.data`) has ``frames`` as a list of
+    windows ``(T_w, 3, H, W)`` and maybe ``window_audio`` ``(W, 8, 1, 128, 204)``: then the batch's
+    frames are a flat list of media items in reading order (sample by sample, window by window: the
+    order the model fills the placeholders in), and the windows' sound is concatenated under
+    ``audio_values`` ``(sum W, 8, 1, 128, 204)``.
     Returns ``input_ids`` ``(B, L)`` padded with ``pad_id``, ``labels`` padded with -100,
     ``attention_mask`` ``(B, L)`` and the media: frames under ``media_key``, ``(B, T, 3, H, W)`` when
     all samples have the same shape, else a list (the model encodes groups of equal length); audio
@@ -352,16 +358,22 @@ def collate(
         raise ValueError("a batch mixes audio samples and frame samples; a batch holds one dataset's samples")
     field, media_key = (AUDIO_SAMPLE_KEY, AUDIO_BATCH_KEY) if all(audio) else ("frames", media_key)
     frames = [s[field] for s in samples]
-    same_shape = all(f.shape == frames[0].shape for f in frames)
+    if any(isinstance(f, (list, tuple)) for f in frames):  # long videos: every window is its own media item
+        media: Any = [w for f in frames for w in (f if isinstance(f, (list, tuple)) else [f])]
+    else:
+        media = torch.stack(frames) if all(f.shape == frames[0].shape for f in frames) else frames
     batch: dict[str, Any] = {
         "input_ids": input_ids,
         "labels": labels,
         "attention_mask": attention_mask,
-        media_key: torch.stack(frames) if same_shape else frames,
+        media_key: media,
         "dataset": [s.get("dataset", "") for s in samples],
         "index": [int(s.get("index", -1)) for s in samples],
         "skip_reports": [s["skip_report"] for s in samples if "skip_report" in s],
     }
+    window_audio = [s[WINDOW_AUDIO_KEY] for s in samples if WINDOW_AUDIO_KEY in s]
+    if window_audio:
+        batch[AUDIO_BATCH_KEY] = torch.cat(window_audio)  # (sum W, 8, 1, 128, 204), in reading order
     if "step" in samples[0]:
         batch["step"] = int(samples[0]["step"])
     return batch

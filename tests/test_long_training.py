@@ -1,0 +1,310 @@
+"""Training on long inputs: multi-window samples, SynthAV long clips and questions, the long evaluation,
+and the quick long-variant path, on real clips rendered by the SynthAV renderer and decoded with PyAV.
+
+The tiny model here reads windows of WINDOW = 8 frames (``max_frames``: the SynthAV clips' 8 uniform
+frames still fit one window) of 112x112 pixels, so a clip of 20-32 s at 1 frame per second is 3
+windows (``max_windows`` = 3 caps it at 24 frames, spread uniformly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from videollama.errors import UsageError
+from videollama.inference import MediaOptions, Pipeline
+from videollama.long_video import encode_video_file, window_audio_clips
+from videollama.media.windows import VideoSampling
+from videollama.synthav.long import (
+    LONG_TYPES,
+    LongClip,
+    LongSettings,
+    generate_long,
+    when_chance,
+    when_tolerance,
+)
+from videollama.synthav.long_eval import (
+    LongTestItem,
+    is_right,
+    load_long_items,
+    score_long,
+)
+from videollama.synthav.render import render_clip
+from videollama.synthav.world import WorldConfig, sample_scene
+from videollama.tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
+from videollama.train.data import TextOptions, VideoChatInstructDataset
+from videollama.train.text import Turn, collate, encode_conversation
+
+WINDOW = 8  # frames per window of the tiny model
+SIZE = 112
+MAX_WINDOWS = 3
+SETTINGS = LongSettings(min_seconds=20, max_seconds=24, fps=1.0, window_frames=WINDOW, max_windows=MAX_WINDOWS)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_tokenizer):
+    from videollama.model import VideoLlama
+    from videollama.presets import tiny
+    from videollama.processor import attach_media_tokens
+
+    config = tiny(vocab_size=tiny_tokenizer.vocab_size)
+    config.max_frames, config.vision.image_size = WINDOW, SIZE
+    attach_media_tokens(tiny_tokenizer, config)
+    torch.manual_seed(0)
+    return VideoLlama(config).eval()
+
+
+@pytest.fixture(scope="module")
+def long_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("long")
+    generate_long(out, clips=2, seed=0, test_clips=2, settings=SETTINGS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def short_clips(tmp_path_factory) -> Path:
+    """Two ordinary 4-s SynthAV clips and their VideoChat records."""
+    root = tmp_path_factory.mktemp("short")
+    records = []
+    for i in range(2):
+        render_clip(sample_scene(np.random.default_rng([5, i]), WorldConfig()), WorldConfig(), root / f"{i}.mp4")
+        records.append({"video": f"{i}.mp4", "QA": [{"q": "What moves?", "a": "a circle."},
+                                                    {"q": "What colour is it?", "a": "red"}]})
+    (root / "records.json").write_text(json.dumps(records))
+    return root
+
+
+def dataset(tok, annotations: Path, media_root: Path, **windows) -> VideoChatInstructDataset:
+    text = TextOptions(tokenizer=tok, media_token=IMAGE_PLACEHOLDER, num_media_tokens=32, template="llama_2",
+                       conversation_max_len=4096)
+    return VideoChatInstructDataset("long", text, annotations=str(annotations), media_root=str(media_root),
+                                    image_size=SIZE, window_frames=WINDOW, **windows)
+
+
+def long_dataset(tok, long_data: Path, **extra) -> VideoChatInstructDataset:
+    return dataset(tok, long_data / "long/long_instruct.json", long_data / "long/videos", window_fps=1.0,
+                   max_windows=MAX_WINDOWS, **extra)
+
+
+# ------------------------------------------------------------------------------------------------ samples
+def test_window_sample_is_inference_prompt(tiny_tokenizer, model, long_data):
+    """Windows, time labels, sentence and sound of a training sample are those inference builds."""
+    ds = long_dataset(tiny_tokenizer, long_data, window_audio=True)
+    sample = ds[0]
+    record = ds.records[sample["index"]]
+    path = long_data / "long/videos" / record["video"]
+    pipe = Pipeline(model, tiny_tokenizer)
+    features = pipe.encode_media(path, MediaOptions(fps=1.0, max_frames=MAX_WINDOWS * WINDOW, max_windows=MAX_WINDOWS))
+    spans = features.timeline.windows
+    assert features.windowed and len(spans) == MAX_WINDOWS == len(sample["frames"])
+    assert [w.shape for w in sample["frames"]] == [(len(s.frame_times), 3, SIZE, SIZE) for s in spans]
+    timeline = encode_video_file(model, path, VideoSampling(frames=None, fps=1.0, max_frames=MAX_WINDOWS * WINDOW),
+                                 image_size=SIZE)
+    assert [s.label for s in timeline.timeline.windows] == [s.label for s in spans]
+    # the first user message is inference's preamble (markers expanded) joined to the question
+    preamble = features.preamble.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * 32).replace(
+        AUDIO_PLACEHOLDER, AUDIO_PLACEHOLDER * 8)
+    assert spans[1].label in preamble and "Close your eyes" in preamble
+    turns = []
+    for i, qa in enumerate(record["QA"]):
+        question = f"{preamble} {qa['q']}" if i == 0 else qa["q"]
+        turns += [Turn("human", question), Turn("gpt", qa["a"])]
+    expected = encode_conversation(tiny_tokenizer, turns, "llama_2", 4096)
+    assert torch.equal(sample["input_ids"], expected.input_ids)
+    assert torch.equal(sample["labels"], expected.labels)
+    image_id, audio_id = model.config.image_token_id, model.config.audio_token_id
+    assert int((sample["input_ids"] == image_id).sum()) == 32 * MAX_WINDOWS
+    assert int((sample["input_ids"] == audio_id).sum()) == 8 * MAX_WINDOWS
+    assert torch.equal(sample["window_audio"], window_audio_clips(path, spans))  # (W, 8, 1, 128, 204)
+
+
+def test_short_video_sample_is_unchanged(tiny_tokenizer, short_clips):
+    """A video that fits one window at the rate gives exactly today's sample."""
+    today = dataset(tiny_tokenizer, short_clips / "records.json", short_clips)
+    windowed = dataset(tiny_tokenizer, short_clips / "records.json", short_clips, window_fps=1.0, max_windows=3,
+                       window_audio=True)
+    for index in range(2):
+        a, b = today[index], windowed[index]
+        assert set(a) == set(b)
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+        assert torch.equal(a["frames"], b["frames"]) and a["frames"].shape == (8, 3, SIZE, SIZE)
+
+
+def test_window_options_are_checked():
+    from videollama.train.config import ConfigError, config_from_dict
+
+    def cfg(**spec):
+        return {"model": {"preset": "tiny"}, "run": {"branch": "vision"},
+                "data": {"datasets": {"v": {"type": "videochat_instruct", **spec}}}}
+
+    for spec, fragment in (({"max_windows": 2}, "need window_fps"), ({"window_fps": 0}, "positive"),
+                           ({"window_fps": 1, "max_windows": 0}, "max_windows must be >= 1"),
+                           ({"window_fps": 1, "window_audio": True}, "model.with_audio")):
+        with pytest.raises(ConfigError, match=fragment):
+            config_from_dict(cfg(**spec))
+    assert config_from_dict(cfg(window_fps=1, max_windows=4)).data.datasets["v"].window_fps == 1.0
+
+
+# ------------------------------------------------------------------------------------------------ batches
+@pytest.fixture(scope="module")
+def mixed_batch(tiny_tokenizer, long_data, short_clips):
+    short = dataset(tiny_tokenizer, short_clips / "records.json", short_clips, window_fps=1.0, max_windows=3,
+                    window_audio=True)
+    long = long_dataset(tiny_tokenizer, long_data, window_audio=True)
+    samples = [short[0], long[0], long[1]]
+    return samples, collate(samples, pad_id=0)
+
+
+def test_collate_mixes_one_and_three_window_samples(mixed_batch):
+    samples, batch = mixed_batch
+    media = batch["pixel_values"]
+    assert isinstance(media, list) and len(media) == 1 + 2 * MAX_WINDOWS  # every window its own item
+    assert torch.equal(media[0], samples[0]["frames"])
+    for k, window in enumerate(samples[1]["frames"] + samples[2]["frames"]):
+        assert torch.equal(media[1 + k], window)
+    assert batch["audio_values"].shape == (2 * MAX_WINDOWS, 8, 1, 128, 204)
+    assert torch.equal(batch["audio_values"][:MAX_WINDOWS], samples[1]["window_audio"])
+    lengths = [len(s["input_ids"]) for s in samples]
+    assert batch["input_ids"].shape == (3, max(lengths))
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+
+
+def test_forward_backward_on_windows(model, mixed_batch):
+    from videollama.model import VISION_BRANCH_TRAINABLE
+    from videollama.train.recipe import token_loss_sum
+
+    _, batch = mixed_batch
+    model.set_trainable(VISION_BRANCH_TRAINABLE)
+    model.train()
+    try:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"], audio_values=batch["audio_values"], use_cache=False).logits
+        loss, tokens = token_loss_sum(logits, batch["labels"])
+        assert torch.isfinite(loss) and tokens > 0
+        (loss / tokens).backward()
+        grads = [p.grad for p in model.frame_position_embedding.parameters()]
+        rows = grads[0].abs().sum(1)  # (max_frames,): the windows' frames 0..5 (at least) got a gradient
+        assert (rows[:6] > 0).all()
+        assert model.video_projection.weight.grad.abs().sum() > 0
+        with pytest.raises(UsageError, match="ImageHere"):  # a window short: the placeholders are not filled
+            model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"][:-1],
+                  audio_values=batch["audio_values"])
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.set_trainable([])
+        model.eval()
+
+
+# ------------------------------------------------------------------------------------------------ long clips
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "meta.json"}
+
+
+def test_long_generation_is_deterministic(long_data, tmp_path):
+    again = tmp_path / "again"
+    generate_long(again, clips=2, seed=0, test_clips=2, settings=SETTINGS, workers=2)
+    assert _digest(again) == _digest(long_data)
+    other = tmp_path / "other"
+    generate_long(other, clips=2, seed=1, test_clips=2, settings=SETTINGS)
+    assert (other / "qa/long_test.json").read_text() != (long_data / "qa/long_test.json").read_text()
+    with pytest.raises(UsageError, match="overwrite"):
+        generate_long(other, clips=1, seed=1, test_clips=0, settings=SETTINGS)
+
+
+def test_long_clip_lengths_and_decoded_media(long_data):
+    from videollama.media.video import VideoReader
+
+    truth = [json.loads(line) for line in (long_data / "long/truth.jsonl").read_text().splitlines()]
+    assert [t["split"] for t in truth] == ["long_instruct"] * 2 + ["long_test"] * 2
+    for record in truth:
+        clip = LongClip.from_dict(record["clip"])
+        assert SETTINGS.min_seconds <= clip.duration < SETTINGS.max_seconds + SETTINGS.max_scene_seconds
+        assert all(4 <= d <= 8 and d == int(d) for d in clip.durations)
+        assert clip.starts == tuple(np.cumsum([0] + clip.durations[:-1]))
+        with VideoReader(long_data / record["media"]) as reader:  # H.264 at 8 fps, every scene's frames
+            assert reader.num_frames == round(clip.duration * 8) and abs(reader.duration - clip.duration) < 0.2
+        with open(long_data / record["media"], "rb") as f:
+            import av
+
+            with av.open(f) as container:
+                assert container.streams.video[0].codec_context.name == "h264"
+                assert container.streams.audio[0].codec_context.name == "aac"
+
+
+def test_long_questions_match_the_timeline(long_data):
+    truth = {t["media"].split("/")[-1]: LongClip.from_dict(t["clip"])
+             for t in map(json.loads, (long_data / "long/truth.jsonl").read_text().splitlines())}
+    items = load_long_items(long_data)
+    assert {it.qtype for it in items} <= set(LONG_TYPES) and len(items) >= 6
+    for item in items:
+        clip = truth[item.video.name]
+        scenes = list(zip(clip.starts, clip.scenes))
+        if item.qtype == "first_time":  # the earliest scene time at which an object of that name is visible
+            name = item.question.split("the ")[1].split(" first")[0]
+            first = min(start + o.on_frame / 8 for start, scene in scenes for o in scene.objects if o.name == name)
+            assert item.truth_seconds == first and float(item.answer) == first
+            tolerance = when_tolerance(clip.duration, SETTINGS)
+            assert item.tolerance == pytest.approx(tolerance, abs=1e-6)
+            assert item.chance == pytest.approx(when_chance(first, tolerance, clip.duration), abs=1e-6)
+        elif item.qtype == "screen_at":
+            h, m, s = map(int, item.question.rsplit(" at ", 1)[1].rstrip("?").split(":"))
+            t = 3600 * h + 60 * m + s
+            frame_objects = [o.shape for start, scene in scenes for o in scene.objects
+                             if start + o.on_frame / 8 <= t < start + o.off_frame / 8]
+            assert frame_objects == [item.answer]
+        elif item.qtype == "count":
+            name = item.question.split("the ")[1].split(" appear")[0]
+            shows = sum(any(o.name == name for o in scene.objects) for scene in clip.scenes)
+            assert item.choices[shows - 1] == item.answer and item.chance == pytest.approx(0.2)
+        elif item.qtype == "order":
+            assert item.answer in item.choices and len(item.choices) == 2
+        if item.choices:
+            assert item.answer in item.choices and item.chance == pytest.approx(1 / len(item.choices), abs=1e-6)
+
+
+def test_when_scoring_and_chance():
+    item = LongTestItem("x", Path("v.mp4"), "first_time", "When?", "20", (), 0.25, truth_seconds=20.0,
+                        tolerance=12.5)
+    assert is_right(item, "It first appears at 30 seconds.")
+    assert is_right(item, "7.5")
+    assert not is_right(item, "33") and not is_right(item, "never")
+    closed = LongTestItem("y", Path("v.mp4"), "order", "Which?", "red circle", ("red circle", "blue star"), 0.5)
+    assert is_right(closed, "the red circle.") and not is_right(closed, "blue star, then red circle")
+    # 99 s at 1 fps, windows of 32 frames, at most 4: 4 windows of 24.75 s -> half a window each side
+    assert when_tolerance(99.0, LongSettings()) == pytest.approx(24.75 / 2)
+    assert when_chance(50.0, 10.0, 100.0) == pytest.approx(0.2)
+    assert when_chance(5.0, 10.0, 100.0) == pytest.approx(0.15)  # clipped at the clip's start
+    scores = score_long([item, closed], ["30", "blue star"])
+    assert scores["first_time"]["accuracy"] == 1.0 and scores["order"]["accuracy"] == 0.0
+    assert scores["time_located"]["items"] == 1 and scores["all"]["accuracy"] == 0.5
+    assert scores["all"]["chance"] == pytest.approx(0.375)
+
+
+# ------------------------------------------------------------------------------------------------ variant
+def test_quick_long_variant_trains_and_evaluates(tiny_tokenizer, model, long_data, tmp_path):
+    """A fake finished chain run (tiny model + tiny stage-2 data) -> 2 steps of the long variant -> evaluation."""
+    from videollama.synthav.chain import run_long_variant
+    from videollama.synthav.generate import generate
+    from videollama.synthav.long_eval import evaluate_long, format_long_table
+
+    run = tmp_path / "run"
+    model.save_pretrained(run / "model", tokenizer=tiny_tokenizer)
+    generate(run / "data", clips=2, seed=0, test_clips=0, instruct_clips=2, images=2)
+    # both steps read the long clips (3 windows each, with their sound)
+    folder = run_long_variant(run, long_data, seed=0, quick=True, extra=["data.datasets.long_instruct.sample_ratio=1e9"])
+    assert folder == run / "long_variant/seed_0/export" and (folder / "config.json").is_file()
+    metrics = [json.loads(line) for line in (run / "long_variant/seed_0/metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [0, 1]
+    results = evaluate_long(folder, long_data, limit=3,
+                            settings=LongSettings(fps=1.0, max_windows=MAX_WINDOWS))
+    assert results["reading"]["window_frames"] == WINDOW and results["questions"] == 3
+    for setting in ("windows", "uniform8"):
+        row = results["settings"][setting]["types"]
+        assert row["all"]["items"] == 3 and 0 <= row["all"]["accuracy"] <= 1
+    assert "windows" in format_long_table(results)
