@@ -597,7 +597,7 @@ def test_train_all_passes_stage0_threads_and_refuses_negative(monkeypatch, capsy
     quick, full = seen
     assert quick[:4] == (3, 3, 1, ChainSettings.quick().clips)
     assert full[:4] == (0, 0, 0, ChainSettings().clips)
-    assert full[4] == {"data_seed": 0, "data_dir": "d", "stage0_dir": "s", "evaluate": False}
+    assert full[4] == {"data_seed": 0, "data_dir": "d", "stage0_dir": "s", "vision_from": None, "evaluate": False}
     with pytest.raises(SystemExit) as exit_info:
         main(["synthav", "train-all", "--out", "/tmp/unused", "--stage0-threads", "-1"])
     assert exit_info.value.code == 2
