@@ -168,6 +168,29 @@ def test_cli_recipe_names_match_the_chain():
     assert ChainSettings().audio_recipe == cli.DEFAULT_AUDIO_RECIPE
 
 
+def test_claims_are_gaps_paired_by_seed():
+    from videollama.synthav.evaluate import claims, format_claims
+
+    def run(audio, other, av, av_other, video_t, one_t, static):
+        fam = lambda acc: {"accuracy": acc}  # noqa: E731
+        return {"audio": {"families": {"audio": fam(audio)}}, "other_audio": {"families": {"audio": fam(other)}},
+                "audio+video": {"families": {"audio_visual": fam(av), "static": fam(static)}},
+                "video+other_audio": {"families": {"audio_visual": fam(av_other)}},
+                "video": {"families": {"temporal": fam(video_t)}}, "one_frame": {"families": {"temporal": fam(one_t)}}}
+
+    results = {"per_seed": {"0": run(0.9, 0.5, 0.6, 0.5, 0.3, 0.3, 0.6), "1": run(0.7, 0.5, 0.7, 0.5, 0.4, 0.3, 0.5)}}
+    c = claims(results)
+    assert c["hears: audio - other_audio"]["gap_mean"] == pytest.approx(0.3)
+    assert c["hears: audio - other_audio"]["gap_std"] == pytest.approx(0.1) and c["hears: audio - other_audio"]["met"]
+    assert c["hearing helps: audio+video - video+other_audio"]["gap_mean"] == pytest.approx(0.15)
+    assert not c["reads order: video - one_frame"]["met"]
+    assert "frame positions: video - no_frame_pos" not in c  # no ablation setting: no claim
+    assert c["static: audio+video"]["gap_mean"] == pytest.approx(0.55) and not c["static: audio+video"]["met"]
+    table = format_claims(results)
+    assert "| reads order: video - one_frame | +0.050 ± 0.050 | >= +0.15 | short by 0.100 |" in table
+    assert "| static: audio+video | 0.550 ± 0.050 | >= 0.58 | short by 0.030 |" in table
+
+
 def test_choice_matching():
     assert match_choice("The circle disappears.", ["circle appears", "circle disappears"]) == "circle disappears"
     assert match_choice("it is red", ["red", "green"]) == "red"

@@ -258,3 +258,22 @@ def test_spread_cli_on_the_quick_model(quick_chain, capsys):
     for name in ("frame_queries", "video_tokens", "audio_embeddings", "audio_tokens", "vision_embeddings",
                  "audio_tokens_from_frames"):
         assert f"| {name} |" in table
+
+
+@pytest.mark.slow
+def test_recipes_compares_runs_into_tables_claims_and_a_plot(quick_chain, tmp_path, capsys):
+    from scripts.synthav.recipes import main
+    from videollama.synthav.evaluate import claims
+
+    out, _ = quick_chain
+    assert main(["--recipe", "mixed", str(out), "--out", str(tmp_path)]) == 0
+    mixed = json.loads((tmp_path / "recipes.json").read_text())["mixed"]
+    summary, gap = mixed["summary"], mixed["claims"]["hears: audio - other_audio"]
+    assert gap["seeds"] == 1 and gap["gap_mean"] == pytest.approx(
+        summary["audio"]["audio"]["accuracy_mean"] - summary["other_audio"]["audio"]["accuracy_mean"], abs=1e-3)
+    assert mixed["claims"] == claims(mixed)
+    assert (tmp_path / "recipes.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "### mixed (1 seeds" in printed and "| hears: audio - other_audio |" in printed
+    with pytest.raises(SystemExit):
+        main(["--recipe", "mixed", "--out", str(tmp_path)])  # a recipe without runs

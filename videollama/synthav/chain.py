@@ -240,7 +240,7 @@ def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None
     ``vision_from``: a finished run (same stage 0 and seed) whose vision branch and ablation are reused; only the
     audio branch (``settings.audio_recipe``) is trained and evaluated.
     """
-    from .evaluate import SETTINGS, evaluate_synthav, format_table, save_results, summarize
+    from .evaluate import SETTINGS, evaluate_synthav, format_claims, format_table, save_results, summarize
     from .generate import format_summary, generate
 
     settings = settings or ChainSettings(stage0=Stage0Settings(seed=seed))
@@ -316,7 +316,7 @@ def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None
             if ablation:
                 results["ablations"] = {str(seed): str(ablation)}
         save_results(results, out / "results")
-        logger.info("\n%s", format_table(results))
+        logger.info("\n%s\n%s", format_table(results), format_claims(results))
         result.results = results["summary"]
         lap("evaluate")
     result.seconds["total"] = round(sum(v for k, v in result.seconds.items() if k != "total"), 1)

@@ -88,7 +88,7 @@ def cmd_train_all(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import combine_runs, evaluate_synthav, format_table, save_results
+    from .evaluate import combine_runs, evaluate_synthav, format_claims, format_table, save_results
 
     if bool(args.run) == bool(args.model):
         raise UsageError("give either --run (train-all folders, one per seed) or --model with --data")
@@ -100,6 +100,7 @@ def cmd_evaluate(args) -> int:
         results = combine_runs(args.run, limit=args.limit)
     json_path, png_path = save_results(results, args.out)
     print(format_table(results))
+    print(format_claims(results))
     print(f"wrote {json_path} and {png_path}")
     return 0
 

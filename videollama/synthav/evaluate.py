@@ -261,6 +261,51 @@ def summarize(per_seed: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, 
     return out
 
 
+# The paper's claims as accuracy gaps between two settings on one family (issue 21's targets): what the input
+# adds over its control. name -> (family, setting, control setting, target gap).
+CLAIMS: dict[str, tuple[str, str, str, float]] = {
+    "hears: audio - other_audio": ("audio", "audio", "other_audio", 0.25),
+    "hearing helps: audio+video - video+other_audio": ("audio_visual", "audio+video", "video+other_audio", 0.15),
+    "reads order: video - one_frame": ("temporal", "video", "one_frame", 0.15),
+    "frame positions: video - no_frame_pos": ("temporal", "video", "no_frame_pos", 0.10),
+}
+STATIC_TARGET = 0.58  # static accuracy with audio+video must stay at least this
+
+
+def claims(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Each :data:`CLAIMS` gap, paired by training seed: {name: {gap_mean, gap_std, target, seeds, met}}; plus
+    ``static`` (audio+video accuracy on the static family against :data:`STATIC_TARGET`). A claim whose
+    settings a run lacks is left out."""
+    out: dict[str, dict[str, float]] = {}
+    per_seed = results["per_seed"]
+    for name, (family, setting, control, target) in CLAIMS.items():
+        gaps = [runs[setting]["families"][family]["accuracy"] - runs[control]["families"][family]["accuracy"]
+                for runs in per_seed.values() if setting in runs and control in runs
+                and family in runs[setting]["families"]]
+        if gaps:
+            mean = float(np.mean(gaps))
+            out[name] = {"gap_mean": round(mean, 4), "gap_std": round(float(np.std(gaps)), 4), "target": target,
+                         "seeds": len(gaps), "met": bool(mean >= target)}
+    static = [runs["audio+video"]["families"]["static"]["accuracy"] for runs in per_seed.values()
+              if "audio+video" in runs and "static" in runs["audio+video"]["families"]]
+    if static:
+        mean = float(np.mean(static))
+        out["static: audio+video"] = {"gap_mean": round(mean, 4), "gap_std": round(float(np.std(static)), 4),
+                                      "target": STATIC_TARGET, "seeds": len(static), "met": bool(mean >= STATIC_TARGET)}
+    return out
+
+
+def format_claims(results: Mapping[str, Any]) -> str:
+    """Markdown table of :func:`claims`: gap (mean ± std over seeds), target, met or short by how much."""
+    lines = ["| claim | measured | target | |", "|---|---|---|---|"]
+    for name, c in claims(results).items():
+        verdict = "met" if c["met"] else f"short by {c['target'] - c['gap_mean']:.3f}"
+        sign = "" if name.startswith("static") else "+"
+        lines.append(f"| {name} | {c['gap_mean']:{sign}.3f} ± {c['gap_std']:.3f} | "
+                     f"{'>= ' + sign}{c['target']:.2f} | {verdict} |")
+    return "\n".join(lines)
+
+
 def format_table(results: Mapping[str, Any]) -> str:
     """Markdown table: one row per setting, one column per family (mean ± std, chance in the header)."""
     summary = results["summary"]
@@ -364,5 +409,5 @@ def combine_runs(run_dirs: Sequence[str | Path], limit: int | None = None) -> di
             "questions": questions.pop(), "per_seed": per_seed, "summary": summarize(per_seed)}
 
 
-__all__ = ["SETTINGS", "combine_runs", "evaluate_synthav", "format_table", "load_test_items", "match_choice", "plot_results",
+__all__ = ["CLAIMS", "SETTINGS", "claims", "combine_runs", "format_claims", "evaluate_synthav", "format_table", "load_test_items", "match_choice", "plot_results",
            "save_results", "score", "summarize"]
