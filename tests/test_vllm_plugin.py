@@ -10,6 +10,7 @@ video with sound (both branches), an image and an audio clip. vLLM runs from its
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 
 import numpy as np
@@ -29,7 +30,8 @@ QUESTION = "What is shown and heard?"
 MAX_NEW_TOKENS = 12
 NUM_FRAMES = 8
 LOGIT_TOLERANCE = 1e-4
-EXAMPLE_CLIP = SHIPPED_MODEL.parent / "examples" / "synthav_30000000.mp4"  # 4 s, with a sound track
+EXAMPLES = SHIPPED_MODEL.parent / "examples"
+EXAMPLE_CLIP = EXAMPLES / json.loads((EXAMPLES / "examples.json").read_text())["examples"][0]["file"]  # 4 s, with sound
 CASES = {"video": ("video.mp4", "video_url"), "video_audio": ("av.mp4", "video_url"),
          "image": ("image.png", "image_url"), "audio": ("audio.wav", "audio_url"),
          "audio_44k": ("audio44k.wav", "audio_url")}  # resampled to 16 kHz: our resampler on vLLM's samples

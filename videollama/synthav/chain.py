@@ -99,7 +99,7 @@ class ChainSettings:
         "al_stage2": StageSteps(200, 16),
     })
     ablation: bool = True
-    audio_recipe: str = "visual"  # a key of AUDIO_RECIPES: what the audio branch is trained on
+    audio_recipe: str = "audiotext"  # a key of AUDIO_RECIPES: what the audio branch is trained on (docs/synthav.md)
     num_workers: int = 1  # DataLoader workers per stage
     eval_limit: int | None = None  # None: every held-out question
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from ..errors import UsageError
 
 AUDIO_RECIPE_NAMES = ("visual", "audiotext", "mixed")  # chain.AUDIO_RECIPES' keys, without importing torch
-DEFAULT_AUDIO_RECIPE = "visual"
+DEFAULT_AUDIO_RECIPE = "audiotext"
 
 if TYPE_CHECKING:
     from .stage0 import Stage0Settings
