@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -277,3 +278,22 @@ def test_recipes_compares_runs_into_tables_claims_and_a_plot(quick_chain, tmp_pa
     assert "### mixed (1 seeds" in printed and "| hears: audio - other_audio |" in printed
     with pytest.raises(SystemExit):
         main(["--recipe", "mixed", "--out", str(tmp_path)])  # a recipe without runs
+
+
+@pytest.mark.slow
+def test_by_type_splits_a_family_and_counts_the_named_choices(quick_chain, tmp_path):
+    from scripts.synthav.by_type import main
+    from videollama.synthav.evaluate import load_test_items
+
+    out, _ = quick_chain
+    assert main(["--model", str(out / "model"), "--data", str(out / "data"), "--family", "static",
+                 "--setting", "video", "--setting", "one_frame", "--out", str(tmp_path / "t.json")]) == 0
+    result = json.loads((tmp_path / "t.json").read_text())
+    static = [it for it in load_test_items(out / "data") if it.family == "static"]
+    assert sum(row["items"] for row in result.values()) == len(static)
+    for qtype, row in result.items():
+        assert row["answers"] == dict(Counter(
+            it.answer for it in static if it.qtype == qtype).most_common())
+        for setting in ("video", "one_frame"):
+            assert sum(row[setting]["replies"].values()) == row["items"]  # every reply counted once
+            assert 0 <= row[setting]["accuracy"] <= 1
