@@ -47,7 +47,7 @@ test: $(STAMP) system-deps
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
-# Regenerate the SynthAV world, retrain every stage from scratch (42 min measured alone on 2 CPU cores; the budget is 60, docs/synthav.md) and
+# Regenerate the SynthAV world, retrain every stage from scratch (audio recipe `audiotext`: at most about 51 min on 2 CPU cores by its parts' times; the budget is 60, docs/synthav.md) and
 # make the result the package's default model (videollama/assets/synthav-model) with its example clips.
 # One BLAS/OpenMP thread per process: the chain runs DataLoader workers beside the trainer, and with 2
 # threads per process on 2 cores the OpenMP spin-waits made stage 0 about 15x slower (docs/synthav.md).
