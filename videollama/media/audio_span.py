@@ -64,6 +64,13 @@ class AudioSpanReader:
         # native samples per resampler period: excerpts start on multiples of it
         self._period = self.native_rate // math.gcd(self.native_rate, sample_rate)
 
+    @property
+    def stated_seconds(self) -> float | None:
+        """The track's length as its header states it (None when it does not); cheap, but it can differ from the
+        decoded length by an audio frame (:meth:`track_seconds`)."""
+        stream = self._stream
+        return float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
+
     def track_seconds(self) -> float:
         """The track's length as the official loader measures it: decoded samples, resampled to ``sample_rate``,
         over ``sample_rate``. Decodes the whole track but keeps none of it (a container's stated duration can
@@ -181,8 +188,7 @@ def whole_file_audio(path: str | os.PathLike[str], *, max_bytes: int | None = No
     clips only (:class:`AudioSpanReader`), so memory does not grow with its length.
     """
     with AudioSpanReader(path, max_bytes=max_bytes) as reader:
-        stream = reader._stream
-        stated = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
+        stated = reader.stated_seconds
         if stated is None or stated > WHOLE_SPAN_SECONDS:  # unknown or long: measured, then sought clip by clip
             duration = reader.track_seconds()
             if duration > WHOLE_SPAN_SECONDS:

@@ -309,8 +309,8 @@ def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None
         results = evaluate_synthav({seed: final}, data, settings_to_run, seeds=[seed],
                                    ablation_dirs={seed: ablation} if ablation else None, limit=settings.eval_limit)
         if copied:  # the same vision branch answered these: its run's replies, not a second pass
-            results["per_seed"][str(seed)] = {s: ({**copied, **results["per_seed"][str(seed)]})[s]
-                                              for s in SETTINGS if s in copied or s in results["per_seed"][str(seed)]}
+            merged = {**copied, **results["per_seed"][str(seed)]}
+            results["per_seed"][str(seed)] = {s: merged[s] for s in SETTINGS if s in merged}
             results["settings"] = list(results["per_seed"][str(seed)])
             results["summary"] = summarize(results["per_seed"])
             if ablation:

@@ -218,12 +218,19 @@ def _seconds_grid(clip: LongClip) -> list[int]:
     return list(range(math.ceil(AT_MARGIN_S), int(clip.duration - AT_MARGIN_S)))
 
 
-def q_screen_at(clip: LongClip, settings: LongSettings, rng: np.random.Generator) -> LongItem | None:
+def _one_at(clip: LongClip, present, throughout) -> list[tuple[int, str]]:
+    """(second, thing) for every grid second at which exactly one thing is ``present`` in the margin around it,
+    ``throughout`` that margin."""
     options = []
     for t in _seconds_grid(clip):
-        seen = clip.on_screen(t - AT_MARGIN_S, t + AT_MARGIN_S)
-        if len(seen) == 1 and clip.covered(t - AT_MARGIN_S, t + AT_MARGIN_S, next(iter(seen))):
-            options.append((t, next(iter(seen))))
+        found = present(t - AT_MARGIN_S, t + AT_MARGIN_S)
+        if len(found) == 1 and throughout(t - AT_MARGIN_S, t + AT_MARGIN_S, next(iter(found))):
+            options.append((t, next(iter(found))))
+    return options
+
+
+def q_screen_at(clip: LongClip, settings: LongSettings, rng: np.random.Generator) -> LongItem | None:
+    options = _one_at(clip, clip.on_screen, clip.covered)
     if not options:
         return None
     t, shape = options[int(rng.integers(len(options)))]
@@ -231,11 +238,7 @@ def q_screen_at(clip: LongClip, settings: LongSettings, rng: np.random.Generator
 
 
 def q_sound_at(clip: LongClip, settings: LongSettings, rng: np.random.Generator) -> LongItem | None:
-    options = []
-    for t in _seconds_grid(clip):
-        heard = clip.sounding(t - AT_MARGIN_S, t + AT_MARGIN_S)
-        if len(heard) == 1 and clip.heard_throughout(t - AT_MARGIN_S, t + AT_MARGIN_S, next(iter(heard))):
-            options.append((t, next(iter(heard))))
+    options = _one_at(clip, clip.sounding, clip.heard_throughout)
     if not options:
         return None
     t, source = options[int(rng.integers(len(options)))]
