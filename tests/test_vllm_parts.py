@@ -4,12 +4,14 @@ Prompts: vLLM renders our Jinja chat template (``videollama/vllm/chat_template.p
 adds what only the decoded file can tell (``videollama/vllm/prompt.py``). Together they must give exactly
 the prompt ``Pipeline`` builds for every media kind, template, branch set and conversation shape.
 Media (``videollama/vllm/media.py``): a video from vLLM's bytes and an audio part from vLLM's samples
-must give our loaders' tensors bit for bit.
+must give our loaders' tensors bit for bit; a video read in windows must give the windows, frames and
+sound clips ``long_video.encode_video_file`` reads.
 """
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,13 +20,16 @@ from transformers import AutoTokenizer
 from videollama.config import HF_ARCHITECTURE, HF_MODEL_TYPE, VideoLlamaConfig
 from videollama.defaults import SHIPPED_MODEL
 from videollama.model import VideoLlamaHFConfig
-from videollama.templates import get_template, join_question, media_message, system_for
+from videollama.templates import get_template, join_question, media_message, system_for, windowed_video_message
 from videollama.vllm.chat_template import chat_template
 from videollama.vllm.prompt import VideoFacts, finish_prompt
 
 STAMPS = "The video contains 8 frames sampled at 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5 seconds. "
-KINDS = [None, "video", "video+sound", "image", "audio"]
-HEARD = ("video+sound", "audio")
+LABELS = ("00:00:00-00:00:27", "00:00:27-00:00:54", "00:00:54-00:01:20")  # a video read in three windows
+DURATION = 80.0
+KINDS = [None, "video", "video+sound", "windows", "windows+sound", "image", "audio"]
+HEARD = ("video+sound", "windows+sound", "audio")
+VIDEOS = ("video", "video+sound", "windows", "windows+sound")
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +40,10 @@ def tokenizer():
 def _pipeline_prompt(template_name: str, kind: str | None, turns, system: str | None, audio_branch: bool) -> str:
     """What ``Pipeline.prompt_text`` renders (media preamble in the first user message)."""
     template = get_template(template_name)
-    video, audio, image = kind in ("video", "video+sound"), kind in ("video+sound", "audio"), kind == "image"
+    video, audio, image = kind in VIDEOS, kind in HEARD, kind == "image"
     preamble = media_message(video=video, image=image, audio=audio, timestamps=STAMPS if kind == "video" else "")
+    if kind in ("windows", "windows+sound"):  # MediaFeatures.preamble of a windowed video
+        preamble = windowed_video_message(list(LABELS), audio=audio, duration=DURATION)
     turns = [(join_question(preamble, turns[0][0]), turns[0][1]), *turns[1:]]
     return template.render(system_for(template, video=video, image=image, audio=audio, system=system,
                                       audio_branch=audio_branch), turns)
@@ -46,7 +53,11 @@ def _vllm_prompt(tokenizer, template_name: str, kind: str | None, messages, audi
     rendered = tokenizer.apply_chat_template(messages, tokenize=False,
                                              chat_template=chat_template(template_name, audio_branch=audio_branch))
     assert rendered.startswith(tokenizer.bos_token)
-    facts = None if kind not in ("video", "video+sound") else VideoFacts(STAMPS, has_audio=kind == "video+sound")
+    facts = None
+    if kind in ("video", "video+sound"):
+        facts = VideoFacts(STAMPS, has_audio=kind == "video+sound")
+    elif kind in ("windows", "windows+sound"):
+        facts = VideoFacts("", has_audio=kind == "windows+sound", windows=LABELS, duration=DURATION)
     return finish_prompt(rendered[len(tokenizer.bos_token):], facts, template_name, audio_branch=audio_branch)
 
 
@@ -55,7 +66,7 @@ def _vllm_prompt(tokenizer, template_name: str, kind: str | None, messages, audi
                                                  if branch or kind not in HEARD])  # without the branch nothing is heard
 @pytest.mark.parametrize("system", [None, "Answer in one word."])
 def test_chat_template_and_video_facts_give_the_pipelines_prompt(tokenizer, template_name, kind, system, audio_branch):
-    part = {"video": "video", "video+sound": "video", "image": "image", "audio": "audio"}.get(kind)
+    part = "video" if kind in VIDEOS else kind
     first = [{"type": "text", "text": "Is the red star small"}, {"type": "text", "text": "or large?"}]
     if part:
         first.insert(1, {"type": part})  # media may sit anywhere in the message: it goes first
@@ -109,28 +120,25 @@ def clip_with_sound(tmp_path_factory):
 
 
 def test_a_video_from_vllms_bytes_decodes_as_our_loader_reads_the_file(clip_with_sound):
-    from types import SimpleNamespace
-
-    from videollama.media import load_audio, load_video
+    from videollama.media import load_audio, load_video, normalize
+    from videollama.media.windows import VideoSampling
     from videollama.vllm.media import decode_video
 
     item = SimpleNamespace(original_bytes=clip_with_sound.read_bytes())
-    decoded = decode_video(item, 6, image_size=112, max_frames=32, with_audio=True)
+    decoded = decode_video(item, _reading(VideoSampling(frames=6)))
     clip = load_video(clip_with_sound, 6, image_size=112)
-    assert torch.equal(decoded.frames, clip.frames)
+    assert decoded.window_frames == [6] and torch.equal(normalize(decoded.frames), clip.frames)
     assert decoded.message_seconds == clip.message_seconds
-    assert torch.equal(decoded.audio, load_audio(clip_with_sound))
+    assert torch.equal(decoded.audio, load_audio(clip_with_sound)[None])  # one window: the whole file's 8 clips
 
 
 def test_a_broken_video_names_the_request_item_not_a_server_path():
-    from types import SimpleNamespace
-
     from videollama.media import MediaError
+    from videollama.media.windows import VideoSampling
     from videollama.vllm.media import decode_video
 
     with pytest.raises(MediaError) as caught:
-        decode_video(SimpleNamespace(original_bytes=b"not a video\n" * 100), 8, image_size=112, max_frames=32,
-                     with_audio=True)
+        decode_video(SimpleNamespace(original_bytes=b"not a video\n" * 100), _reading(VideoSampling()))
     assert str(caught.value).startswith("video_url: ") and "/" not in str(caught.value)
 
 
@@ -145,3 +153,66 @@ def test_an_audio_part_through_vllms_samples_and_our_resampler_equals_load_audio
     samples, rate = soundfile.read(str(path), dtype="float32")  # what vLLM's audio decoder returns (mono)
     waveform = SincResampler().resample(samples, orig_sr=rate)
     assert torch.equal(decode_audio(waveform), load_audio(path))
+
+
+# ---------------------------------------------------------------------------------------------- long videos
+class _FrameRecorder:
+    """Stands in for ``VideoLlama`` in ``encode_video_file``: records each window's frames as encoded."""
+
+    def __init__(self, window_frames: int) -> None:
+        self.config = SimpleNamespace(max_frames=window_frames)
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.windows: list[torch.Tensor] = []
+
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        self.windows.append(frames[0].clone())  # (k, 3, S, S)
+        return torch.zeros(1, 32, 4)
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    from media_fixtures import make_video_segment
+
+    return make_video_segment(tmp_path_factory.mktemp("vllm-long") / "long.mp4", 80, fps=5, size=(64, 64))
+
+
+def _reading(sampling, **limits):
+    from videollama.vllm.media import VideoReading
+
+    return VideoReading(sampling, **{"image_size": 112, "window_frames": 32, "with_audio": True, "context": 512,
+                                     "max_model_len": 512, "window_positions": lambda heard: 60, **limits})
+
+
+def test_a_long_video_from_vllms_bytes_gives_the_windows_encode_video_file_reads(long_clip):
+    from videollama.long_video import encode_video_file, window_audio_clips
+    from videollama.media import normalize
+    from videollama.media.windows import VideoSampling
+    from videollama.vllm.media import decode_video
+
+    sampling = VideoSampling(frames=None, fps=1.0, max_windows=3)  # 80 frames -> 27 + 27 + 26
+    recorder = _FrameRecorder(32)
+    timeline = encode_video_file(recorder, long_clip, sampling, image_size=112).timeline
+    decoded = decode_video(SimpleNamespace(original_bytes=long_clip.read_bytes()), _reading(sampling))
+    assert decoded.frames.dtype == torch.uint8 and decoded.window_frames == [27, 27, 26]
+    for sent, encoded in zip(decoded.frames.split(decoded.window_frames), recorder.windows, strict=True):
+        assert torch.equal(normalize(sent), encoded)  # the model normalises the uint8 frames as the reader does
+    assert decoded.windows == timeline.windows and decoded.duration == timeline.duration
+    assert torch.equal(decoded.audio, window_audio_clips(long_clip, timeline.windows))  # (3, 8, 1, 128, 204)
+
+
+@pytest.mark.parametrize("limits, fragment", [
+    ({"sampling": {"max_windows": 2}}, "do not fit 2 windows of 32 frames (max_windows)"),
+    ({"context": 256}, "do not fit 2 windows of 32 frames (max_windows, by default"),  # 128 // 60 = 2 windows
+    ({"max_model_len": 150}, "3 windows of video take 180 prompt positions, over max_model_len (150)"),
+], ids=["max_windows", "default budget", "max_model_len"])
+def test_a_long_video_the_plugin_cannot_serve_as_pipeline_is_refused_before_decoding(long_clip, monkeypatch,
+                                                                                      limits, fragment):
+    from videollama.media import VideoReader
+    from videollama.media.windows import VideoSampling
+    from videollama.vllm.media import decode_video
+
+    monkeypatch.setattr(VideoReader, "read", lambda *_: pytest.fail("decoded frames before refusing"))
+    sampling = VideoSampling(frames=None, fps=1.0, **limits.pop("sampling", {}))
+    with pytest.raises(ValueError) as caught:
+        decode_video(SimpleNamespace(original_bytes=long_clip.read_bytes()), _reading(sampling, **limits))
+    assert str(caught.value).startswith("mm_processor_kwargs: ") and fragment in str(caught.value)

@@ -3,8 +3,10 @@
 One ``vllm serve`` of the shipped SynthAV model (fp32, CPU) answers every test here through the openai
 client. Greedy answers must equal ``Pipeline``'s token for token, with the same prompt ids and the same
 first-token logits (to 1e-4; the server returns raw logits for the whole vocabulary), for a video, a
-video with sound (both branches), an image and an audio clip. vLLM runs from its own venv
-(``make vllm``); these tests are skipped, with the reason, only when that venv cannot be built.
+video with sound (both branches), an image, an audio clip, and an 80 s video read at one frame per second
+in three time-labelled windows (``mm_processor_kwargs`` ``fps`` / ``max_windows``), silent and with sound.
+vLLM runs from its own venv (``make vllm``); these tests are skipped, with the reason, only when that venv
+cannot be built.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from media_fixtures import make_numbered_video, make_tone_audio
+from media_fixtures import make_numbered_video, make_tone_audio, make_video_segment
 from PIL import Image
 from vllm_helpers import vllm_python, vllm_server
 
@@ -29,13 +31,18 @@ SERVED_NAME = "synthav"
 QUESTION = "What is shown and heard?"
 MAX_NEW_TOKENS = 12
 NUM_FRAMES = 8
+SERVER_FRAMES = 6  # the server's --mm-processor-kwargs default, for requests that name no frame count or rate
 LOGIT_TOLERANCE = 1e-4
 EXAMPLES = SHIPPED_MODEL.parent / "examples"
 EXAMPLE_CLIP = EXAMPLES / json.loads((EXAMPLES / "examples.json").read_text())["examples"][0]["file"]  # 4 s, with sound
 CASES = {"video": ("video.mp4", "video_url"), "video_audio": ("av.mp4", "video_url"),
          "image": ("image.png", "image_url"), "audio": ("audio.wav", "audio_url"),
-         "audio_44k": ("audio44k.wav", "audio_url")}  # resampled to 16 kHz: our resampler on vLLM's samples
-HEARD = ("video_audio", "audio", "audio_44k")
+         "audio_44k": ("audio44k.wav", "audio_url"),  # resampled to 16 kHz: our resampler on vLLM's samples
+         "long_video": ("long.mp4", "video_url"), "long_video_audio": ("long_av.mp4", "video_url")}  # 80 s
+SHORT_CASES = [case for case in CASES if not case.startswith("long")]
+HEARD = ("video_audio", "audio", "audio_44k", "long_video_audio")
+# 80 frames in 3 windows (27 + 27 + 26): the default budget with sound on this 512-position model, given here
+LONG_KWARGS = {"fps": 1, "max_windows": 3}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +53,8 @@ def media_dir(tmp_path_factory):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(root / "image.png")
     make_tone_audio(root / "audio.wav", 5.0, freq=660)  # 16 kHz mono: vLLM's decoder gives our samples
     make_tone_audio(root / "audio44k.wav", 5.0, freq=440, sample_rate=44100, tone_start=1.0, tone_seconds=2.0)
+    make_numbered_video(root / "long.mp4", 160, fps=2, size=(64, 64))  # 80 s, no sound track
+    make_video_segment(root / "long_av.mp4", 80, fps=5, size=(64, 64))  # 80 s with a tone whose loudness steps
     return root
 
 
@@ -61,7 +70,8 @@ def server(media_dir, server_log):
         pytest.skip(f"vLLM venv unavailable: {why}")
     args = ["--served-model-name", SERVED_NAME, "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
             "--max-num-seqs", "8", "--allowed-local-media-path", str(media_dir), "--logprobs-mode", "raw_logits",
-            "--max-logprobs", "-1", "--trust-request-mm-kwargs", "--limit-mm-per-prompt", '{"video": 1, "image": 1, "audio": 1}']
+            "--max-logprobs", "-1", "--trust-request-mm-kwargs", "--limit-mm-per-prompt", '{"video": 1, "image": 1, "audio": 1}',
+            "--mm-processor-kwargs", json.dumps({"num_frames": SERVER_FRAMES})]
     with vllm_server(python, SHIPPED_MODEL, *args, log_path=server_log) as base:
         yield base
 
@@ -84,9 +94,9 @@ def _message(media_dir, case: str, text: str = QUESTION) -> list[dict]:
                                          {"type": "text", "text": text}]}]
 
 
-def _reference(pipeline, path, num_frames: int = NUM_FRAMES):
+def _reference(pipeline, path, options: MediaOptions = MediaOptions(num_frames=NUM_FRAMES)):
     """Pipeline's prompt ids, first-token logits and greedy ids for one media file."""
-    media = pipeline.encode_media(path, MediaOptions(num_frames=num_frames))
+    media = pipeline.encode_media(path, options)
     ids = pipeline.prompt_ids(media, [(QUESTION, None)])
     with torch.inference_mode():
         embeds = pipeline.model.embed_inputs(torch.tensor([ids]), media.video, media.audio)
@@ -95,15 +105,14 @@ def _reference(pipeline, path, num_frames: int = NUM_FRAMES):
     return media, ids, logits.numpy(), pipeline.engine.generate_all([request])[0]
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_greedy_answer_prompt_and_first_logits_equal_pipeline(case, client, pipeline, media_dir):
-    media, ids, logits, generated = _reference(pipeline, media_dir / CASES[case][0])
+def _ask_and_compare(client, pipeline, media_dir, case: str, mm_kwargs: dict):
+    """The served greedy answer, prompt ids and first-token logits equal Pipeline's with the same options."""
+    media, ids, logits, generated = _reference(pipeline, media_dir / CASES[case][0], MediaOptions(**mm_kwargs))
     assert (media.audio is not None) == (case in HEARD)
     response = client.chat.completions.create(
         model=SERVED_NAME, messages=_message(media_dir, case), temperature=0.0, max_tokens=MAX_NEW_TOKENS,
         logprobs=True, top_logprobs=-1,
-        extra_body={"return_token_ids": True, "return_tokens_as_token_ids": True,
-                    "mm_processor_kwargs": {"num_frames": NUM_FRAMES}})
+        extra_body={"return_token_ids": True, "return_tokens_as_token_ids": True, "mm_processor_kwargs": mm_kwargs})
     choice = response.choices[0]
     assert response.model_extra["prompt_token_ids"] == ids
     assert choice.model_extra["token_ids"] == generated
@@ -111,23 +120,42 @@ def test_greedy_answer_prompt_and_first_logits_equal_pipeline(case, client, pipe
     assert sorted(first) == list(range(len(logits)))  # the whole vocabulary came back
     served = np.array([first[i] for i in range(len(logits))])
     assert np.abs(served - logits).max() < LOGIT_TOLERANCE
+    return media
 
 
-@pytest.mark.parametrize("case", ["video", "video_audio"])
-def test_a_repeated_video_is_served_from_vllms_processor_cache_with_the_same_prompt(case, client, pipeline, media_dir):
-    _, ids, _, generated = _reference(pipeline, media_dir / CASES[case][0])
-    for _ in range(2):  # the first call may already hit the cache (the parity test sent the same request)
+@pytest.mark.parametrize("case", SHORT_CASES)
+def test_greedy_answer_prompt_and_first_logits_equal_pipeline(case, client, pipeline, media_dir):
+    _ask_and_compare(client, pipeline, media_dir, case, {"num_frames": NUM_FRAMES})
+
+
+@pytest.mark.parametrize("case", ["long_video", "long_video_audio"])
+def test_a_long_video_in_time_labelled_windows_equals_pipeline(case, client, pipeline, media_dir):
+    media = _ask_and_compare(client, pipeline, media_dir, case, LONG_KWARGS)
+    assert media.windowed and media.windows == 3
+    assert [w.label for w in media.timeline.windows] == ["00:00:00-00:00:27", "00:00:27-00:00:54", "00:00:54-00:01:20"]
+
+
+@pytest.mark.parametrize("case, mm_kwargs", [("video", {"num_frames": NUM_FRAMES}),
+                                             ("video_audio", {"num_frames": NUM_FRAMES}),
+                                             ("long_video_audio", {"fps": 1})],  # default budget: 3 windows
+                         ids=["video", "video_audio", "long_video_audio"])
+def test_a_repeated_video_is_served_from_vllms_processor_cache_with_the_same_prompt(case, mm_kwargs, client, pipeline,
+                                                                                    media_dir):
+    _, ids, _, generated = _reference(pipeline, media_dir / CASES[case][0], MediaOptions(**mm_kwargs))
+    for _ in range(2):  # the first call may already hit the cache; the second does (the labels come from it)
         response = client.chat.completions.create(
             model=SERVED_NAME, messages=_message(media_dir, case), temperature=0.0, max_tokens=MAX_NEW_TOKENS,
-            extra_body={"return_token_ids": True, "mm_processor_kwargs": {"num_frames": NUM_FRAMES}})
+            extra_body={"return_token_ids": True, "mm_processor_kwargs": mm_kwargs})
         assert response.model_extra["prompt_token_ids"] == ids
         assert response.choices[0].model_extra["token_ids"] == generated
 
 
 def test_video_with_sound_streams_the_pipelines_answer_from_both_branches(client, pipeline, media_dir):
-    media = pipeline.encode_media(media_dir / "av.mp4", MediaOptions(num_frames=NUM_FRAMES))
+    options = MediaOptions(num_frames=SERVER_FRAMES)  # the request names no frame count: the server's default
+    media = pipeline.encode_media(media_dir / "av.mp4", options)
     assert media.audio is not None and media.video is not None
-    expected = pipeline.chat(media_dir / "av.mp4").ask(QUESTION, GenerationConfig(do_sample=False, max_new_tokens=MAX_NEW_TOKENS))
+    expected = pipeline.chat(media_dir / "av.mp4", options=options).ask(
+        QUESTION, GenerationConfig(do_sample=False, max_new_tokens=MAX_NEW_TOKENS))
     data = base64.b64encode((media_dir / "av.mp4").read_bytes()).decode()
     messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{data}"}},
                                              {"type": "text", "text": QUESTION}]}]
@@ -138,13 +166,14 @@ def test_video_with_sound_streams_the_pipelines_answer_from_both_branches(client
     assert "".join(pieces).strip() == expected
 
 
-def test_frame_count_comes_from_mm_processor_kwargs(client, pipeline, media_dir):
-    _, ids, _, _ = _reference(pipeline, media_dir / "video.mp4", num_frames=4)
-    response = client.chat.completions.create(
-        model=SERVED_NAME, messages=_message(media_dir, "video"), temperature=0.0, max_tokens=1,
-        extra_body={"return_token_ids": True, "mm_processor_kwargs": {"num_frames": 4}})
-    assert response.model_extra["prompt_token_ids"] == ids
-    assert "The video contains 4 frames" in pipeline.tokenizer.decode(ids)
+def test_frame_count_comes_from_mm_processor_kwargs_over_the_servers_default(client, pipeline, media_dir):
+    for mm_kwargs, frames in (({"num_frames": 4}, 4), ({}, SERVER_FRAMES)):
+        _, ids, _, _ = _reference(pipeline, media_dir / "video.mp4", MediaOptions(num_frames=frames))
+        response = client.chat.completions.create(
+            model=SERVED_NAME, messages=_message(media_dir, "video"), temperature=0.0, max_tokens=1,
+            extra_body={"return_token_ids": True, "mm_processor_kwargs": mm_kwargs})
+        assert response.model_extra["prompt_token_ids"] == ids
+        assert f"The video contains {frames} frames" in pipeline.tokenizer.decode(ids)
 
 
 def _bad_content(problem: str, media_dir) -> list[dict]:
@@ -170,14 +199,26 @@ def test_bad_requests_get_a_4xx(problem, client, media_dir):
     assert "videollama-vllm-" not in str(caught.value)  # never a server-side temporary path
 
 
-def test_too_many_frames_is_refused(client, media_dir):
+@pytest.mark.parametrize("case, mm_kwargs, named", [
+    ("video", {"fps": 0}, "mm_processor_kwargs.fps"),
+    ("video", {"fps": -1.5}, "mm_processor_kwargs.fps"),
+    ("video", {"fps": "fast"}, "mm_processor_kwargs.fps"),
+    ("video", {"num_frames": 0}, "mm_processor_kwargs.num_frames"),
+    ("video", {"num_frames": 100_001}, "mm_processor_kwargs.num_frames"),
+    ("video", {"fps": 1, "max_frames": 0}, "mm_processor_kwargs.max_frames"),
+    ("video", {"fps": 1, "max_windows": 0}, "mm_processor_kwargs.max_windows"),
+    ("video", {"num_frames": 8, "fps": 1}, "not both"),
+    ("long_video", {"fps": 1, "max_windows": 2}, "cannot merge"),  # 80 frames would have to merge into 64
+], ids=["fps 0", "fps negative", "fps text", "num_frames 0", "num_frames over 100,000", "max_frames 0",
+        "max_windows 0", "num_frames and fps", "frames to merge"])
+def test_bad_sampling_is_refused_with_a_400_naming_it(case, mm_kwargs, named, client, media_dir):
     import openai
 
     with pytest.raises(openai.APIStatusError) as caught:
-        client.chat.completions.create(model=SERVED_NAME, messages=_message(media_dir, "video"), max_tokens=1,
-                                       extra_body={"mm_processor_kwargs": {"num_frames": 33}})
+        client.chat.completions.create(model=SERVED_NAME, messages=_message(media_dir, case), max_tokens=1,
+                                       extra_body={"mm_processor_kwargs": mm_kwargs})
     assert caught.value.status_code == 400
-    assert "num_frames" in str(caught.value)
+    assert named in str(caught.value)
 
 
 def test_startup_registered_the_plugin_and_warmed_up_cleanly(server, server_log):

@@ -26,20 +26,17 @@ import torch
 
 from .engine import Engine, GenerationConfig, GenerationError, Request, RowFailure
 from .errors import UsageError
-from .long_video import Timeline, encode_video_file, encode_window_audio
+from .long_video import Timeline, encode_video_file, encode_window_audio, fit_windows, window_positions
 from .media import MediaError, NoAudioError, image_format, load_audio, load_image, probe
 from .media.audio_span import whole_file_audio
 from .media.errors import check_media_file
 from .media.video import DEFAULT_NUM_FRAMES
-from .media.windows import DEFAULT_FPS_MAX_FRAMES, VideoSampling, time_label
+from .media.windows import DEFAULT_FPS_MAX_FRAMES, VideoSampling
 from .model import VideoLlama
 from .processor import Processor, attach_media_tokens
 from .templates import Template, get_template, join_question, media_message, system_for, windowed_video_message
 
 NO_VISION_NOTICE = "this model has no vision branch: answering from the audio track only"
-# With no window budget given, a long video's soft tokens may fill at most this share of the LLM's context
-# (the rest is for the text and the answer); beyond it the most similar frames are merged.
-MEDIA_CONTEXT_SHARE = 0.5
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -233,18 +230,14 @@ class Pipeline:
 
     def window_tokens(self, with_audio: bool) -> int:
         """Prompt positions one window of a long video takes: its video (and audio) tokens and time labels."""
-        config = self.model.config
-        label = len(self.tokenizer(f" {time_label(0, 0)} ", add_special_tokens=False)["input_ids"])
-        return config.num_video_tokens + label + (config.num_audio_tokens + label if with_audio else 0)
+        return window_positions(self.tokenizer, self.model.config, with_audio)
 
     def _fit_windows(self, sampling: VideoSampling, with_audio: bool) -> VideoSampling:
-        """``sampling`` with a window budget: as given, else as many windows as fit
-        :data:`MEDIA_CONTEXT_SHARE` of the LLM's context (no budget when the context is unknown)."""
-        context = self.engine.max_positions
-        if sampling.max_windows is not None or context is None:
+        """``sampling`` with a window budget: as given, else as many windows as fit half the LLM's context
+        (:func:`~videollama.long_video.fit_windows`)."""
+        if sampling.max_windows is not None:
             return sampling
-        fit = max(1, int(context * MEDIA_CONTEXT_SHARE) // self.window_tokens(with_audio))
-        return VideoSampling(sampling.frames, sampling.fps, sampling.max_frames, max_windows=fit)
+        return fit_windows(sampling, self.engine.max_positions, self.window_tokens(with_audio))
 
     # ------------------------------------------------------------------ prompts
     def prompt_text(self, media: MediaFeatures | None, turns: list[tuple[str, str | None]],

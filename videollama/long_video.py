@@ -19,6 +19,10 @@ sentence, the same frames and tokens as :func:`~videollama.media.load_video`. Be
 Peak memory is one window of decoded frames plus the soft tokens (32 x D per window) and, with a
 budget, ``max_windows * max_frames`` frames of image-Q-Former features: it does not grow with the
 video's length (``benchmarks/bench_long_video.py``, ``docs/long-video.md``).
+
+Without a given budget, :func:`fit_windows` sets one: as many windows as fit
+:data:`MEDIA_CONTEXT_SHARE` of the LLM's context, each taking :func:`window_positions` prompt
+positions (``Pipeline`` and the vLLM plugin both use it, so they cut a video the same way).
 """
 
 from __future__ import annotations
@@ -34,13 +38,17 @@ from .frame_merge import FrameMemory, MergedFrame
 from .media.audio_span import AudioSpanReader
 from .media.transforms import denormalize
 from .media.video import DEFAULT_IMAGE_SIZE, VideoClip, VideoReader
-from .media.windows import VideoSampling, WindowSpan, split_windows, window_spans
+from .media.windows import VideoSampling, WindowSpan, split_windows, time_label, window_spans
 from .model import VideoLlama
 
-__all__ = ["THUMBNAIL_SIZE", "Timeline", "VideoEncoding", "encode_video_file", "encode_window_audio", "window_audio_clips"]
+__all__ = ["MEDIA_CONTEXT_SHARE", "THUMBNAIL_SIZE", "Timeline", "VideoEncoding", "encode_video_file",
+           "encode_window_audio", "fit_windows", "window_audio_clips", "window_positions"]
 
 THUMBNAIL_SIZE = 96  # pixels, the longer side of a timeline thumbnail
 UINT8_MAX = 255
+# With no window budget given, a long video's soft tokens may fill at most this share of the LLM's context
+# (the rest is for the text and the answer); beyond it the most similar frames are merged.
+MEDIA_CONTEXT_SHARE = 0.5
 
 
 @dataclass
@@ -171,6 +179,21 @@ def window_audio_clips(path: str | os.PathLike[str], windows: list[WindowSpan], 
     """
     with AudioSpanReader(path, max_bytes=max_bytes) as audio:
         return torch.stack([audio.clips(window.start, window.end) for window in windows])  # (W, 8, 1, 128, 204)
+
+
+def window_positions(tokenizer, config, with_audio: bool) -> int:
+    """Prompt positions one window of a long video takes: its video (and audio) tokens and time labels."""
+    label = len(tokenizer(f" {time_label(0, 0)} ", add_special_tokens=False)["input_ids"])
+    return config.num_video_tokens + label + (config.num_audio_tokens + label if with_audio else 0)
+
+
+def fit_windows(sampling: VideoSampling, context: int | None, per_window: int) -> VideoSampling:
+    """``sampling`` with a window budget: as given, else as many windows of ``per_window`` positions as fit
+    :data:`MEDIA_CONTEXT_SHARE` of ``context`` (no budget when the context is unknown)."""
+    if sampling.max_windows is not None or context is None:
+        return sampling
+    fit = max(1, int(context * MEDIA_CONTEXT_SHARE) // per_window)
+    return VideoSampling(sampling.frames, sampling.fps, sampling.max_frames, max_windows=fit)
 
 
 def _thumbnail(frame: torch.Tensor) -> np.ndarray:

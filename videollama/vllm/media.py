@@ -2,20 +2,32 @@
 
 vLLM fetches ``video_url`` / ``image_url`` parts (data URLs, http(s), or ``file://`` below
 ``--allowed-local-media-path``) and hands them on with their original bytes. A video is decoded from
-those bytes by our own code, both streams from the same file, so frames, timestamps and fbank equal
-what ``Pipeline`` computes bit for bit (vLLM's own frame decoding is not used). An image is decoded by
-Pillow from its bytes, as ``load_image`` does. An audio part arrives as vLLM's decoded waveform, mixed
-to mono, and is resampled to 16 kHz by our sinc resampler (torchaudio's, as ``load_audio``); our clip
-cutting and fbank then run on it.
+those bytes by our own code, both streams from the same file, as ``Pipeline`` reads it
+(:func:`videollama.long_video.encode_video_file`): the sampled positions (``VideoSampling``: a frame
+count or a rate), cut into windows of at most the model's ``max_frames`` frames, each window's frames
+read at its positions by one :class:`~videollama.media.VideoReader`, and the sound as the whole file's 8
+clips (one window) or each window's 8 clips (``window_audio_clips``). Frames, timestamps and fbank
+equal ``Pipeline``'s bit for bit (vLLM's own frame decoding is not used).
+
+vLLM builds the prompt before any encoder runs, so every window is decoded here, up front: the frames
+travel to the engine as uint8 (the reader's resized RGB, a quarter of the float pixels; the model
+CLIP-normalises each window as the reader would). Memory is therefore every sampled frame at once, where
+``Pipeline`` holds one window: it is bounded by the window budget (a video whose frames would need
+merging into ``max_windows`` windows is refused, see :func:`decode_video`) and by ``max_model_len``.
+
+An image is decoded by Pillow from its bytes, as ``load_image`` does. An audio part arrives as vLLM's
+decoded waveform, mixed to mono, and is resampled to 16 kHz by our sinc resampler (torchaudio's, as
+``load_audio``); our clip cutting and fbank then run on it.
 
 Decoded frames without bytes (vLLM's offline API, or the dummy inputs vLLM profiles with) are resized
-and normalised by our transforms; their timestamps come from vLLM's metadata (``frames_indices`` /
-``fps``).
+by our transforms and sampled by count only (one window); their timestamps come from vLLM's metadata
+(``frames_indices`` / ``fps``).
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -24,70 +36,133 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..media import (
-    MediaError,
-    NoAudioError,
-    audio_to_clips,
-    load_audio,
-    load_image,
-    load_video,
-    normalize,
-    resize_squash,
-    sample_indices,
-)
+from ..errors import UsageError
+from ..long_video import fit_windows, window_audio_clips
+from ..media import MediaError, NoAudioError, VideoReader, audio_to_clips, load_image, resize_squash, sample_indices
 from ..media.audio import SAMPLE_RATE
+from ..media.audio_span import whole_file_audio
 from ..media.resample import resample
+from ..media.windows import VideoSampling, WindowSpan, split_windows, window_spans
 
 UINT8_MAX = 255.0
 VIDEO_ITEM = "video_url"  # how an error names the video (vLLM keeps no file name)
 
 
 @dataclass(frozen=True)
+class VideoReading:
+    """How the processor reads a video: the request's sampling and what the model and vLLM allow."""
+
+    sampling: VideoSampling  # from mm_processor_kwargs (MediaOptions' meaning)
+    image_size: int
+    window_frames: int  # the model's max_frames: frames per window
+    with_audio: bool  # the model has the audio branch
+    context: int | None  # the LLM's positions: the default window budget, as Pipeline's
+    max_model_len: int  # vLLM's: a video whose windows alone exceed it is refused before decoding
+    window_positions: Callable[[bool], int]  # prompt positions of one window, without / with sound
+
+
+@dataclass(frozen=True)
 class DecodedVideo:
-    frames: torch.Tensor  # (T, 3, S, S), CLIP-normalised
-    audio: torch.Tensor | None  # (8, 1, 128, 204) log-mel clips, or None without a sound track
-    message_seconds: list[float]  # the times the prompt states (``VideoClip.message_seconds``)
+    frames: torch.Tensor  # (F, 3, S, S) uint8 RGB: every window's sampled frames, in time order
+    window_frames: list[int]  # frames per window (one window up to max_frames sampled frames)
+    audio: torch.Tensor | None  # (W, 8, 1, 128, 204) log-mel clips per window, or None without a sound track
+    message_seconds: list[float]  # one window: the times the prompt states (``VideoClip.message_seconds``)
+    windows: list[WindowSpan]  # each window's time range (its label in the prompt)
+    duration: float  # seconds, stated by the preamble of a silent windowed video
 
 
 def _original_bytes(item) -> bytes | None:
     return getattr(item, "original_bytes", None)
 
 
-def decode_video(item, num_frames: int, *, image_size: int, max_frames: int, with_audio: bool) -> DecodedVideo:
-    """A vLLM video item -> frames (+ fbank when it has a sound track and the model hears)."""
+def decode_video(item, reading: VideoReading) -> DecodedVideo:
+    """A vLLM video item -> frames (+ fbank when it has a sound track and the model hears).
+
+    Raises:
+        MediaError: the bytes are no readable video (named ``video_url``, never the temporary file).
+        UsageError: the sampled frames would need merging to fit the window budget, or their windows alone
+            exceed ``max_model_len`` (both before any frame is decoded).
+    """
     data = _original_bytes(item)
-    if data is not None:
-        with tempfile.TemporaryDirectory(prefix="videollama-vllm-") as workdir:
-            path = Path(workdir) / "video"
-            path.write_bytes(data)
-            try:
-                clip = load_video(path, num_frames, image_size=image_size, max_frames=max_frames)
-                audio = None
-                if with_audio:
-                    try:
-                        audio = load_audio(path)
-                    except NoAudioError:
-                        audio = None
-            except MediaError as err:  # name the request's item, never the server's temporary file
-                raise MediaError(VIDEO_ITEM, err.problem) from None
-        return DecodedVideo(clip.frames, audio, clip.message_seconds)
-    frames, metadata = item if isinstance(item, tuple) else (item, None)
-    return _decoded_frames(np.asarray(frames), metadata, num_frames, image_size=image_size, max_frames=max_frames)
+    if data is None:
+        frames, metadata = item if isinstance(item, tuple) else (item, None)
+        return _decoded_frames(np.asarray(frames), metadata, reading)
+    with tempfile.TemporaryDirectory(prefix="videollama-vllm-") as workdir:
+        path = Path(workdir) / "video"
+        path.write_bytes(data)
+        try:
+            return _read_file(path, reading)
+        except MediaError as err:  # name the request's item, never the server's temporary file
+            raise MediaError(VIDEO_ITEM, err.problem) from None
 
 
-def _decoded_frames(frames: np.ndarray, metadata: dict | None, num_frames: int, *, image_size: int,
-                    max_frames: int) -> DecodedVideo:
-    """Frames already decoded by vLLM (T, H, W, 3) uint8 -> our uniform sample, resized and normalised."""
+def _read_file(path: Path, reading: VideoReading) -> DecodedVideo:
+    """``encode_video_file``'s reading, every window kept (the encoders run later, in the engine)."""
+    with VideoReader(path, image_size=reading.image_size, normalize=False) as reader:
+        heard = reading.with_audio and reader.info.has_audio  # Pipeline's budget: audio tokens when a track exists
+        sampling = fit_windows(reading.sampling, reading.context, reading.window_positions(heard))
+        positions = sampling.frame_positions(reader.num_frames, reader.fps)
+        chunks = split_windows(positions, reading.window_frames)
+        if len(chunks) > 1:
+            _check_windows(len(positions), len(chunks), sampling, reading, heard)
+        size = reading.image_size
+        frames = torch.empty(len(positions), 3, size, size, dtype=torch.uint8)  # filled window by window
+        first_times, times, message_seconds, start = [], [], [], 0
+        for chunk in chunks:
+            clip = reader.read(chunk)
+            # the reader's pixels are uint8 / 255: back to uint8 exactly (the error is far below 0.5)
+            frames[start:start + len(chunk)] = clip.frames.mul_(UINT8_MAX).round_()
+            start += len(chunk)
+            first_times.append(clip.timestamps[0])
+            times.append(list(clip.timestamps))
+            message_seconds = clip.message_seconds
+            del clip
+        windows = window_spans(first_times, times, reader.duration)
+        duration = reader.duration
+    audio = None
+    if reading.with_audio:
+        try:
+            audio = window_audio_clips(path, windows) if len(windows) > 1 else whole_file_audio(path)[None]
+        except NoAudioError:
+            audio = None
+    return DecodedVideo(frames, [len(c) for c in chunks], audio,
+                        message_seconds if len(chunks) == 1 else [], windows, duration)
+
+
+def _check_windows(sampled: int, windows: int, sampling: VideoSampling, reading: VideoReading, heard: bool) -> None:
+    """Refuse what the plugin cannot serve as ``Pipeline`` would, before decoding: frames that need merging
+    (the merged windows' time labels depend on the encoders' features, and vLLM tokenizes the prompt before
+    any encoder runs) and windows that alone overflow ``max_model_len``."""
+    budget = None if sampling.max_windows is None else sampling.max_windows * reading.window_frames
+    if budget is not None and sampled > budget:
+        given = "" if reading.sampling.max_windows is not None else ", by default what fits half the model's context"
+        raise UsageError(f"mm_processor_kwargs: {sampled} sampled frames do not fit {sampling.max_windows} windows "
+                         f"of {reading.window_frames} frames (max_windows{given}), and the vLLM plugin cannot merge "
+                         f"frames (vLLM builds the prompt before the encoders run): ask for at most {budget} frames "
+                         "(num_frames, or max_frames with fps) or raise max_windows")
+    need = windows * reading.window_positions(heard)
+    if need > reading.max_model_len:
+        raise UsageError(f"mm_processor_kwargs: {windows} windows of video take {need} prompt positions, over "
+                         f"max_model_len ({reading.max_model_len}); ask for fewer frames (num_frames, or fps and "
+                         "max_frames)")
+
+
+def _decoded_frames(frames: np.ndarray, metadata: dict | None, reading: VideoReading) -> DecodedVideo:
+    """Frames already decoded by vLLM (T, H, W, 3) uint8 -> our uniform sample, resized, as uint8."""
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"a decoded video must be (frames, height, width, 3) RGB, got shape {frames.shape}")
-    if not 1 <= num_frames <= max_frames:
-        raise ValueError(f"num_frames must be between 1 and {max_frames}, got {num_frames}")
+    num_frames = reading.sampling.frames
+    if num_frames is None or num_frames > reading.window_frames:
+        raise UsageError(f"a video vLLM decoded without its file is read as at most {reading.window_frames} frames "
+                         "(num_frames); fps and longer sampling need the file (send it as a video_url)")
     picks = sample_indices(len(frames), num_frames)
-    pixels = torch.from_numpy(frames[picks]).permute(0, 3, 1, 2).float() / UINT8_MAX
+    pixels = torch.from_numpy(frames[picks]).permute(0, 3, 1, 2).float() / UINT8_MAX  # (T, H, W, 3) -> (T, 3, H, W)
+    resized = resize_squash(pixels, reading.image_size).mul_(UINT8_MAX).round_().clamp_(0, UINT8_MAX)
     fps = float((metadata or {}).get("fps") or 1.0)
     source_indices = (metadata or {}).get("frames_indices") or list(range(len(frames)))
     seconds = [source_indices[i] / fps for i in picks]  # index / fps, as the official message
-    return DecodedVideo(normalize(resize_squash(pixels, image_size)), None, seconds)
+    span = WindowSpan(seconds[0], seconds[-1], tuple(seconds))
+    return DecodedVideo(resized.to(torch.uint8), [len(picks)], None, seconds, [span], seconds[-1])
 
 
 def decode_image(item, *, image_size: int) -> torch.Tensor:

@@ -7,7 +7,10 @@ architecture (``LlamaForCausalLM`` for Video-LLaMA-2), so it gets paged attentio
 batching and tensor parallelism. The processor (``processing.py``) puts each item's placeholder ids in
 the prompt; :meth:`embed_multimodal` returns per item what ``Pipeline`` scatters into them: 32 video
 tokens for a video or an image, 8 audio tokens for an audio clip, and 8 audio then 32 video tokens for
-a video with sound.
+a video with sound. A video read in windows (``processing.py``) is encoded window by window, as
+``long_video.encode_video_file`` does (each window's frames through the ViT and both Q-Formers with frame
+positions 0..k-1, its 8 clips through the audio branch): every window's 8 audio tokens, then every
+window's 32 video tokens, the order its placeholders take in the prompt.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_p
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
+from ..media.transforms import normalize
 from ..model.checkpoint import ModelFolderError
 from ..model.hf_config import VideoLlamaHFConfig
 from ..model.videollama import VideoLlama
@@ -74,11 +78,12 @@ class VideoLlamaForConditionalGeneration(nn.Module, SupportsMultiModal, Supports
         if (images := kwargs.get("image_pixel_values")) is not None:
             out += [self.encoders.encode_video(self._cast(pixels)[None])[0] for pixels in images]
         if (videos := kwargs.get("video_pixel_values")) is not None:
-            for frames, has_audio, audio in zip(videos, kwargs["video_has_audio"], kwargs["video_audio_values"]):
-                video = self.encoders.encode_video(self._cast(frames)[None])[0]
-                if bool(has_audio):
-                    video = torch.cat([self.encoders.encode_audio(self._cast(audio)[None])[0], video])
-                out.append(video)
+            for frames, sizes, audio in zip(videos, kwargs["video_window_frames"], kwargs["video_audio_values"]):
+                # frames (F, 3, S, S) uint8 -> windows of (k, 3, S, S), CLIP-normalised as the reader does
+                seen = [self.encoders.encode_video(self._cast(normalize(window))[None])[0]  # (32, D) each
+                        for window in frames.split(sizes.tolist())]
+                heard = [self.encoders.encode_audio(self._cast(clips)[None])[0] for clips in audio]  # (8, D) each
+                out.append(torch.cat(heard + seen))
         if (audios := kwargs.get("audio_values")) is not None:
             out += [self.encoders.encode_audio(self._cast(audio)[None])[0] for audio in audios]
         return out

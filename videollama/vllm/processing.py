@@ -5,22 +5,32 @@ one piece. Our ``Processor`` tokenizes the text between media markers piece by p
 ``get_context_emb``), which gives other ids at the seams. To answer with exactly ``Pipeline``'s tokens,
 :meth:`VideoLlamaMultiModalProcessor.apply` decodes vLLM's prompt back to text (lossless for these
 tokenizers), fills in the video's facts (``prompt.finish_prompt``) and tokenizes it with our
-``Processor``: 32 ``<ImageHere>`` per video or image, 8 ``<AudioHere>`` per sound track, audio before
-video. The prompt updates then only *locate* each item's embeddings: a video with sound spans from its
-first ``<AudioHere>`` to its last ``<ImageHere>`` (the text between is not embedded), so the model
-returns its 8 audio and 32 video embeddings as one item, in that order. A video's update also carries
-its facts (``VideoPlaceholders``): vLLM's processor cache keeps updates with each item, while the item's
-tensors may be held by the engine only.
+``Processor``: 32 ``<ImageHere>`` per video window or image, 8 ``<AudioHere>`` per window's sound track,
+audio before video. The prompt updates then only *locate* each item's embeddings: a video spans from its
+first ``<AudioHere>`` (with sound) or ``<ImageHere>`` to its last ``<ImageHere>`` (the text between, such
+as the windows' time labels, is not embedded), so the model returns every window's 8 audio embeddings
+and then every window's 32 video embeddings as one item, in the order the placeholders are filled. A
+video's update also carries its facts (``VideoPlaceholders``): vLLM's processor cache keeps updates with
+each item, while the item's tensors may be held by the engine only.
+
+How a video is sampled comes from ``mm_processor_kwargs``, with ``MediaOptions``' meaning and checks:
+``num_frames`` (a count, default 8, up to 100,000) or ``fps`` (a rate) capped by ``max_frames``
+(default 10,800), and ``max_windows``. Up to the model's ``max_frames`` (32) sampled frames: one clip,
+the official prompt, as before. Beyond: windows of at most 32 frames, each its own 32 tokens after its
+time label (``docs/long-video.md``), with the window budget ``Pipeline`` uses (``max_windows``, by
+default what fits half the LLM's context). Frames that would have to be *merged* to fit that budget are
+refused (400): merging decides the windows' labels from the encoders' features, and vLLM tokenizes the
+prompt before any encoder runs. A bad value is a 400 naming its field; ``null`` counts as not given.
+Server-wide defaults (``--mm-processor-kwargs '{"num_frames": 16}'``) apply under the request's values; a
+request that gives a count or a rate replaces the server's default of either.
 
 One media item per prompt, as ``videollama serve``: a second item is refused (vLLM answers 400).
-Frames per video come from ``mm_processor_kwargs={"num_frames": N}`` (default 8, at most the
-folder's ``max_frames``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
@@ -41,19 +51,23 @@ from vllm.multimodal.processing.inputs import ProcessorInputs
 from vllm.multimodal.processing.processor import MultiModalPromptUpdates, TimingContext
 
 from ..config import VideoLlamaConfig
+from ..inference import MediaOptions
+from ..long_video import window_positions
 from ..media.audio import CLIP_SECONDS, NUM_CLIPS, NUM_MEL_BINS, SAMPLE_RATE, TARGET_FRAMES
-from ..media.video import DEFAULT_NUM_FRAMES, timestamp_message
+from ..media.video import timestamp_message
+from ..media.windows import VideoSampling, time_label
 from ..model.hf_config import VideoLlamaHFConfig
 from ..processor import Processor
-from ..templates import AUDIO_SENTENCE, AV_MESSAGE, IMAGE_MESSAGE, VIDEO_MESSAGE
+from ..templates import AUDIO_SENTENCE, IMAGE_MESSAGE, VIDEO_MESSAGE
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
-from .media import SincResampler, decode_audio, decode_image, decode_video
+from .media import SincResampler, VideoReading, decode_audio, decode_image, decode_video
 from .prompt import VideoFacts, finish_prompt
 
-NUM_FRAMES_KWARG = "num_frames"
+SAMPLING_KWARGS = ("num_frames", "fps", "max_frames", "max_windows")  # MediaOptions' names
 MAX_MEDIA_ITEMS = 1  # one video, image or audio clip per conversation, as our own server
-# Dummy inputs for vLLM's memory profiling: a video of max_frames frames (its 32 tokens do not depend on
-# the frame count; the encoders' memory does) and an audio clip long enough to fill every 2 s window.
+# Dummy inputs for vLLM's memory profiling: a video of max_frames frames, all sampled (one window: windows
+# are encoded one after another, so one window's activations are the encoders' peak), and an audio clip
+# long enough to fill every 2 s clip.
 DUMMY_AUDIO_SECONDS = NUM_CLIPS * CLIP_SECONDS
 
 
@@ -109,14 +123,15 @@ class VideoLlamaProcessingInfo(BaseProcessingInfo):
         return limits
 
     def get_supported_mm_processor_kwargs(self) -> dict[str, set[str]]:
-        return {}  # no Hugging Face processor: our processor reads num_frames itself
+        return {}  # no Hugging Face processor: our processor reads SAMPLING_KWARGS itself
 
     def get_data_parser(self) -> MultiModalDataParser:
         return VideoLlamaDataParser(expected_hidden_size=self._get_expected_hidden_size())
 
     def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
-        spans = {"image": len(self.image_span()), "video": len(self.video_span(self.model_config.with_audio)),
-                 "audio": len(self.audio_span())}
+        """An image 32, an audio clip 8; a video read in windows may fill the whole context (vLLM sizes its
+        encoder cache and encoder budget by these, so a long video's embeddings always fit)."""
+        spans = {"image": len(self.image_span()), "video": seq_len, "audio": len(self.audio_span())}
         return {modality: spans[modality] for modality in self.get_supported_mm_limits()}
 
     # ---------------------------------------------------------------- where each item's embeddings go
@@ -126,23 +141,55 @@ class VideoLlamaProcessingInfo(BaseProcessingInfo):
     def audio_span(self) -> list[int]:
         return [self.processor.audio_token_id] * self.model_config.num_audio_tokens
 
-    def video_span(self, has_audio: bool) -> list[int]:
-        """Token ids of a video's item: its 32 video tokens, or with sound everything from the first audio
-        token to the last video token of the audio-visual preamble (tokenized as ``Processor`` does)."""
-        if not has_audio:
-            return self.image_span()
-        ids = self.processor.tokenize(AV_MESSAGE, add_bos=False)
-        first = ids.index(self.processor.audio_token_id)
+    def video_span(self, facts: VideoFacts) -> list[int]:
+        """Token ids of a video's item: everything from the first audio or video token to the last video
+        token of its preamble (tokenized as ``Processor`` does): 32 video tokens for a silent clip; with
+        sound, or in windows, the text between (sentences, time labels) too."""
+        ids = self.processor.tokenize(facts.preamble, add_bos=False)
+        media = {self.processor.audio_token_id, self.processor.image_token_id}
+        first = next(i for i, token in enumerate(ids) if token in media)
         last = len(ids) - 1 - ids[::-1].index(self.processor.image_token_id)
         return ids[first:last + 1]
 
-    def num_frames(self, mm_kwargs: Mapping[str, object]) -> int:
-        value = mm_kwargs.get(NUM_FRAMES_KWARG, DEFAULT_NUM_FRAMES)
-        limit = self.model_config.max_frames
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
-            raise ValueError(f"mm_processor_kwargs.{NUM_FRAMES_KWARG} must be an integer from 1 to {limit} "
-                             f"(the model's max_frames), got {value!r}")
-        return value
+    # ---------------------------------------------------------------- how a video is read
+    def video_sampling(self, mm_kwargs: Mapping[str, object]) -> VideoSampling:
+        """``mm_processor_kwargs`` -> ``MediaOptions(num_frames=, fps=, max_frames=, max_windows=).sampling``;
+        a value of the wrong type or range is a ``ValueError`` naming its field (vLLM answers 400)."""
+        given = {name: mm_kwargs[name] for name in SAMPLING_KWARGS if mm_kwargs.get(name) is not None}
+        for name, value in given.items():
+            number = (int, float) if name == "fps" else int
+            if isinstance(value, bool) or not isinstance(value, number):
+                kind = "a number" if name == "fps" else "an integer"
+                raise ValueError(f"mm_processor_kwargs.{name} must be {kind}, got {value!r}")
+            try:
+                MediaOptions(**{name: value})
+            except ValueError as err:
+                raise ValueError(f"mm_processor_kwargs.{name}: {err}") from None
+        try:
+            return MediaOptions(**given).sampling
+        except ValueError as err:  # num_frames and fps together
+            raise ValueError(f"mm_processor_kwargs: {err}") from None
+
+    def sampling_kwargs(self, request: Mapping[str, object]) -> dict[str, object]:
+        """The server's ``--mm-processor-kwargs`` under the request's (vLLM merges them only for Hugging Face
+        processors); a count or a rate the request gives replaces the server's default of either."""
+        merged = self.ctx.get_merged_mm_kwargs(request)
+        for given, other in (("num_frames", "fps"), ("fps", "num_frames")):
+            if request.get(given) is not None and other not in request:
+                merged.pop(other, None)
+        return merged
+
+    def video_reading(self, mm_kwargs: Mapping[str, object]) -> VideoReading:
+        config = self.model_config
+        sampling = self.video_sampling(self.sampling_kwargs(mm_kwargs))
+        return VideoReading(sampling, image_size=config.vision.image_size,
+                            window_frames=config.max_frames, with_audio=config.with_audio,
+                            context=getattr(self.get_hf_config().get_text_config(), "max_position_embeddings", None),
+                            max_model_len=self.ctx.model_config.max_model_len, window_positions=self.window_positions)
+
+    def window_positions(self, with_audio: bool) -> int:
+        """Prompt positions of one window (``Pipeline.window_tokens``)."""
+        return window_positions(self.get_tokenizer(), self.model_config, with_audio)
 
 
 class VideoLlamaDummyInputsBuilder(BaseDummyInputsBuilder[VideoLlamaProcessingInfo]):
@@ -165,6 +212,14 @@ class VideoLlamaDummyInputsBuilder(BaseDummyInputsBuilder[VideoLlamaProcessingIn
 
 
 class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessingInfo]):
+    def get_dummy_inputs(self, seq_len: int, mm_counts: Mapping[str, int],
+                         mm_options: MultiModalDummyOptions) -> ProcessorInputs:
+        """vLLM's dummy prompt and items, the video read as one window of ``max_frames`` frames (the encoders'
+        peak: windows are encoded one after another) whatever the server's default kwargs say."""
+        inputs = super().get_dummy_inputs(seq_len, mm_counts, mm_options)
+        one_window = {"num_frames": self.info.model_config.max_frames, "fps": None}
+        return replace(inputs, hf_processor_mm_kwargs=one_window)
+
     def _apply_hf_processor_main(self, mm_items: MultiModalDataItems,
                                  hf_kwargs: Mapping[str, object]) -> BatchFeature:
         """Decode every item with our media code (there is no Hugging Face processor)."""
@@ -174,16 +229,19 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
             images = mm_items["image"].data
             out["image_pixel_values"] = torch.stack([decode_image(item, image_size=config.vision.image_size)
                                                      for item in images])  # (N, 1, 3, S, S)
-        if "video" in mm_items:
-            num_frames = self.info.num_frames(hf_kwargs)
-            videos = [decode_video(item, num_frames, image_size=config.vision.image_size,
-                                   max_frames=config.max_frames, with_audio=config.with_audio)
-                      for item in mm_items["video"].data]
-            out["video_pixel_values"] = torch.stack([v.frames for v in videos])  # (N, T, 3, S, S)
-            out["video_message_seconds"] = torch.tensor([v.message_seconds for v in videos], dtype=torch.float64)
-            out["video_has_audio"] = torch.tensor([v.audio is not None for v in videos])
-            silent = torch.zeros(NUM_CLIPS, 1, NUM_MEL_BINS, TARGET_FRAMES)  # stands in for a missing sound track
-            out["video_audio_values"] = torch.stack([silent if v.audio is None else v.audio for v in videos])
+        if "video" in mm_items:  # one item (MAX_MEDIA_ITEMS), so its variable sizes stack
+            reading = self.info.video_reading(hf_kwargs)
+            videos = [decode_video(item, reading) for item in mm_items["video"].data]
+            out["video_pixel_values"] = torch.stack([v.frames for v in videos])  # (N, F, 3, S, S) uint8
+            out["video_window_frames"] = torch.tensor([v.window_frames for v in videos])  # (N, W)
+            out["video_window_times"] = torch.tensor([[(w.start, w.end) for w in v.windows] for v in videos],
+                                                     dtype=torch.float64)  # (N, W, 2): labels
+            out["video_message_seconds"] = torch.tensor([v.message_seconds for v in videos],
+                                                        dtype=torch.float64)  # (N, T); (N, 0) in windows
+            out["video_duration"] = torch.tensor([v.duration for v in videos], dtype=torch.float64)  # (N,)
+            silent = torch.zeros(0, NUM_CLIPS, 1, NUM_MEL_BINS, TARGET_FRAMES)  # no sound track: no windows of clips
+            out["video_audio_values"] = torch.stack([silent if v.audio is None else v.audio
+                                                     for v in videos])  # (N, W or 0, 8, 1, 128, 204)
         if "audio" in mm_items:
             out["audio_values"] = torch.stack([decode_audio(item) for item in mm_items["audio"].data])
         return BatchFeature(out)
@@ -193,8 +251,10 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
         return dict(
             image_pixel_values=MultiModalFieldConfig.batched("image"),
             video_pixel_values=MultiModalFieldConfig.batched("video"),
+            video_window_frames=MultiModalFieldConfig.batched("video"),
+            video_window_times=MultiModalFieldConfig.batched("video"),
             video_message_seconds=MultiModalFieldConfig.batched("video"),
-            video_has_audio=MultiModalFieldConfig.batched("video"),
+            video_duration=MultiModalFieldConfig.batched("video"),
             video_audio_values=MultiModalFieldConfig.batched("video"),
             audio_values=MultiModalFieldConfig.batched("audio"),
         )
@@ -205,10 +265,8 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
         ids = [info.processor.image_token_id, info.processor.audio_token_id]
 
         def video(item_idx: int) -> VideoPlaceholders:
-            item = out_mm_kwargs["video"][item_idx]
-            facts = VideoFacts(timestamp_message(item["video_message_seconds"].data.tolist()),
-                               has_audio=bool(item["video_has_audio"].data))
-            span = PromptUpdateDetails.select_token_ids(info.video_span(facts.has_audio), ids)
+            facts = video_facts(out_mm_kwargs["video"][item_idx])
+            span = PromptUpdateDetails.select_token_ids(info.video_span(facts), ids)
             return VideoPlaceholders(full=span.full, is_embed=span.is_embed, facts=facts)
 
         return [
@@ -257,11 +315,23 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
         video = prompt_updates["video"][0][0].content.facts if counts.get("video") else None
         config = self.info.model_config
         text = finish_prompt(text, video, config.template, audio_branch=config.with_audio)
-        has_audio = video is not None and video.has_audio
-        expected = {IMAGE_PLACEHOLDER: counts.get("image", 0) + counts.get("video", 0),
-                    AUDIO_PLACEHOLDER: counts.get("audio", 0) + int(has_audio)}
+        windows = 0 if video is None else video.num_windows  # one marker per window (and per window's sound)
+        heard = windows if video is not None and video.has_audio else 0
+        expected = {IMAGE_PLACEHOLDER: counts.get("image", 0) + windows,
+                    AUDIO_PLACEHOLDER: counts.get("audio", 0) + heard}
         for marker, count in expected.items():
             if text.count(marker) != count:
                 raise ValueError(f"the prompt holds {text.count(marker)} {marker} markers for {count} media "
                                  "items; use videollama's chat template (vLLM's default for this model)")
         return self.info.processor.tokenize(text)
+
+
+def video_facts(item) -> VideoFacts:
+    """What a processed video item adds to the prompt: its sampling sentence (one window) or its windows'
+    time labels and duration, and whether it is heard."""
+    times = item["video_window_times"].data.tolist()  # [[start, end], ...]
+    heard = item["video_audio_values"].data.shape[0] > 0
+    if len(times) > 1:
+        return VideoFacts("", heard, windows=tuple(time_label(start, end) for start, end in times),
+                          duration=float(item["video_duration"].data))
+    return VideoFacts(timestamp_message(item["video_message_seconds"].data.tolist()), heard)
