@@ -20,6 +20,7 @@ from videollama.errors import UsageError
 from videollama.inference import MediaOptions, Pipeline
 from videollama.long_video import encode_video_file, window_audio_clips
 from videollama.media.windows import VideoSampling
+from videollama.model import VideoLlama
 from videollama.synthav.long import (
     LONG_TYPES,
     LongClip,
@@ -301,6 +302,12 @@ def test_quick_long_variant_trains_and_evaluates(tiny_tokenizer, model, long_dat
     assert folder == run / "long_variant/seed_0/export" and (folder / "config.json").is_file()
     metrics = [json.loads(line) for line in (run / "long_variant/seed_0/metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [0, 1]
+    # the YAML's LoRA adapters trained and were merged into the exported LLM; frozen parts stay as they were
+    start, trained = (VideoLlama.from_pretrained(d).state_dict() for d in (run / "model", folder))
+    assert set(start) == set(trained)  # plain weights: no adapter tensors left in the export
+    llm = [k for k in start if k.startswith("language_model.") and k.endswith(("q_proj.weight", "down_proj.weight"))]
+    assert llm and all(not torch.equal(start[k], trained[k]) for k in llm)
+    assert all(torch.equal(start[k], trained[k]) for k in start if k.startswith(("vision_model.", "image_qformer.", "audio_qformer.")))
     results = evaluate_long(folder, long_data, limit=3,
                             settings=LongSettings(fps=1.0, max_windows=MAX_WINDOWS))
     assert results["reading"]["window_frames"] == WINDOW and results["questions"] == 3
