@@ -315,3 +315,22 @@ def test_quick_long_variant_trains_and_evaluates(tiny_tokenizer, model, long_dat
         row = results["settings"][setting]["types"]
         assert row["all"]["items"] == 3 and 0 <= row["all"]["accuracy"] <= 1
     assert "windows" in format_long_table(results)
+
+
+def test_long_seeds_pairs_the_gap_by_seed():
+    """scripts/synthav/long_seeds.py: means over seeds, the time-located gap taken seed by seed."""
+    from scripts.synthav.long_seeds import format_summary, summarize
+
+    def result(windows: float, uniform: float) -> dict:
+        row = lambda acc: {"types": {"time_located": {"items": 3, "accuracy": acc, "chance": 0.25},  # noqa: E731
+                                     "all": {"items": 5, "accuracy": acc / 2, "chance": 0.3}}}
+        return {"model_dir": "m", "settings": {"windows": row(windows), "uniform8": row(uniform)}}
+
+    summary = summarize([result(0.5, 0.2), result(0.3, 0.2), result(0.4, 0.1)])
+    assert summary["gap"]["per_seed"] == [0.3, 0.1, 0.3]
+    assert summary["gap"]["mean"] == pytest.approx(0.2333, abs=1e-4) and summary["gap"]["met"]
+    assert summary["settings"]["windows"]["time_located"] == {"mean": 0.4, "std": pytest.approx(0.0816, abs=1e-4),
+                                                               "chance": 0.25}
+    assert summary["settings"]["uniform8"]["all"]["mean"] == pytest.approx(0.0833, abs=1e-4)
+    assert "short by" not in format_summary(summary)
+    assert "short by 0.10" in format_summary(summarize([result(0.3, 0.2)]))
