@@ -136,6 +136,25 @@ def test_short_video_sample_is_unchanged(tiny_tokenizer, short_clips):
         assert torch.equal(a["frames"], b["frames"]) and a["frames"].shape == (8, 3, SIZE, SIZE)
 
 
+def test_videochat_one_turn_asks_one_drawn_question_after_the_video(tiny_tokenizer, short_clips):
+    """``turns: one``: one question-answer pair per draw, opened by the video block; the whole chat otherwise."""
+    whole = dataset(tiny_tokenizer, short_clips / "records.json", short_clips)
+    one = dataset(tiny_tokenizer, short_clips / "records.json", short_clips, turns="one")
+    ids = tiny_tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    answers = set()
+    for seed in range(12):
+        sample = one.get(0, seed=seed)
+        text = tiny_tokenizer.decode([t for t in sample["input_ids"].tolist() if t != ids])
+        answer = " ".join(tiny_tokenizer.decode(
+            [t for t, label in zip(sample["input_ids"].tolist(), sample["labels"].tolist()) if label != -100]).split())
+        assert int((sample["input_ids"] == ids).sum()) == 32 and answer.count("</s>") == 1
+        assert ("What moves?" in text) != ("What colour is it?" in text)  # exactly one question asked
+        answers.add(answer)
+    assert answers == {"a circle. </s>", "red </s>"}
+    full = tiny_tokenizer.decode(whole.get(0, seed=0)["input_ids"].tolist())
+    assert "What moves?" in full and "What colour is it?" in full
+
+
 def test_window_options_are_checked():
     from videollama.train.config import ConfigError, config_from_dict
 

@@ -142,6 +142,36 @@ def test_audio_instruct_llava_and_videochat_shapes_with_the_official_audio_messa
         f"{ds.media_root / 'gone.wav'}: no such file"]
 
 
+def test_audio_instruct_one_turn_draws_one_pair_with_the_audio_message(data, tok):
+    """``turns: one``: each draw is one question-answer pair, the audio message opening its question, so
+    "How many times?" is asked without "A dog is barking." before it."""
+    datasets = audio_datasets(data)
+    datasets["audio_instruct"]["turns"] = "one"
+    raw = {"model": {"with_audio": True}, "run": {"branch": "audio"}, "data": {"datasets": datasets}}
+    ds = {d.name: d for d in build_datasets(config_from_dict(raw), tok)}["audio_instruct"]
+    message = audio_message(8)
+    seen = {}
+    for seed in range(16):
+        sample = ds.get(0, seed=seed)
+        answer = " ".join(supervised(tok, sample).split())
+        text = tok.decode(sample["input_ids"].tolist()[1:]).replace(AUDIO_PLACEHOLDER + " ", AUDIO_PLACEHOLDER)
+        assert audio_count(tok, sample) == 8 and "<audio>" not in text and answer.count("</s>") == 1
+        seen[answer] = text
+    assert set(seen) == {"A dog is barking. </s>", "Twice. </s>"}  # both pairs drawn, one at a time
+    assert f"{message} How many times? [/INST] Twice." in seen["Twice. </s>"]
+    assert "barking" not in seen["Twice. </s>"] and "How many times" not in seen["A dog is barking. </s>"]
+    assert " ".join(supervised(tok, ds.get(1, seed=0)).split()) == "An engine. </s>"  # a one-pair chat as before
+    assert torch.equal(ds.get(0, seed=3)["input_ids"], ds.get(0, seed=3)["input_ids"])  # the draw is the seed's
+
+
+def test_turns_one_is_for_instruction_chats_only():
+    raw = {"data": {"datasets": {"w": {"type": "webvid", "turns": "one"}}}}
+    with pytest.raises(ConfigError, match="data.datasets.w.turns applies to videochat_instruct and audio_instruct"):
+        config_from_dict(raw)
+    with pytest.raises(ConfigError, match="turns"):
+        config_from_dict({"data": {"datasets": {"v": {"type": "videochat_instruct", "turns": "two"}}}})
+
+
 def test_stage2_caption_prompt_asks_about_the_sound_like_inference(data, tok):
     raw_prompts = {"prompts": ["audio_caption"], "prompt_template": LLAMA2_PROMPT_TEMPLATE}
     ds = build(data, tok, **raw_prompts)["audiocaps"]

@@ -59,6 +59,7 @@ from .data import (
     _read_json,
     _read_json_list,
     _require,
+    one_exchange,
 )
 from .text import AUDIO_SAMPLE_KEY, Turn
 
@@ -270,18 +271,21 @@ class WavCapsDataset(AudioTrainDataset):
 class AudioInstructDataset(AudioTrainDataset):
     """Audio instruction chats: LLaVA ``conversations`` or VideoChat ``QA`` records with an ``audio`` file."""
 
-    def __init__(self, name: str, text: TextOptions, *, annotations: str, media_root: str, **kwargs) -> None:
+    def __init__(self, name: str, text: TextOptions, *, annotations: str, media_root: str, turns: str = "all",
+                 **kwargs) -> None:
         super().__init__(name, text, **kwargs)
         self.records = _read_json_list(Path(annotations), name)
         self.media_root = Path(media_root)
         self.message = audio_message(text.num_media_tokens)
+        self.one_turn = turns == "one"  # DatasetSpec.turns: one question-answer pair per draw
 
     def _describe(self, index: int) -> str:
         record = self.records[index]
         return str(record.get("audio")) if isinstance(record, dict) else super()._describe(index)
 
-    def turns(self, record: Any) -> list[Turn]:
-        """The record's messages, the audio message opening the first human one (as the demo asks)."""
+    def turns(self, record: Any, pick: torch.Generator | None = None) -> list[Turn]:
+        """The record's messages, the audio message opening the first human one (as the demo asks);
+        with ``pick``, one question-answer pair of them drawn with it (:func:`~.data.one_exchange`)."""
         if isinstance(record, dict) and "conversations" in record:
             turns = [Turn(_require(m, "from"), _require(m, "value")) for m in _require(record, "conversations", list)]
         elif isinstance(record, dict) and "QA" in record:
@@ -298,13 +302,16 @@ class AudioInstructDataset(AudioTrainDataset):
         question = turns[first].text.replace(AUDIO_TAG, "").strip()
         if not question:
             raise RecordError("the first human message has no text besides the audio tag")
-        turns[first] = Turn("human", join_question(self.message, question))
+        turns[first] = Turn("human", question)
+        if pick is not None:
+            turns, first = one_exchange(turns, pick), 0
+        turns[first] = Turn("human", join_question(self.message, turns[first].text))
         return turns
 
     def _load(self, index: int, generator: torch.Generator) -> dict[str, Any]:
         record = self.records[index]
         path = _require(record, "audio")
-        turns = self.turns(record)
+        turns = self.turns(record, generator if self.one_turn else None)
         return self._conversation_sample(turns, self._audio(self.media_root / path))
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "RunSection",
     "TrainConfig",
     "VISION_TRAINABLE",
+    "ONE_TURN_TYPES",
     "AUDIO_TRAINABLE",
     "DATASET_TYPES",
     "AUDIO_DATASET_TYPES",
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 # Official trainable sets (``frozen_* : False`` in the official YAMLs), by our module names.
+ONE_TURN_TYPES = ("videochat_instruct", "audio_instruct")  # datasets whose chats `turns: one` can split
 VISION_TRAINABLE = ("video_qformer", "video_query_tokens", "frame_position_embedding", "video_projection")
 AUDIO_TRAINABLE = ("audio_qformer", "audio_query_tokens", "audio_position_embedding", "audio_projection")
 # Media tokens per sample: video Q-Former queries (vision branch) / audio Q-Former queries (audio).
@@ -117,6 +119,12 @@ class DatasetSpec:
     * ``wavcaps``: ``annotations`` = JSON ``{"data": [{"id", "caption"}]}``; ``media_root`` = audio folder.
     * ``audio_instruct``: ``annotations`` = JSON list of ``{"audio", "conversations"|"QA"}``;
       ``media_root`` = audio folder (``media_root/{audio}``).
+
+    ``turns`` (``videochat_instruct``, ``audio_instruct``; ours): ``all`` (official) makes a record's
+    whole chat one sample; ``one`` makes each draw one question-answer pair of it, drawn with the
+    sample's generator, the media message opening it. In a whole chat a later question can often be
+    answered from an earlier answer ("What is making the sound?" -> "a bell", then "Is there a drum
+    sound?") without reading the media; one pair per sample takes that shortcut away.
     """
 
     type: str = ""  # one of DATASET_TYPES; defaults to the dataset's name in the YAML mapping
@@ -131,6 +139,7 @@ class DatasetSpec:
     data_type: str = "video"  # official ``data_type``; 'cn' in it drops the timestamp message
     max_bad_fraction: float = 0.5  # stop with an error when more records than this fail
     captions: Literal["each", "sample"] = "each"  # clotho: every caption a record, or one drawn per draw
+    turns: Literal["all", "one"] = "all"  # instruct chats: the whole chat per sample, or one Q-A pair per draw
     prompts: list[str] | None = None  # caption prompts of this dataset; None -> data.prompts
     window_fps: float | None = None  # videochat_instruct: long videos read in windows at this rate (None: off)
     max_windows: int | None = None  # with window_fps: at most this many windows (frames spread uniformly past it)
@@ -266,6 +275,8 @@ class TrainConfig:
                 raise ConfigError(f"{where}: {spec.type!r} is real audio for the audio branch; set run.branch: audio")
             if spec.captions != "each" and spec.type != "clotho":
                 raise ConfigError(f"{where}.captions applies to clotho only (this dataset is {spec.type!r})")
+            if spec.turns != "all" and spec.type not in ONE_TURN_TYPES:
+                raise ConfigError(f"{where}.turns applies to {' and '.join(ONE_TURN_TYPES)} (this dataset is {spec.type!r})")
             if spec.prompts is not None:
                 spec.prompts = _named_prompts(spec.prompts)
             self._validate_windows(where, spec)

@@ -110,6 +110,7 @@ __all__ = [
     "VideoChatInstructDataset",
     "WindowedVideo",
     "build_datasets",
+    "one_exchange",
     "text_options",
     "merge_skip_reports",
 ]
@@ -384,6 +385,16 @@ def _require(record: Any, key: str, kind: type | tuple[type, ...] = str) -> Any:
     return value
 
 
+def one_exchange(turns: list[Turn], generator: torch.Generator) -> list[Turn]:
+    """One question-answer pair of a chat (``turns: one``): a human message and the answer right after it,
+    drawn uniformly with ``generator``. Raises RecordError when the chat has no such pair."""
+    starts = [i for i in range(len(turns) - 1) if turns[i].role == "human" and turns[i + 1].role == "gpt"]
+    if not starts:
+        raise RecordError("no human message followed by an answer")
+    i = starts[int(torch.randint(len(starts), (1,), generator=generator))]
+    return turns[i : i + 2]
+
+
 # ---------------------------------------------------------------------------------------------- formats
 class WebVidDataset(TrainDataset):
     """WebVid-2M/10M CSV annotations + videos (caption mode, official ``headtail`` sampling)."""
@@ -489,11 +500,12 @@ class VideoChatInstructDataset(TrainDataset):
                  num_frames: int = 8, sampling: str = "uniform", data_type: str = "video",
                  window_fps: float | None = None, max_windows: int | None = None, window_audio: bool = False,
                  window_frames: int = DEFAULT_WINDOW_FRAMES, audio_tokens: int = DEFAULT_AUDIO_TOKENS,
-                 **kwargs) -> None:
+                 turns: str = "all", **kwargs) -> None:
         super().__init__(name, text, **kwargs)
         self.records = _read_json_list(Path(annotations), name)
         self.media_root = Path(media_root)
         self.num_frames, self.sampling, self.data_type = num_frames, sampling, data_type
+        self.one_turn = turns == "one"
         self.window_frames, self.window_audio, self.audio_tokens = window_frames, window_audio, audio_tokens
         self.window_sampling = None if window_fps is None else VideoSampling(
             frames=None, fps=window_fps,
@@ -516,6 +528,8 @@ class VideoChatInstructDataset(TrainDataset):
         if not qa:
             raise RecordError("empty QA list")
         pairs = [(_require(item, "q"), _require(item, "a")) for item in qa]
+        if self.one_turn:
+            pairs = [pairs[int(torch.randint(len(pairs), (1,), generator=generator))]]
         windowed = None if self.window_sampling is None else self._windows(self.media_root / video, generator)
         if windowed is not None:
             return self._windowed_sample(pairs, windowed)
@@ -617,7 +631,8 @@ def build_datasets(cfg, tokenizer, *, window_frames: int = DEFAULT_WINDOW_FRAMES
                                           num_frames=spec.num_frames, sampling=spec.sampling,
                                           data_type=spec.data_type, window_fps=spec.window_fps,
                                           max_windows=spec.max_windows, window_audio=spec.window_audio,
-                                          window_frames=window_frames, audio_tokens=audio_tokens, **common)
+                                          window_frames=window_frames, audio_tokens=audio_tokens,
+                                          turns=spec.turns, **common)
         elif spec.type == "webdataset":
             from .webdataset import WebDatasetShards  # imported here: that module builds on this one
 
@@ -627,6 +642,7 @@ def build_datasets(cfg, tokenizer, *, window_frames: int = DEFAULT_WINDOW_FRAMES
             from .audio_data import AUDIO_DATASET_CLASSES
 
             extra = {"captions": spec.captions} if spec.type == "clotho" else {}
+            extra |= {"turns": spec.turns} if spec.type == "audio_instruct" else {}
             ds = AUDIO_DATASET_CLASSES[spec.type](name, text, annotations=spec.annotations,
                                                   media_root=spec.media_root, **extra, **common)
         else:  # config validation makes this unreachable
