@@ -52,7 +52,8 @@ def test_quick_chain_runs_end_to_end(quick_chain):
         assert right == pytest.approx(round(right)), setting
         assert sum(f["accuracy_mean"] * f["items"] for name, f in families.items() if name != "all") == \
             pytest.approx(right), setting  # "all" is the item-weighted mean of the families
-    # Every stage changed only its own branch: the frozen stage-0 LLM is bit-identical at the end.
+    # Every stage changed only its own branch: the frozen stage-0 encoders are bit-identical at the end, and the
+    # LLM changed only where AL stage 2's LoRA adapters (al_stage2_audiotext.yaml) were merged into it.
     stage0 = json.loads((out / "stage0" / "stage0.json").read_text())
     assert set(stage0["final_loss"]) == {"image_attributes", "image_encoder", "picture_reading",
                                          "imagebind_attributes", "imagebind_vision", "imagebind_audio"}
@@ -60,9 +61,15 @@ def test_quick_chain_runs_end_to_end(quick_chain):
 
     first = VideoLlama.from_pretrained(out / "stage0" / "model")
     last = pipe.model
-    for name in ("language_model", "vision_model", "image_qformer", "audio_encoder", "imagebind_vision"):
+    for name in ("vision_model", "image_qformer", "audio_encoder", "imagebind_vision"):
         a, b = getattr(first, name).state_dict(), getattr(last, name).state_dict()
         assert all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a), f"{name} changed after stage 0"
+    vision_llm = VideoLlama.from_pretrained(out / "vl_stage2" / "export").language_model.state_dict()
+    a, b = first.language_model.state_dict(), last.language_model.state_dict()
+    assert all(torch.equal(a[k], vision_llm[k].to(a[k].dtype)) for k in a), "the VL stages changed the LLM"
+    changed = {k for k in a if not torch.equal(a[k], b[k].to(a[k].dtype))}
+    adapted = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert changed and all(k.split(".")[-2] in adapted for k in changed), sorted(changed)[:4]
     for name in ("video_projection", "audio_projection"):
         assert not torch.equal(getattr(first, name).weight, getattr(last, name).weight.to(torch.float32)), name
 
@@ -129,12 +136,13 @@ def test_audio_recipes_choose_what_the_audio_branch_hears(quick_chain, tmp_path)
 
 @pytest.mark.slow
 def test_audio_recipe_on_a_reused_vision_branch(quick_chain, tmp_path):
-    """--vision-from trains only the audio branch on the run's vision branch; the vision-only settings' results are
-    that run's, the audio settings are evaluated again; a world without the audio-text sets is refused."""
+    """--vision-from trains only the audio branch on the run's vision branch; the audio stage's LoRA changes the LLM,
+    so only the ablation's results are that run's and every other setting is evaluated again; a world without the
+    audio-text sets is refused."""
     from safetensors.torch import load_file
 
     from videollama.errors import UsageError
-    from videollama.synthav.chain import VISION_ONLY_SETTINGS
+    from videollama.synthav.chain import ABLATION_SETTINGS, AUDIO_RECIPES, audio_stages_train_llm
 
     out, _ = quick_chain
     settings = replace(ChainSettings.quick(0), audio_recipe="audiotext")
@@ -150,8 +158,11 @@ def test_audio_recipe_on_a_reused_vision_branch(quick_chain, tmp_path):
     assert audio_keys and not all(torch.equal(vision[k], final[k].to(vision[k].dtype)) for k in audio_keys)
     mine = json.loads((tmp_path / "audiotext" / "results" / "results.json").read_text())["per_seed"]["0"]
     theirs = json.loads((out / "results" / "results.json").read_text())["per_seed"]["0"]
+    llm_keys = [k for k in vision if k.startswith("language_model.") and k.endswith("q_proj.weight")]
+    assert llm_keys and not any(torch.equal(vision[k], final[k].to(vision[k].dtype)) for k in llm_keys)  # LoRA merged
+    assert audio_stages_train_llm(AUDIO_RECIPES["audiotext"][0]) and not audio_stages_train_llm(AUDIO_RECIPES["visual"][0])
     assert set(mine) == set(theirs)
-    for setting in VISION_ONLY_SETTINGS:
+    for setting in ABLATION_SETTINGS:
         assert mine[setting] == theirs[setting], setting
     with pytest.raises(UsageError, match="needs a world generated with --audio-clips"):
         run_chain(tmp_path / "x", seed=0, settings=settings, data_dir=tmp_path, stage0_dir=out / "stage0",
@@ -416,7 +427,10 @@ def test_chain_can_share_a_stage0_across_seeds(quick_chain, tmp_path):
 
     shared = load_file(str(out / "stage0" / "model" / "model.safetensors"))
     final = load_file(str(tmp_path / "s1" / "model" / "model.safetensors"))
-    frozen = [k for k in shared if k.startswith(("language_model.", "vision_model.", "audio_encoder."))]
+    adapted = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "gate_proj.weight", "up_proj.weight",
+               "down_proj.weight")  # the LLM's projections take AL stage 2's merged LoRA adapters
+    frozen = [k for k in shared if k.startswith(("language_model.", "vision_model.", "audio_encoder."))
+              and not k.endswith(adapted)]
     assert frozen and all(torch.equal(shared[k], final[k].to(shared[k].dtype)) for k in frozen)
 
 

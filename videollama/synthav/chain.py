@@ -24,7 +24,9 @@ Steps (each writes under ``--out``; ``chain.json`` records the settings and ever
 
 ``vision_from`` (another chain run of the same stage 0 and seed) reuses that run's vision branch and
 ablation, so several audio recipes are compared on one vision branch: only steps 4 and 6 run, and the
-settings that never hear the audio branch (:data:`VISION_ONLY_SETTINGS`) are copied from that run's results.
+settings that never hear the audio branch (:data:`VISION_ONLY_SETTINGS`) are copied from that run's results;
+when the audio stages train LoRA adapters on the LLM (``al_stage2_audiotext.yaml``), the final model's LLM is
+not that run's, and only the ablation's setting (:data:`ABLATION_SETTINGS`) is copied.
 
 Afterwards, :func:`run_long_variant` trains the stage-2 variant on long inputs from a finished run's
 ``model/`` (``configs/synthav/vl_stage2_long.yaml``, long clips of :mod:`videollama.synthav.long`).
@@ -60,8 +62,10 @@ AUDIO_RECIPES: dict[str, tuple[tuple[str, str], tuple[str, ...]]] = {
                   ("webvid", "cc_sbu_align", "llava_instruct", "webvid_instruct")),  # real audio only
     "mixed": (("al_stage1_audiotext", "al_stage2_audiotext"), ()),  # real audio + the paper's visual data
 }
-# Evaluation settings that never run the audio branch: the same for every audio recipe on one vision branch.
+# Evaluation settings that never run the audio branch: the same for every audio recipe on one vision branch,
+# as long as the audio stages leave the LLM alone; with LoRA in an audio stage only the ablation's stay the same.
 VISION_ONLY_SETTINGS = ("video", "one_frame", "no_frame_pos")
+ABLATION_SETTINGS = ("no_frame_pos",)
 # Where each dataset of configs/synthav/*.yaml lies in a generated world (``generate``'s layout).
 DATASET_PATHS: dict[str, dict[str, str]] = {
     "webvid": {"annotations": "webvid/annotations", "media_root": "webvid/videos"},
@@ -218,6 +222,11 @@ def finalize_model(src: Path, dst: Path, max_bytes: int = MAX_MODEL_BYTES) -> Pa
 
 
 # ------------------------------------------------------------------------------------------------ driver
+def audio_stages_train_llm(configs: tuple[str, ...]) -> bool:
+    """Whether these stage YAMLs put LoRA adapters on the LLM (merged at export, so the LLM changes)."""
+    return any(load_stage_config(config, []).optim.lora.enabled for config in configs)
+
+
 def reused_vision(run: str | Path) -> tuple[Path, Path | None, dict[str, Any]]:
     """What ``vision_from`` takes from a finished chain run: (its VL-stage-2 model, its ablation model or None,
     its saved results or {}); raises when the run has no vision branch."""
@@ -294,7 +303,8 @@ def run_chain(out_dir: str | Path, seed: int = 0, settings: ChainSettings | None
         vision = branch(stage0_dir / "model", "", ("vl_stage1", "vl_stage2"))
     else:
         vision, ablation, saved = reused_vision(vision_from)
-        copied = {s: r for s, r in saved.get("per_seed", {}).get(str(seed), {}).items() if s in VISION_ONLY_SETTINGS}
+        same = ABLATION_SETTINGS if audio_stages_train_llm(al_configs) else VISION_ONLY_SETTINGS
+        copied = {s: r for s, r in saved.get("per_seed", {}).get(str(seed), {}).items() if s in same}
     model = branch(vision, "", ("al_stage1", "al_stage2"), al_configs, drop)
     final = finalize_model(model, out / "model")
     if vision_from is None:
