@@ -46,9 +46,9 @@ __all__ = [
 ]
 
 # Official trainable sets (``frozen_* : False`` in the official YAMLs), by our module names.
-ONE_TURN_TYPES = ("videochat_instruct", "audio_instruct")  # datasets whose chats `turns: one` can split
 VISION_TRAINABLE = ("video_qformer", "video_query_tokens", "frame_position_embedding", "video_projection")
 AUDIO_TRAINABLE = ("audio_qformer", "audio_query_tokens", "audio_position_embedding", "audio_projection")
+ONE_TURN_TYPES = ("videochat_instruct", "audio_instruct")  # datasets whose chats `turns: one` can split
 # Media tokens per sample: video Q-Former queries (vision branch) / audio Q-Former queries (audio).
 VISION_PLACEHOLDERS = 32
 AUDIO_PLACEHOLDERS = 8
