@@ -385,13 +385,18 @@ def _require(record: Any, key: str, kind: type | tuple[type, ...] = str) -> Any:
     return value
 
 
+def _draw_one(items: Sequence, generator: torch.Generator):
+    """One of ``items``, drawn uniformly with ``generator`` (``turns: one``)."""
+    return items[int(torch.randint(len(items), (1,), generator=generator))]
+
+
 def one_exchange(turns: list[Turn], generator: torch.Generator) -> list[Turn]:
     """One question-answer pair of a chat (``turns: one``): a human message and the answer right after it,
     drawn uniformly with ``generator``. Raises RecordError when the chat has no such pair."""
     starts = [i for i in range(len(turns) - 1) if turns[i].role == "human" and turns[i + 1].role == "gpt"]
     if not starts:
         raise RecordError("no human message followed by an answer")
-    i = starts[int(torch.randint(len(starts), (1,), generator=generator))]
+    i = _draw_one(starts, generator)
     return turns[i : i + 2]
 
 
@@ -529,7 +534,7 @@ class VideoChatInstructDataset(TrainDataset):
             raise RecordError("empty QA list")
         pairs = [(_require(item, "q"), _require(item, "a")) for item in qa]
         if self.one_turn:
-            pairs = [pairs[int(torch.randint(len(pairs), (1,), generator=generator))]]
+            pairs = [_draw_one(pairs, generator)]
         windowed = None if self.window_sampling is None else self._windows(self.media_root / video, generator)
         if windowed is not None:
             return self._windowed_sample(pairs, windowed)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..templates import AV_MESSAGE, VIDEO_MESSAGE, get_template, system_for, windowed_video_message
+from ..templates import VIDEO_MESSAGE, get_template, media_message, system_for, windowed_video_message
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class VideoFacts:
         """The video's first-message preamble, as ``MediaFeatures.preamble`` builds it."""
         if self.windows:
             return windowed_video_message(list(self.windows), audio=self.has_audio, duration=self.duration)
-        return AV_MESSAGE if self.has_audio else VIDEO_MESSAGE + self.timestamps
+        return media_message(video=True, audio=self.has_audio, timestamps=self.timestamps)
 
 
 def _system_block(template_name: str, system: str) -> str:
