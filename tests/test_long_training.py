@@ -95,7 +95,7 @@ def long_dataset(tok, long_data: Path, **extra) -> VideoChatInstructDataset:
 # ------------------------------------------------------------------------------------------------ samples
 def test_window_sample_is_inference_prompt(tiny_tokenizer, model, long_data):
     """Windows, time labels, sentence and sound of a training sample are those inference builds."""
-    ds = long_dataset(tiny_tokenizer, long_data, window_audio=True)
+    ds = long_dataset(tiny_tokenizer, long_data, with_audio=True)
     sample = ds[0]
     record = ds.records[sample["index"]]
     path = long_data / "long/videos" / record["video"]
@@ -121,19 +121,63 @@ def test_window_sample_is_inference_prompt(tiny_tokenizer, model, long_data):
     image_id, audio_id = model.config.image_token_id, model.config.audio_token_id
     assert int((sample["input_ids"] == image_id).sum()) == 32 * MAX_WINDOWS
     assert int((sample["input_ids"] == audio_id).sum()) == 8 * MAX_WINDOWS
-    assert torch.equal(sample["window_audio"], window_audio_clips(path, spans))  # (W, 8, 1, 128, 204)
+    assert torch.equal(sample["av_audio"], window_audio_clips(path, spans))  # (W, 8, 1, 128, 204)
 
 
 def test_short_video_sample_is_unchanged(tiny_tokenizer, short_clips):
     """A video that fits one window at the rate gives exactly today's sample."""
     today = dataset(tiny_tokenizer, short_clips / "records.json", short_clips)
-    windowed = dataset(tiny_tokenizer, short_clips / "records.json", short_clips, window_fps=1.0, max_windows=3,
-                       window_audio=True)
+    windowed = dataset(tiny_tokenizer, short_clips / "records.json", short_clips, window_fps=1.0, max_windows=3)
     for index in range(2):
         a, b = today[index], windowed[index]
         assert set(a) == set(b)
         assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
         assert torch.equal(a["frames"], b["frames"]) and a["frames"].shape == (8, 3, SIZE, SIZE)
+
+
+def test_audio_visual_sample_is_inference_prompt(tiny_tokenizer, model, short_clips):
+    """``with_audio`` on a short clip: inference's audio+video preamble, the same frames, and the clip's
+    sound as inference reads it; with or without ``window_fps`` (the clip fits one window)."""
+    from videollama.media.audio import load_audio
+
+    today = dataset(tiny_tokenizer, short_clips / "records.json", short_clips)
+    av = dataset(tiny_tokenizer, short_clips / "records.json", short_clips, with_audio=True)
+    av_windows = dataset(tiny_tokenizer, short_clips / "records.json", short_clips, with_audio=True, window_fps=1.0)
+    pipe = Pipeline(model, tiny_tokenizer)
+    for index in range(2):
+        sample, plain = av[index], today[index]
+        path = short_clips / av.records[sample["index"]]["video"]
+        features = pipe.encode_media(path, MediaOptions(use_audio=True))
+        assert features.audio is not None  # inference hears this clip: the prompt below is its audio+video one
+        preamble = features.preamble.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * 32).replace(
+            AUDIO_PLACEHOLDER, AUDIO_PLACEHOLDER * 8)
+        assert "Close your ears, open your eyes" in preamble
+        turns = []
+        for i, qa in enumerate(av.records[sample["index"]]["QA"]):
+            turns += [Turn("human", f"{preamble} {qa['q']}" if i == 0 else qa["q"]), Turn("gpt", qa["a"])]
+        expected = encode_conversation(tiny_tokenizer, turns, "llama_2", 4096)
+        assert torch.equal(sample["input_ids"], expected.input_ids) and torch.equal(sample["labels"], expected.labels)
+        assert torch.equal(sample["frames"], plain["frames"])  # the same 8 frames and crop as without sound
+        assert torch.equal(sample["av_audio"], load_audio(path)[None])  # (1, 8, 1, 128, 204)
+        again = av_windows[index]
+        assert torch.equal(again["input_ids"], sample["input_ids"]) and torch.equal(again["av_audio"], sample["av_audio"])
+
+
+def test_audio_visual_batch_goes_to_both_branches_on_the_audio_branch(tiny_tokenizer, model, short_clips):
+    """An audio-branch run (frames otherwise for ImageBind's vision path) batches an audio-visual sample's
+    frames for the vision branch and its sound for the audio branch; the model takes both."""
+    av = dataset(tiny_tokenizer, short_clips / "records.json", short_clips, with_audio=True)
+    samples = [av[0], av[1]]
+    batch = collate(samples, pad_id=0, media_key="visual_audio_values")
+    assert "visual_audio_values" not in batch
+    assert batch["pixel_values"].shape == (2, 8, 3, SIZE, SIZE)
+    assert torch.equal(batch["audio_values"], torch.cat([s["av_audio"] for s in samples]))  # (2, 8, 1, 128, 204)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"], audio_values=batch["audio_values"]).logits
+    assert logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="audio-visual"):
+        collate([samples[0], dataset(tiny_tokenizer, short_clips / "records.json", short_clips)[0]], pad_id=0)
 
 
 def test_videochat_one_turn_asks_one_drawn_question_after_the_video(tiny_tokenizer, short_clips):
@@ -158,24 +202,30 @@ def test_videochat_one_turn_asks_one_drawn_question_after_the_video(tiny_tokeniz
 def test_window_options_are_checked():
     from videollama.train.config import ConfigError, config_from_dict
 
-    def cfg(**spec):
-        return {"model": {"preset": "tiny"}, "run": {"branch": "vision"},
-                "data": {"datasets": {"v": {"type": "videochat_instruct", **spec}}}}
+    def cfg(branch="vision", model_audio=False, dataset_type="videochat_instruct", **spec):
+        return {"model": {"preset": "tiny", "with_audio": model_audio}, "run": {"branch": branch},
+                "data": {"datasets": {"v": {"type": dataset_type, **spec}}}}
 
-    for spec, fragment in (({"max_windows": 2}, "need window_fps"), ({"window_fps": 0}, "positive"),
-                           ({"window_fps": 1, "max_windows": 0}, "max_windows must be >= 1"),
-                           ({"window_fps": 1, "window_audio": True}, "model.with_audio")):
+    for config, fragment in ((cfg(max_windows=2), "needs window_fps"), (cfg(window_fps=0), "positive"),
+                             (cfg(window_fps=1, max_windows=0), "max_windows must be >= 1"),
+                             (cfg(window_fps=1, with_audio=True), "model.with_audio"),
+                             (cfg(model_audio=True, dataset_type="webvid", with_audio=True), "videochat_instruct"),
+                             (cfg("audio", True, window_fps=1), "or of the audio branch with with_audio")):
         with pytest.raises(ConfigError, match=fragment):
-            config_from_dict(cfg(**spec))
+            config_from_dict(config)
     assert config_from_dict(cfg(window_fps=1, max_windows=4)).data.datasets["v"].window_fps == 1.0
+    # audio-visual samples on the audio branch: frames go through the vision branch, so no ImageBind vision encoder
+    av = config_from_dict(cfg("audio", True, window_fps=1, with_audio=True))
+    assert av.data.datasets["v"].with_audio and not av.needs_imagebind_vision
+    assert config_from_dict(cfg("audio", True)).needs_imagebind_vision  # the paper's frames for the audio branch
 
 
 # ------------------------------------------------------------------------------------------------ batches
 @pytest.fixture(scope="module")
 def mixed_batch(tiny_tokenizer, long_data, short_clips):
     short = dataset(tiny_tokenizer, short_clips / "records.json", short_clips, window_fps=1.0, max_windows=3,
-                    window_audio=True)
-    long = long_dataset(tiny_tokenizer, long_data, window_audio=True)
+                    with_audio=True)
+    long = long_dataset(tiny_tokenizer, long_data, with_audio=True)
     samples = [short[0], long[0], long[1]]
     return samples, collate(samples, pad_id=0)
 
@@ -187,8 +237,9 @@ def test_collate_mixes_one_and_three_window_samples(mixed_batch):
     assert torch.equal(media[0], samples[0]["frames"])
     for k, window in enumerate(samples[1]["frames"] + samples[2]["frames"]):
         assert torch.equal(media[1 + k], window)
-    assert batch["audio_values"].shape == (2 * MAX_WINDOWS, 8, 1, 128, 204)
-    assert torch.equal(batch["audio_values"][:MAX_WINDOWS], samples[1]["window_audio"])
+    assert batch["audio_values"].shape == (1 + 2 * MAX_WINDOWS, 8, 1, 128, 204)  # the short clip's sound, then the windows'
+    assert torch.equal(batch["audio_values"][:1], samples[0]["av_audio"])
+    assert torch.equal(batch["audio_values"][1:1 + MAX_WINDOWS], samples[1]["av_audio"])
     lengths = [len(s["input_ids"]) for s in samples]
     assert batch["input_ids"].shape == (3, max(lengths))
     assert batch["attention_mask"].sum(1).tolist() == lengths

@@ -100,8 +100,9 @@ def test_audio_branch_trains_on_frames_only(quick_chain, tmp_path):
 
 @pytest.mark.slow
 def test_audio_recipes_choose_what_the_audio_branch_hears(quick_chain, tmp_path):
-    """audiotext: every AL batch is real audio (audio_values, ImageBind's audio encoder); mixed: real-audio batches
-    and frame batches by the YAML's weights; visual (the paper): frames only (test above)."""
+    """audiotext: every AL batch is real audio (audio_values, ImageBind's audio encoder), in stage 2 also with the
+    clip's frames for the vision branch (audio-visual chats); mixed: real-audio batches and frame batches by the
+    YAML's weights; visual (the paper): frames only (test above)."""
     from transformers import AutoTokenizer
 
     from videollama.synthav.chain import AUDIO_RECIPES
@@ -125,11 +126,13 @@ def test_audio_recipes_choose_what_the_audio_branch_hears(quick_chain, tmp_path)
             for batch in build_batches(cfg, tokenizer, steps=6):
                 if batch.get("audio_values") is not None:
                     assert batch["audio_values"].shape[1:] == (8, 1, 128, 204)
-                    kinds.add("audio")
+                    assert "visual_audio_values" not in batch
+                    kinds.add("audio" if batch.get("pixel_values") is None else "audio-visual")
                 else:
+                    assert batch["visual_audio_values"].shape[2:] == (3, 112, 112) and "pixel_values" not in batch
                     kinds.add("frames")
                 assert int((batch["input_ids"] == audio_id).sum()) == 8 * batch["input_ids"].shape[0]
-    assert seen["audiotext/al_stage1"] == seen["audiotext/al_stage2"] == {"audio"}
+    assert seen["audiotext/al_stage1"] == {"audio"} and seen["audiotext/al_stage2"] == {"audio", "audio-visual"}
     assert "audio" in seen["mixed/al_stage1"] | seen["mixed/al_stage2"]
     assert "frames" in seen["mixed/al_stage1"] | seen["mixed/al_stage2"]
 

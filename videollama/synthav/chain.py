@@ -16,7 +16,8 @@ Steps (each writes under ``--out``; ``chain.json`` records the settings and ever
 4. ``al_stage1/``, ``al_stage2/``: the audio-language branch, by the chosen *audio recipe*
    (:data:`AUDIO_RECIPES`): ``visual``, the paper's, on the same visual data through the ImageBind-like
    *vision* encoder only (``configs/synthav/al_stage{1,2}.yaml``: no audio in training); ``audiotext``, on
-   the world's soundtracks and their captions and audio questions through the *audio* encoder
+   the world's soundtracks and their captions and audio questions through the *audio* encoder, and in
+   stage 2 the VideoChat clips with their sound beside the frozen vision branch (``av_instruct``)
    (``al_stage{1,2}_audiotext.yaml`` without their visual entries); ``mixed``, both, by the YAMLs' weights.
 5. ``ablation/``: stage 0 with ``use_frame_position=False`` and the vision branch trained again.
 6. ``model/``: the final folder (vision branch + audio branch + frozen parts), fp16 if it would
@@ -59,7 +60,7 @@ STAGES = ("vl_stage1", "vl_stage2", "al_stage1", "al_stage2")
 AUDIO_RECIPES: dict[str, tuple[tuple[str, str], tuple[str, ...]]] = {
     "visual": (("al_stage1", "al_stage2"), ()),  # the paper: frames through ImageBind's vision encoder only
     "audiotext": (("al_stage1_audiotext", "al_stage2_audiotext"),
-                  ("webvid", "cc_sbu_align", "llava_instruct", "webvid_instruct")),  # real audio only
+                  ("webvid", "cc_sbu_align", "llava_instruct", "webvid_instruct")),  # real audio (+ AV clips) only
     "mixed": (("al_stage1_audiotext", "al_stage2_audiotext"), ()),  # real audio + the paper's visual data
 }
 # Evaluation settings that never run the audio branch: the same for every audio recipe on one vision branch,
@@ -72,6 +73,7 @@ DATASET_PATHS: dict[str, dict[str, str]] = {
     "cc_sbu_align": {"annotations": "cc_sbu"},
     "llava_instruct": {"annotations": "llava/llava_instruct.json", "media_root": "llava/images"},
     "webvid_instruct": {"annotations": "videochat/videochat_instruct.json", "media_root": "videochat/videos"},
+    "av_instruct": {"annotations": "videochat/videochat_instruct.json", "media_root": "videochat/videos"},
     "audio_captions": {"annotations": "audio_captions/audio_captions.json", "media_root": "audio_captions/audio"},
     "audio_instruct": {"annotations": "audio_instruct/audio_instruct.json", "media_root": "audio_instruct/audio"},
 }

@@ -105,8 +105,10 @@ class DatasetSpec:
       videos folder (``media_root/{video}``). Long videos (ours, ``docs/long-video.md``): with
       ``window_fps`` a video sampled at that rate beyond the model's ``max_frames`` becomes several
       windows, as inference reads it (``max_windows`` caps the frames at ``max_windows x max_frames``,
-      spread uniformly; ``window_audio`` adds each window's sound); a video that fits one window is
-      read exactly as without these keys.
+      spread uniformly); a video that fits one window is read exactly as without these keys. With
+      ``with_audio`` (ours) each sample is audio-visual: the clip's (or each window's) sound too,
+      with inference's audio+video prompt; its frames go through the vision branch and its sound
+      through the audio branch on either branch's run.
     * ``webdataset``: ``shards`` = tar files (globs and ``{000..099}`` brace ranges allowed),
       members ``<key>.mp4|jpg`` + ``<key>.txt|json``.
 
@@ -143,7 +145,7 @@ class DatasetSpec:
     prompts: list[str] | None = None  # caption prompts of this dataset; None -> data.prompts
     window_fps: float | None = None  # videochat_instruct: long videos read in windows at this rate (None: off)
     max_windows: int | None = None  # with window_fps: at most this many windows (frames spread uniformly past it)
-    window_audio: bool = False  # with window_fps: each window's sound too (the audio-visual prompt)
+    with_audio: bool = False  # videochat_instruct: the clip's (each window's) sound too, audio-visual prompt
 
 
 @dataclass
@@ -243,9 +245,9 @@ class TrainConfig:
     @property
     def needs_imagebind_vision(self) -> bool:
         """The audio branch reads some dataset's frames through ImageBind's vision encoder (the paper's
-        visual-only training); runs on real audio alone do not build that encoder."""
+        visual-only training); runs on real audio and audio-visual samples alone do not build that encoder."""
         return self.run.branch == "audio" and any(
-            spec.type not in AUDIO_DATASET_TYPES for spec in self.data.datasets.values())
+            spec.type not in AUDIO_DATASET_TYPES and not spec.with_audio for spec in self.data.datasets.values())
 
     @property
     def trainable(self) -> list[str]:
@@ -302,20 +304,24 @@ class TrainConfig:
             raise ConfigError("run.resume and run.restart exclude each other: continue the run or start it over")
 
     def _validate_windows(self, where: str, spec: DatasetSpec) -> None:
-        """The long-video keys: videochat_instruct on the vision branch only, sensible numbers."""
+        """The long-video and audio-visual keys: videochat_instruct only, sensible numbers. On the audio
+        branch, windows need ``with_audio`` (frames alone there go through ImageBind's vision encoder)."""
+        if spec.with_audio:
+            if spec.type != "videochat_instruct":
+                raise ConfigError(f"{where}.with_audio applies to videochat_instruct datasets (this one is {spec.type!r})")
+            if not self.model.with_audio:
+                raise ConfigError(f"{where}.with_audio needs the audio branch: set model.with_audio: true")
         if spec.window_fps is None:
-            if spec.max_windows is not None or spec.window_audio:
-                raise ConfigError(f"{where}: max_windows and window_audio need window_fps (the rate windows are read at)")
+            if spec.max_windows is not None:
+                raise ConfigError(f"{where}: max_windows needs window_fps (the rate windows are read at)")
             return
-        if spec.type != "videochat_instruct" or self.run.branch != "vision":
-            raise ConfigError(f"{where}.window_fps applies to videochat_instruct datasets of the vision branch "
-                              f"(this one is {spec.type!r} on the {self.run.branch} branch)")
+        if spec.type != "videochat_instruct" or (self.run.branch != "vision" and not spec.with_audio):
+            raise ConfigError(f"{where}.window_fps applies to videochat_instruct datasets of the vision branch, or of "
+                              f"the audio branch with with_audio (this one is {spec.type!r} on the {self.run.branch} branch)")
         if not (math.isfinite(spec.window_fps) and spec.window_fps > 0):
             raise ConfigError(f"{where}.window_fps must be a positive number of frames per second, got {spec.window_fps}")
         if spec.max_windows is not None and spec.max_windows < 1:
             raise ConfigError(f"{where}.max_windows must be >= 1, got {spec.max_windows}")
-        if spec.window_audio and not self.model.with_audio:
-            raise ConfigError(f"{where}.window_audio needs the audio branch: set model.with_audio: true")
 
 
 def _named_prompts(prompts: list[str]) -> list[str]:

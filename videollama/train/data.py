@@ -35,10 +35,17 @@ spread uniformly) and cut into windows of at most ``window_frames`` (the model's
 :func:`~videollama.media.windows.split_windows`, exactly as :mod:`videollama.long_video` reads it at
 inference. The first question opens with inference's windowed preamble
 (:func:`~videollama.templates.windowed_video_message`: each window's time label, then its
-placeholders; with ``window_audio`` the audio-visual sentence with each window's 8 ``<AudioHere>``)
+placeholders; with ``with_audio`` the audio-visual sentence with each window's 8 ``<AudioHere>``)
 joined as inference joins it (:func:`~videollama.templates.join_question`). The sample's ``frames``
 is then a list of per-window tensors ``(T_w, 3, S, S)`` (one crop for the whole video) and
-``window_audio`` holds ``(W, 8, 1, 128, 204)``; a video that fits one window gives today's sample.
+``av_audio`` holds ``(W, 8, 1, 128, 204)``; a video that fits one window gives the short-clip sample.
+
+**Audio-visual samples** (``with_audio``, ours): a short clip's 8 log-mel clips of 2 s
+(:func:`~videollama.media.load_audio`, as inference reads them) go under ``av_audio`` ``(1, 8, 1, 128,
+204)``, and the first question opens with inference's audio+video message
+(:func:`~videollama.templates.media_message`). Its frames are read by the vision branch and its sound
+by the audio branch on either branch's run, so an audio-branch stage can teach the LLM to use both
+(the paper never trains the two together). A clip without sound is a bad record (skipped).
 
 Train transforms: one random resized crop (scale 0.5-1, ratio 3/4-4/3, bicubic) per video or
 image, then CLIP normalisation. Video frames are squashed to 224 at decode and cropped after
@@ -85,11 +92,11 @@ from ..media.windows import (
     split_windows,
     window_spans,
 )
-from ..templates import join_question, windowed_video_message
+from ..templates import join_question, media_message, windowed_video_message
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
 from .config import AUDIO_DATASET_TYPES
 from .text import (
-    WINDOW_AUDIO_KEY,
+    AV_AUDIO_KEY,
     EncodedText,
     Turn,
     blip_caption,
@@ -125,6 +132,7 @@ WEBVID_COLUMNS = ("videoid", "name", "page_dir")
 LLAVA_IMAGE_TOKEN = "<image>"
 LLAVA_IMAGE_PREFIX = "COCO_train2014_"
 DEFAULT_WINDOW_FRAMES = 32  # VideoLlamaConfig.max_frames: frames per window unless the model says otherwise
+DEFAULT_VIDEO_TOKENS = 32  # VideoLlamaConfig.num_video_tokens
 DEFAULT_AUDIO_TOKENS = 8  # VideoLlamaConfig.num_audio_tokens
 
 
@@ -499,28 +507,29 @@ class VideoChatInstructDataset(TrainDataset):
 
     ``window_fps`` (long videos): sampled at that rate, a video longer than one window of
     ``window_frames`` becomes several windows with inference's time-labelled prompt (module docstring).
+    ``with_audio`` (audio-visual samples): the clip's sound too, with inference's audio-visual prompt;
+    the frames then go through the vision branch and the sound through the audio branch, whichever
+    branch the run trains (``video_tokens`` / ``audio_tokens``: the model's tokens per item).
     """
 
     def __init__(self, name: str, text: TextOptions, *, annotations: str, media_root: str,
                  num_frames: int = 8, sampling: str = "uniform", data_type: str = "video",
-                 window_fps: float | None = None, max_windows: int | None = None, window_audio: bool = False,
-                 window_frames: int = DEFAULT_WINDOW_FRAMES, audio_tokens: int = DEFAULT_AUDIO_TOKENS,
-                 turns: str = "all", **kwargs) -> None:
+                 window_fps: float | None = None, max_windows: int | None = None, with_audio: bool = False,
+                 window_frames: int = DEFAULT_WINDOW_FRAMES, video_tokens: int | None = None,
+                 audio_tokens: int = DEFAULT_AUDIO_TOKENS, turns: str = "all", **kwargs) -> None:
         super().__init__(name, text, **kwargs)
         self.records = _read_json_list(Path(annotations), name)
         self.media_root = Path(media_root)
         self.num_frames, self.sampling, self.data_type = num_frames, sampling, data_type
         self.one_turn = turns == "one"
-        self.window_frames, self.window_audio, self.audio_tokens = window_frames, window_audio, audio_tokens
+        self.window_frames, self.with_audio = window_frames, with_audio
+        self.video_tokens = text.num_media_tokens if video_tokens is None else video_tokens
+        self.audio_tokens = audio_tokens
         self.window_sampling = None if window_fps is None else VideoSampling(
             frames=None, fps=window_fps,
             max_frames=DEFAULT_FPS_MAX_FRAMES if max_windows is None else max_windows * window_frames)
-        self._audio_token_id = None
-        if window_audio:
-            audio_id = text.tokenizer.convert_tokens_to_ids(AUDIO_PLACEHOLDER)
-            if audio_id is None or audio_id == text.tokenizer.unk_token_id:
-                raise DatasetError(f"dataset {name!r}: window_audio needs a tokenizer with {AUDIO_PLACEHOLDER}")
-            self._audio_token_id = int(audio_id)
+        self._image_token_id = _placeholder_id(text.tokenizer, IMAGE_PLACEHOLDER, name)
+        self._audio_token_id = _placeholder_id(text.tokenizer, AUDIO_PLACEHOLDER, name) if with_audio else None
 
     def _describe(self, index: int) -> str:
         record = self.records[index]
@@ -535,10 +544,18 @@ class VideoChatInstructDataset(TrainDataset):
         pairs = [(_require(item, "q"), _require(item, "a")) for item in qa]
         if self.one_turn:
             pairs = [_draw_one(pairs, generator)]
-        windowed = None if self.window_sampling is None else self._windows(self.media_root / video, generator)
+        path = self.media_root / video
+        windowed = None if self.window_sampling is None else self._windows(path, generator)
         if windowed is not None:
-            return self._windowed_sample(pairs, windowed)
-        frames, message = self._video(self.media_root / video, self.num_frames, self.sampling, generator)
+            preamble = windowed_video_message(windowed.labels, audio=windowed.audio is not None,
+                                              duration=windowed.duration)
+            return self._media_sample(pairs, preamble, windowed.windows, windowed.audio)
+        frames, message = self._video(path, self.num_frames, self.sampling, generator)
+        if self.with_audio:  # inference's audio+video prompt has no sampling sentence
+            from videollama.media.audio import load_audio
+
+            audio = load_audio(path)[None]  # (1, 8, 1, 128, 204): one item, as a window
+            return self._media_sample(pairs, media_message(video=True, audio=True), frames, audio)
         if "cn" in self.data_type:
             message = ""
         block = media_block("video", self.text.media_token, self.text.num_media_tokens)
@@ -550,7 +567,7 @@ class VideoChatInstructDataset(TrainDataset):
         return self._conversation_sample(turns, frames)
 
     def _windows(self, path: Path, generator: torch.Generator) -> WindowedVideo | None:
-        """The video's windows at ``window_fps`` (None: it fits one window, so today's sample is used).
+        """The video's windows at ``window_fps`` (None: it fits one window, so the short-clip sample is used).
 
         Positions, windows, timestamps and labels come from the same functions as
         :func:`videollama.long_video.encode_video_file`; one random crop covers the whole video."""
@@ -574,24 +591,41 @@ class VideoChatInstructDataset(TrainDataset):
             times.append(clip.timestamps[start:start + size])
             start += size
         spans = window_spans([t[0] for t in times], times, duration)
-        audio = window_audio_clips(path, spans) if self.window_audio else None  # (W, 8, 1, 128, 204)
+        audio = window_audio_clips(path, spans) if self.with_audio else None  # (W, 8, 1, 128, 204)
         return WindowedVideo(windows, [span.label for span in spans], duration, audio)
 
-    def _windowed_sample(self, pairs: list[tuple[str, str]], video: WindowedVideo) -> dict[str, Any]:
-        """Inference's windowed preamble (each marker expanded to its token run) + the conversation."""
-        t = self.text
-        preamble = windowed_video_message(video.labels, audio=video.audio is not None, duration=video.duration)
-        preamble = preamble.replace(IMAGE_PLACEHOLDER, t.media_token * t.num_media_tokens)
+    def _media_sample(self, pairs: list[tuple[str, str]], preamble: str, frames: torch.Tensor | list[torch.Tensor],
+                      audio: torch.Tensor | None) -> dict[str, Any]:
+        """Inference's preamble (each marker expanded to its token run) opening the conversation.
+
+        ``frames``: one clip ``(T, 3, S, S)`` or a long video's windows; ``audio``: ``(W, 8, 1, 128, 204)``,
+        one row per clip or window, or None. The sample's token runs are counted against both."""
+        preamble = preamble.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * self.video_tokens)
         preamble = preamble.replace(AUDIO_PLACEHOLDER, AUDIO_PLACEHOLDER * self.audio_tokens)
         turns = []
         for i, (question, answer) in enumerate(pairs):
             turns += [Turn("human", join_question(preamble, question) if i == 0 else question), Turn("gpt", answer)]
-        count = len(video.windows)
-        audio = None if video.audio is None else (self._audio_token_id, count * self.audio_tokens)
-        sample = self._conversation_sample(turns, video.windows, items=count, audio=audio)
-        if video.audio is not None:
-            sample[WINDOW_AUDIO_KEY] = video.audio
+        encoded = encode_conversation(self.text.tokenizer, turns, self.text.template, self.text.conversation_max_len)
+        items = len(frames) if isinstance(frames, list) else 1
+        runs = [(IMAGE_PLACEHOLDER, self._image_token_id, items * self.video_tokens)]
+        if audio is not None:
+            runs.append((AUDIO_PLACEHOLDER, self._audio_token_id, items * self.audio_tokens))
+        for marker, token_id, expected in runs:
+            found = int((encoded.input_ids == token_id).sum())
+            if found != expected:
+                raise RecordError(f"{found} {marker} tokens after tokenisation, expected {expected} "
+                                  "(cut by the length limit?)")
+        sample = {"input_ids": encoded.input_ids, "labels": encoded.labels, "frames": frames}
+        if audio is not None:
+            sample[AV_AUDIO_KEY] = audio
         return sample
+
+
+def _placeholder_id(tokenizer, marker: str, dataset: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(marker)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise DatasetError(f"dataset {dataset!r}: the tokenizer has no {marker} token")
+    return int(token_id)
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -613,12 +647,13 @@ def text_options(cfg, tokenizer, dataset: str) -> TextOptions:
     )
 
 
-def build_datasets(cfg, tokenizer, *, window_frames: int = DEFAULT_WINDOW_FRAMES,
+def build_datasets(cfg, tokenizer, *, window_frames: int = DEFAULT_WINDOW_FRAMES, video_tokens: int = DEFAULT_VIDEO_TOKENS,
                    audio_tokens: int = DEFAULT_AUDIO_TOKENS) -> list[TrainDataset]:
     """One dataset per entry of ``cfg.data.datasets`` (in YAML order).
 
-    ``window_frames`` / ``audio_tokens``: the model's ``max_frames`` and ``num_audio_tokens``, which
-    size the windows of long videos (``window_fps``) as inference sizes them."""
+    ``window_frames`` / ``video_tokens`` / ``audio_tokens``: the model's ``max_frames``,
+    ``num_video_tokens`` and ``num_audio_tokens``, which size long videos' windows (``window_fps``) and
+    audio-visual samples (``with_audio``) as inference sizes them."""
     built: list[TrainDataset] = []
     for index, (name, spec) in enumerate(cfg.data.datasets.items()):
         common = dict(image_size=cfg.data.image_size, max_bad_fraction=spec.max_bad_fraction,
@@ -635,8 +670,10 @@ def build_datasets(cfg, tokenizer, *, window_frames: int = DEFAULT_WINDOW_FRAMES
             ds = VideoChatInstructDataset(name, text, annotations=spec.annotations, media_root=spec.media_root,
                                           num_frames=spec.num_frames, sampling=spec.sampling,
                                           data_type=spec.data_type, window_fps=spec.window_fps,
-                                          max_windows=spec.max_windows, window_audio=spec.window_audio,
-                                          window_frames=window_frames, audio_tokens=audio_tokens,
+                                          max_windows=spec.max_windows, with_audio=spec.with_audio,
+                                          window_frames=window_frames,
+                                          video_tokens=text.num_media_tokens if cfg.run.branch == "vision" else video_tokens,
+                                          audio_tokens=audio_tokens,
                                           turns=spec.turns, **common)
         elif spec.type == "webdataset":
             from .webdataset import WebDatasetShards  # imported here: that module builds on this one

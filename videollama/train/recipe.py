@@ -46,7 +46,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ConfigError, TrainConfig
-from .data import DEFAULT_AUDIO_TOKENS, DEFAULT_WINDOW_FRAMES, build_datasets
+from .data import DEFAULT_AUDIO_TOKENS, DEFAULT_VIDEO_TOKENS, DEFAULT_WINDOW_FRAMES, build_datasets
 from .logging import CURVE_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, RunLogger
 from .mixing import AccumulationSampler, MixedDataset
 from .optim import LinearWarmupCosineLR, build_optimizer
@@ -147,17 +147,20 @@ def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- data
 def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed(), *, window_frames: int = DEFAULT_WINDOW_FRAMES,
+                 video_tokens: int = DEFAULT_VIDEO_TOKENS,
                  audio_tokens: int = DEFAULT_AUDIO_TOKENS) -> tuple[DataLoader, AccumulationSampler]:
     """The run's micro-batches: the configured datasets mixed one dataset per step, this rank's part of
     each step's global batch in ``optim.accum_grad_iters`` micro-batches (:class:`AccumulationSampler`).
 
     The audio branch's batches carry ``visual_audio_values`` (frames for ImageBind's vision path) or,
     from the audio-text datasets, ``audio_values`` (real audio for ImageBind's audio encoder); the vision
-    branch's carry ``pixel_values``. The sampler is returned too: it holds the data position
-    that checkpoints save and resuming restores. ``window_frames`` / ``audio_tokens``: the model's
-    ``max_frames`` and ``num_audio_tokens`` (long videos' windows, ``window_fps``).
+    branch's carry ``pixel_values``; audio-visual samples (``with_audio``) carry ``pixel_values`` and
+    ``audio_values`` on either branch. The sampler is returned too: it holds the data position that
+    checkpoints save and resuming restores. ``window_frames`` / ``video_tokens`` / ``audio_tokens``:
+    the model's ``max_frames``, ``num_video_tokens`` and ``num_audio_tokens``.
     """
-    datasets = build_datasets(cfg, tokenizer, window_frames=window_frames, audio_tokens=audio_tokens)
+    datasets = build_datasets(cfg, tokenizer, window_frames=window_frames, video_tokens=video_tokens,
+                              audio_tokens=audio_tokens)
     ratios = [spec.sample_ratio for spec in cfg.data.datasets.values()]
     sampler = AccumulationSampler([len(ds) for ds in datasets], ratios, cfg.optim.batch_size, seed=cfg.run.seed,
                                   rank=d.rank, world_size=d.world_size, accum=cfg.optim.accum_grad_iters,
@@ -217,6 +220,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     total_steps = cfg.optim.total_steps
     loader, sampler = build_loader(cfg, tokenizer, d, window_frames=model.config.max_frames,
+                                   video_tokens=model.config.num_video_tokens,
                                    audio_tokens=model.config.num_audio_tokens)
     wrapped = _wrap(model, cfg, d)
     # After _wrap: FSDP2 replaced the parameters by sharded ones, which are what the optimizer must step.

@@ -71,7 +71,7 @@ __all__ = [
 IGNORE_INDEX = -100  # label value that ``CrossEntropyLoss`` skips
 AUDIO_SAMPLE_KEY = "audio"  # a sample's real-audio features (audio_data.py)
 AUDIO_BATCH_KEY = "audio_values"  # ... batched as VideoLlama.forward's argument
-WINDOW_AUDIO_KEY = "window_audio"  # a long video's sound per window (data.py), batched under AUDIO_BATCH_KEY too
+AV_AUDIO_KEY = "av_audio"  # an audio-visual sample's sound, per clip or window (data.py), batched under AUDIO_BATCH_KEY too
 OFFICIAL_CONVERSATION_MAX_LEN = 512  # hard-coded max_length of the official instruct datasets
 CAPTION_MAX_WORDS = 50  # blip_caption default
 TEMPLATES = ("vicuna_v0", "llama_2")
@@ -320,15 +320,17 @@ def collate(
     Each sample has ``input_ids`` and ``labels`` (``(L,)``) and either ``frames`` ``(T, 3, H, W)``
     or ``audio`` ``(8, 1, 128, 204)`` (real audio, :mod:`videollama.train.audio_data`). A long
     video's sample (``window_fps``, :mod:`videollama.train.data`) has ``frames`` as a list of
-    windows ``(T_w, 3, H, W)`` and maybe ``window_audio`` ``(W, 8, 1, 128, 204)``: then the batch's
-    frames are a flat list of media items in reading order (sample by sample, window by window: the
-    order the model fills the placeholders in), and the windows' sound is concatenated under
-    ``audio_values`` ``(sum W, 8, 1, 128, 204)``.
+    windows ``(T_w, 3, H, W)``: then the batch's frames are a flat list of media items in reading
+    order (sample by sample, window by window: the order the model fills the placeholders in). An
+    audio-visual sample (``with_audio``) also has ``av_audio`` ``(W, 8, 1, 128, 204)``, one row per
+    clip or window: the batch's rows are concatenated under ``audio_values`` ``(sum W, 8, 1, 128, 204)``
+    and its frames go under ``pixel_values`` whatever ``media_key`` says (the vision branch reads
+    them, also in an audio-branch run).
     Returns ``input_ids`` ``(B, L)`` padded with ``pad_id``, ``labels`` padded with -100,
     ``attention_mask`` ``(B, L)`` and the media: frames under ``media_key``, ``(B, T, 3, H, W)`` when
     all samples have the same shape, else a list (the model encodes groups of equal length); audio
     under ``audio_values`` ``(B, 8, 1, 128, 204)``, whatever the branch reads frames with. A batch
-    is one dataset's, so it never mixes the two.
+    is one dataset's, so it never mixes these kinds.
 
     ``mask_pad_by_length`` (default) builds the attention mask from the sequence lengths. The
     official collate uses ``input_ids != pad_id``, which also hides every *real* token whose id
@@ -356,6 +358,11 @@ def collate(
     audio = [AUDIO_SAMPLE_KEY in s for s in samples]
     if any(audio) and not all(audio):
         raise ValueError("a batch mixes audio samples and frame samples; a batch holds one dataset's samples")
+    av_audio = [s[AV_AUDIO_KEY] for s in samples if AV_AUDIO_KEY in s]
+    if av_audio and len(av_audio) != len(samples):
+        raise ValueError("a batch mixes audio-visual samples and others; a batch holds one dataset's samples")
+    if av_audio:
+        media_key = "pixel_values"
     field, media_key = (AUDIO_SAMPLE_KEY, AUDIO_BATCH_KEY) if all(audio) else ("frames", media_key)
     frames = [s[field] for s in samples]
     if any(isinstance(f, (list, tuple)) for f in frames):  # long videos: every window is its own media item
@@ -371,9 +378,8 @@ def collate(
         "index": [int(s.get("index", -1)) for s in samples],
         "skip_reports": [s["skip_report"] for s in samples if "skip_report" in s],
     }
-    window_audio = [s[WINDOW_AUDIO_KEY] for s in samples if WINDOW_AUDIO_KEY in s]
-    if window_audio:
-        batch[AUDIO_BATCH_KEY] = torch.cat(window_audio)  # (sum W, 8, 1, 128, 204), in reading order
+    if av_audio:
+        batch[AUDIO_BATCH_KEY] = torch.cat(av_audio)  # (sum W, 8, 1, 128, 204), in reading order
     if "step" in samples[0]:
         batch["step"] = int(samples[0]["step"])
     return batch
