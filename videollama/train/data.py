@@ -318,20 +318,16 @@ class TrainDataset(Dataset):
         return self._sample(encoded, media)
 
     def _conversation_sample(self, turns: list[Turn], media: torch.Tensor | list[torch.Tensor], *,
-                             items: int = 1, audio: tuple[int, int] | None = None) -> dict[str, Any]:
-        """``items`` media items (a long video's windows) of ``num_media_tokens`` each; ``audio``:
-        (placeholder id, tokens expected) when the text also holds audio placeholders."""
+                             runs: Sequence[tuple[str, int, int]] | None = None) -> dict[str, Any]:
+        """``runs``: the placeholder runs the text must hold, ``(marker, token id, tokens expected)``;
+        default one item's ``num_media_tokens`` of the dataset's media token."""
         t = self.text
         encoded = encode_conversation(t.tokenizer, turns, t.template, t.conversation_max_len)
-        found = int((encoded.input_ids == self._media_token_id).sum())
-        if found != items * t.num_media_tokens:
-            raise RecordError(
-                f"{found} {t.media_token} tokens after tokenisation, expected {items * t.num_media_tokens} "
-                "(missing media tag, several media, or cut by the length limit)"
-            )
-        if audio is not None and int((encoded.input_ids == audio[0]).sum()) != audio[1]:
-            raise RecordError(f"{int((encoded.input_ids == audio[0]).sum())} {AUDIO_PLACEHOLDER} tokens after "
-                              f"tokenisation, expected {audio[1]} (cut by the length limit?)")
+        for marker, token_id, expected in runs or [(t.media_token, self._media_token_id, t.num_media_tokens)]:
+            found = int((encoded.input_ids == token_id).sum())
+            if found != expected:
+                raise RecordError(f"{found} {marker} tokens after tokenisation, expected {expected} "
+                                  "(missing media tag, several media, or cut by the length limit)")
         return self._sample(encoded, media)
 
     def _sample(self, encoded: EncodedText, media: torch.Tensor | list[torch.Tensor]) -> dict[str, Any]:
@@ -605,17 +601,11 @@ class VideoChatInstructDataset(TrainDataset):
         turns = []
         for i, (question, answer) in enumerate(pairs):
             turns += [Turn("human", join_question(preamble, question) if i == 0 else question), Turn("gpt", answer)]
-        encoded = encode_conversation(self.text.tokenizer, turns, self.text.template, self.text.conversation_max_len)
         items = len(frames) if isinstance(frames, list) else 1
         runs = [(IMAGE_PLACEHOLDER, self._image_token_id, items * self.video_tokens)]
         if audio is not None:
             runs.append((AUDIO_PLACEHOLDER, self._audio_token_id, items * self.audio_tokens))
-        for marker, token_id, expected in runs:
-            found = int((encoded.input_ids == token_id).sum())
-            if found != expected:
-                raise RecordError(f"{found} {marker} tokens after tokenisation, expected {expected} "
-                                  "(cut by the length limit?)")
-        sample = {"input_ids": encoded.input_ids, "labels": encoded.labels, "frames": frames}
+        sample = self._conversation_sample(turns, frames, runs=runs)
         if audio is not None:
             sample[AV_AUDIO_KEY] = audio
         return sample
@@ -671,8 +661,7 @@ def build_datasets(cfg, tokenizer, *, window_frames: int = DEFAULT_WINDOW_FRAMES
                                           num_frames=spec.num_frames, sampling=spec.sampling,
                                           data_type=spec.data_type, window_fps=spec.window_fps,
                                           max_windows=spec.max_windows, with_audio=spec.with_audio,
-                                          window_frames=window_frames,
-                                          video_tokens=text.num_media_tokens if cfg.run.branch == "vision" else video_tokens,
+                                          window_frames=window_frames, video_tokens=video_tokens,
                                           audio_tokens=audio_tokens,
                                           turns=spec.turns, **common)
         elif spec.type == "webdataset":
