@@ -163,6 +163,25 @@ def test_audio_visual_sample_is_inference_prompt(tiny_tokenizer, model, short_cl
         assert torch.equal(again["input_ids"], sample["input_ids"]) and torch.equal(again["av_audio"], sample["av_audio"])
 
 
+def test_audio_visual_record_without_sound_is_skipped_with_its_reason(tiny_tokenizer, short_clips, tmp_path):
+    """``with_audio``: a clip without an audio stream is a bad record; the dataset moves on and says why."""
+    import shutil
+
+    from eval_fixtures import write_video
+
+    silent = write_video(tmp_path / "silent.mp4", "red")
+    shutil.copy(short_clips / "0.mp4", tmp_path / "0.mp4")
+    records = [{"video": "silent.mp4", "QA": [{"q": "What moves?", "a": "nothing."}]},
+               {"video": "0.mp4", "QA": [{"q": "What moves?", "a": "a circle."}]}]
+    (tmp_path / "records.json").write_text(json.dumps(records))
+    av = dataset(tiny_tokenizer, tmp_path / "records.json", tmp_path, with_audio=True)
+    sample = av[0]
+    assert sample["index"] == 1 and sample["av_audio"].shape == (1, 8, 1, 128, 204)
+    assert av.skipped.failed == 1 and silent.name in av.skipped.reasons[0]
+    assert "audio" in av.skipped.reasons[0].lower()
+    assert "\n" not in av.skipped.reasons[0]  # one line
+
+
 def test_audio_visual_batch_goes_to_both_branches_on_the_audio_branch(tiny_tokenizer, model, short_clips):
     """An audio-branch run (frames otherwise for ImageBind's vision path) batches an audio-visual sample's
     frames for the vision branch and its sound for the audio branch; the model takes both."""
