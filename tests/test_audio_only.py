@@ -342,7 +342,7 @@ def test_web_demo_refuses_images(audio_pipeline, media):
     assert switch.value is True and switch.interactive is False  # nothing but the audio track to read
 
     def first(video=None, image=None, audio=None):
-        return next(respond(QUESTION, [], [], video, image, audio, True, True, 1.0, 0.9, 8, 4, 0, 0, None))
+        return next(respond(QUESTION, [], [], video, image, audio, True, True, 1.0, 0.9, 8, 4, 0, 0, 0, None))
 
     with pytest.raises(gr.Error, match="no vision branch: it cannot take images"):
         first(image=str(media["image"]))

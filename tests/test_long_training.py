@@ -124,6 +124,57 @@ def test_window_sample_is_inference_prompt(tiny_tokenizer, model, long_data):
     assert torch.equal(sample["av_audio"], window_audio_clips(path, spans))  # (W, 8, 1, 128, 204)
 
 
+def test_shorter_windows_sample_as_inference_reads_them(tiny_tokenizer, model, long_data):
+    """A dataset's window_frames cuts the same windows, labels and token runs as inference's window_frames."""
+    ds = dataset(tiny_tokenizer, long_data / "long/long_instruct.json", long_data / "long/videos", window_fps=1.0,
+                 max_windows=6, with_audio=True)
+    ds.window_frames = 4  # what build_datasets passes for a dataset's `window_frames: 4`
+    sample = ds[0]
+    path = long_data / "long/videos" / ds.records[sample["index"]]["video"]
+    features = Pipeline(model, tiny_tokenizer).encode_media(
+        path, MediaOptions(fps=1.0, max_frames=6 * 4, max_windows=6, window_frames=4))
+    spans = features.timeline.windows
+    assert len(spans) == 6 == len(sample["frames"]) and all(len(s.frame_times) == 4 for s in spans)
+    assert [w.shape[0] for w in sample["frames"]] == [4] * 6
+    preamble = features.preamble.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER * 32).replace(
+        AUDIO_PLACEHOLDER, AUDIO_PLACEHOLDER * 8)
+    first = ds.records[sample["index"]]["QA"][0]["q"]
+    head = encode_conversation(tiny_tokenizer, [Turn("human", f"{preamble} {first}"), Turn("gpt", "x")], "llama_2", 4096)
+    prompt_end = int((head.labels == -100).sum()) - 1  # the prompt up to the answer, as inference builds it
+    assert torch.equal(sample["input_ids"][:prompt_end], head.input_ids[:prompt_end])
+    assert torch.equal(sample["av_audio"], window_audio_clips(path, spans))
+
+
+def test_a_dataset_window_longer_than_the_models_is_a_config_error(tiny_tokenizer, long_data):
+    from videollama.train.config import ConfigError, config_from_dict
+    from videollama.train.data import build_datasets
+
+    cfg = config_from_dict({"model": {"preset": "tiny"}, "data": {"datasets": {"long": {
+        "type": "videochat_instruct", "annotations": str(long_data / "long/long_instruct.json"),
+        "media_root": str(long_data / "long/videos"), "window_fps": 1.0, "window_frames": WINDOW + 1}}}})
+    with pytest.raises(ConfigError, match=rf"data.datasets.long: window_frames must be between 1 and the model's "
+                                          rf"max_frames \({WINDOW}\), got {WINDOW + 1}"):
+        build_datasets(cfg, tiny_tokenizer, window_frames=WINDOW)
+    cfg.data.datasets["long"].window_frames = 4
+    assert build_datasets(cfg, tiny_tokenizer, window_frames=WINDOW)[0].window_frames == 4
+
+
+def test_llm_context_raises_the_limit_the_engine_and_the_export_see(tiny_tokenizer, tmp_path):
+    from videollama.train.base_model import build_model
+    from videollama.train.config import ConfigError, ModelSection
+
+    tok_dir = tmp_path / "tok"
+    tiny_tokenizer.save_pretrained(tok_dir)
+    model, _ = build_model(ModelSection(preset="tiny", tokenizer_path=str(tok_dir), llm_context=4096),
+                           with_audio_vision=False, cache_dir=tmp_path)
+    assert model.language_model.config.max_position_embeddings == 4096 == model.config.llm["max_position_embeddings"]
+    model.save_pretrained(tmp_path / "out")
+    assert json.loads((tmp_path / "out/config.json").read_text())["videollama"]["llm"]["max_position_embeddings"] == 4096
+    with pytest.raises(ConfigError, match="llm_context must be >= 1"):
+        build_model(ModelSection(preset="tiny", tokenizer_path=str(tok_dir), llm_context=0),
+                    with_audio_vision=False, cache_dir=tmp_path)
+
+
 def test_short_video_sample_is_unchanged(tiny_tokenizer, short_clips):
     """A video that fits one window at the rate gives exactly today's sample."""
     today = dataset(tiny_tokenizer, short_clips / "records.json", short_clips)
@@ -227,6 +278,8 @@ def test_window_options_are_checked():
 
     for config, fragment in ((cfg(max_windows=2), "needs window_fps"), (cfg(window_fps=0), "positive"),
                              (cfg(window_fps=1, max_windows=0), "max_windows must be >= 1"),
+                             (cfg(window_frames=8), "window_frames needs window_fps"),
+                             (cfg(window_fps=1, window_frames=0), "window_frames must be >= 1"),
                              (cfg(window_fps=1, with_audio=True), "model.with_audio"),
                              (cfg(model_audio=True, dataset_type="webvid", with_audio=True), "videochat_instruct"),
                              (cfg("audio", True, window_fps=1), "or of the audio branch with with_audio")):

@@ -14,13 +14,14 @@ from media_fixtures import make_long_video, make_numbered_video, read_frame_numb
 from serve_helpers import running_server
 from videollama.cli import DEFAULT_FPS_MAX_FRAMES as CLI_FPS_MAX_FRAMES
 from videollama.cli import main
+from videollama.errors import UsageError
 from videollama.frame_merge import FrameMemory, MergedFrame
 from videollama.inference import MediaOptions
 from videollama.media import load_audio, load_video
 from videollama.media.audio import audio_to_clips, load_waveform
 from videollama.media.audio_span import AudioSpanReader
 from videollama.media.transforms import denormalize
-from videollama.media.video import VideoReader
+from videollama.media.video import VideoReader, sample_indices
 from videollama.media.windows import (
     DEFAULT_FPS_MAX_FRAMES, MAX_SAMPLED_FRAMES, VideoSampling, frames_at_rate, split_windows, time_label,
 )
@@ -77,6 +78,7 @@ def test_time_labels():
     ({"frames": None, "fps": 1.0, "max_frames": 0}, "max_frames must be between"),
     ({"frames": None, "fps": 1.0, "max_frames": 200_000}, "max_frames must be between"),
     ({"frames": 8, "max_windows": 0}, "max_windows must be >= 1"),
+    ({"frames": 8, "window_frames": 0}, "window_frames must be >= 1"),
     ({"frames": 8, "fps": 1.0}, "either frames"),
 ])
 def test_sampling_refuses_bad_numbers(kwargs, fragment):
@@ -97,6 +99,7 @@ def test_cli_default_cap_matches_the_library():
     (["--fps", "1", "--max-frames", "1000000"], "max_frames must be between"),
     (["--fps", "1", "--frames", "8"], "not both"),
     (["--max-windows", "0"], "max_windows must be >= 1"),
+    (["--window-frames", "-1"], "window_frames must be >= 1"),
 ])
 def test_cli_bad_sampling_is_one_line_exit_2(flags, fragment, capsys, tmp_path):
     # the numbers are checked before anything is loaded: the media file need not even exist
@@ -163,6 +166,32 @@ def test_windows_hold_their_own_frames_tokens_and_labels(tiny_pipeline, clips):
     assert ids.count(processor.audio_token_id) == 2 * model.config.num_audio_tokens
     silent = tiny_pipeline.encode_media(path, MediaOptions(num_frames=40, use_audio=False))
     assert "The video lasts 10.0 seconds and is shown in 2 windows" in tiny_pipeline.prompt_text(silent, [(QUESTION, None)])
+
+
+def test_shorter_windows_hold_window_frames_each(tiny_pipeline, clips):
+    path = clips["numbered"]  # 80 frames; 20 sampled in windows of at most 8 -> 7 + 7 + 6
+    model = tiny_pipeline.model
+    features = tiny_pipeline.encode_media(path, MediaOptions(num_frames=20, window_frames=8, use_audio=False))
+    positions = sample_indices(80, 20)
+    windows = split_windows(positions, 8)
+    assert [len(w) for w in windows] == [7, 7, 6] and features.windowed and features.windows == 3
+    for row, window in enumerate(windows):
+        frames = load_video_positions(path, window)
+        torch.testing.assert_close(features.video[row], model.encode_video(frames[None])[0])
+    assert [len(w.frame_times) for w in features.timeline.windows] == [7, 7, 6]
+    assert features.timeline.windows[1].start == positions[7] / 8  # the second window starts at its first frame
+    # with a budget, the merged frames are cut into windows of window_frames too: 20 frames -> 2 windows of 8
+    merged = tiny_pipeline.encode_media(path, MediaOptions(num_frames=20, window_frames=8, max_windows=2,
+                                                           use_audio=False))
+    assert merged.windows == 2 and merged.timeline.merged_frames == 4
+    assert [len(w.frame_times) for w in merged.timeline.windows] == [8, 8]
+    # up to window_frames frames: one official clip, as without the option
+    one = tiny_pipeline.encode_media(path, MediaOptions(num_frames=8, window_frames=8, use_audio=False))
+    assert not one.windowed and torch.equal(one.video, tiny_pipeline.encode_media(
+        path, MediaOptions(num_frames=8, use_audio=False)).video)
+    with pytest.raises(UsageError, match=rf"window_frames must be between 1 and the model's max_frames "
+                                         rf"\({model.config.max_frames}\), got {model.config.max_frames + 1}"):
+        tiny_pipeline.encode_media(path, MediaOptions(num_frames=40, window_frames=model.config.max_frames + 1))
 
 
 def load_video_positions(path, positions):
@@ -293,6 +322,8 @@ def test_api_video_sampling_and_timeline(server):
     plain = _request(server)  # 8 frames, as today: one window covering the clip
     assert [w["frame_times"] for w in plain.json()["video_timeline"]["windows"]] == [[0.0, 15.0, 30.0, 45.0, 60.0,
                                                                                       75.0, 90.0, 105.0]]
+    short = _request(server, video_sampling={"frames": 24, "window_frames": 8})  # 3 windows of 8
+    assert [len(w["frame_times"]) for w in short.json()["video_timeline"]["windows"]] == [8, 8, 8]
     streamed = _request(server, stream=True, video_sampling={"frames": 40, "max_windows": 2})
     first = next(line for line in streamed.text.splitlines() if line.startswith("data: "))
     assert '"video_timeline"' in first and "00:01:00-00:02:00" in first
@@ -306,6 +337,8 @@ def test_api_video_sampling_and_timeline(server):
     ({"video_sampling": {"fps": 1, "frames": 4}}, "not both"),
     ({"video_sampling": {"fps": 1}, "frames": 4}, "frames or video_sampling"),
     ({"video_sampling": {"fps": 1, "bogus": 2}}, "unknown field"),
+    ({"video_sampling": {"frames": 40, "window_frames": 0}}, "video_sampling.window_frames"),
+    ({"video_sampling": {"frames": 40, "window_frames": 33}}, "window_frames must be at most the model's max_frames (32)"),
 ])
 def test_api_bad_video_sampling_is_400(server, extra, fragment):
     reply = _request(server, **extra)
@@ -338,13 +371,17 @@ def test_web_timeline_strip_shows_each_window(tiny_pipeline, clips):
     assert timeline_items(None) == []
     demo = build_demo(tiny_pipeline, examples=[])
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
-    assert {"vl-timeline", "vl-fps", "vl-max-windows", "vl-frames"} <= ids
+    assert {"vl-timeline", "vl-fps", "vl-max-windows", "vl-frames", "vl-window-frames"} <= ids
     respond = next(f.fn for f in demo.fns.values() if f.api_name == "respond")
     # question, history, turns, video, image, audio, use audio, greedy, temperature, top-p, max tokens,
-    # frames, fps, max windows, subject
+    # frames, fps, max windows, frames per window, subject
     *_, strip = next(respond(QUESTION, [], [], str(clips["minutes"]), None, None, False, True, 1.0, 0.9, 2,
-                             8, 0.5, 1, None))
+                             8, 0.5, 1, 0, None))
     assert [caption for _, caption in strip] == ["00:00:00-00:02:00 (32 frames)"]  # 60 frames merged into 1 window
+    *_, strip = next(respond(QUESTION, [], [], str(clips["minutes"]), None, None, False, True, 1.0, 0.9, 2,
+                             8, 0.5, 8, 8, None))  # 60 frames in windows of at most 8: 4 x 8 + 4 x 7
+    captions = [caption for _, caption in strip]
+    assert len(captions) == 8 and captions[0] == "00:00:00-00:00:16 (8 frames)" and captions[-1].endswith("(7 frames)")
 
 
 # ----------------------------------------------------------------------------------- unknown durations

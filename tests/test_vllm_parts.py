@@ -200,6 +200,21 @@ def test_a_long_video_from_vllms_bytes_gives_the_windows_encode_video_file_reads
     assert torch.equal(decoded.audio, window_audio_clips(long_clip, timeline.windows))  # (3, 8, 1, 128, 204)
 
 
+def test_shorter_windows_from_vllms_bytes_equal_encode_video_files(long_clip):
+    from videollama.long_video import encode_video_file
+    from videollama.media import normalize
+    from videollama.media.windows import VideoSampling
+    from videollama.vllm.media import decode_video
+
+    sampling = VideoSampling(frames=None, fps=0.25, window_frames=8)  # 20 frames -> 7 + 7 + 6
+    recorder = _FrameRecorder(32)
+    timeline = encode_video_file(recorder, long_clip, sampling, image_size=112).timeline
+    decoded = decode_video(SimpleNamespace(original_bytes=long_clip.read_bytes()), _reading(sampling, window_frames=8))
+    assert decoded.window_frames == [7, 7, 6] and decoded.windows == timeline.windows
+    for sent, encoded in zip(decoded.frames.split(decoded.window_frames), recorder.windows, strict=True):
+        assert torch.equal(normalize(sent), encoded)
+
+
 @pytest.mark.parametrize("limits, fragment", [
     ({"sampling": {"max_windows": 2}}, "do not fit 2 windows of 32 frames (max_windows)"),
     ({"context": 256}, "do not fit 2 windows of 32 frames (max_windows, by default"),  # 128 // 60 = 2 windows

@@ -135,6 +135,11 @@ def test_a_long_video_in_time_labelled_windows_equals_pipeline(case, client, pip
     assert [w.label for w in media.timeline.windows] == ["00:00:00-00:00:27", "00:00:27-00:00:54", "00:00:54-00:01:20"]
 
 
+def test_shorter_windows_equal_pipeline(client, pipeline, media_dir):
+    media = _ask_and_compare(client, pipeline, media_dir, "long_video_audio", {"fps": 0.25, "window_frames": 8})
+    assert media.windows == 3 and [len(w.frame_times) for w in media.timeline.windows] == [7, 7, 6]
+
+
 @pytest.mark.parametrize("case, mm_kwargs", [("video", {"num_frames": NUM_FRAMES}),
                                              ("video_audio", {"num_frames": NUM_FRAMES}),
                                              ("long_video_audio", {"fps": 1})],  # default budget: 3 windows
@@ -209,8 +214,10 @@ def test_bad_requests_get_a_4xx(problem, client, media_dir):
     ("video", {"fps": 1, "max_windows": 0}, "mm_processor_kwargs.max_windows"),
     ("video", {"num_frames": 8, "fps": 1}, "not both"),
     ("long_video", {"fps": 1, "max_windows": 2}, "cannot merge"),  # 80 frames would have to merge into 64
+    ("video", {"num_frames": 40, "window_frames": 0}, "mm_processor_kwargs.window_frames"),
+    ("video", {"num_frames": 40, "window_frames": 33}, "mm_processor_kwargs.window_frames"),
 ], ids=["fps 0", "fps negative", "fps text", "num_frames 0", "num_frames over 100,000", "max_frames 0",
-        "max_windows 0", "num_frames and fps", "frames to merge"])
+        "max_windows 0", "num_frames and fps", "frames to merge", "window_frames 0", "window_frames over max_frames"])
 def test_bad_sampling_is_refused_with_a_400_naming_it(case, mm_kwargs, named, client, media_dir):
     import openai
 

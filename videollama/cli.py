@@ -69,6 +69,9 @@ def add_media_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-windows", type=int, default=None,
                    help="at most this many windows of 32 frames: the most similar adjacent frames are merged "
                         "(default: as many as fit half the model's context)")
+    p.add_argument("--window-frames", type=int, default=None,
+                   help="frames per window of a long video (default: the model's 32); shorter windows name times "
+                        "more finely and take more prompt tokens per minute")
     p.add_argument("--keep-aspect", action="store_true", help="letterbox frames instead of squashing to 224x224")
     p.add_argument("--frame-lookup", choices=["index", "time"], default="index",
                    help="which frame is frame i of a variable-frame-rate video: the i-th in presentation order "
@@ -109,10 +112,11 @@ def load_pipeline(args, **extra):
 def media_options(args):
     from .inference import MediaOptions
 
-    # out-of-range --frames/--fps/--max-frames/--max-windows raise UsageError: one line, exit 2
+    # out-of-range --frames/--fps/--max-frames/--max-windows/--window-frames raise UsageError: one line, exit 2
     return MediaOptions(num_frames=args.frames, use_audio=not args.no_audio,
                         resize="keep_aspect" if args.keep_aspect else "squash", frame_lookup=args.frame_lookup,
-                        fps=args.fps, max_frames=args.max_frames, max_windows=args.max_windows)
+                        fps=args.fps, max_frames=args.max_frames, max_windows=args.max_windows,
+                        window_frames=args.window_frames)
 
 
 def cmd_chat(args) -> int:

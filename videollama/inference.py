@@ -48,7 +48,8 @@ class MediaOptions:
     Frames of a video: ``num_frames`` (a count, default 8; any count up to 100,000) or ``fps`` (a rate,
     capped at ``max_frames``), not both. More than the model's 32 frames are read in windows
     (:mod:`videollama.long_video`); ``max_windows`` caps the windows by merging similar frames (None: as
-    many windows as fit half the LLM's context). Invalid values raise ``ValueError``.
+    many windows as fit half the LLM's context); ``window_frames`` shortens the windows (None: the model's
+    ``max_frames``; finer time labels, more prompt tokens). Invalid values raise ``ValueError``.
     """
 
     num_frames: int | None = None  # None: DEFAULT_NUM_FRAMES (8) unless fps is given
@@ -60,6 +61,7 @@ class MediaOptions:
     fps: float | None = None
     max_frames: int = DEFAULT_FPS_MAX_FRAMES  # cap of fps sampling
     max_windows: int | None = None
+    window_frames: int | None = None  # frames per window (None: the model's max_frames)
 
     def __post_init__(self) -> None:
         if self.num_frames is not None and self.fps is not None:
@@ -71,7 +73,7 @@ class MediaOptions:
     @property
     def sampling(self) -> VideoSampling:
         return VideoSampling(frames=self.num_frames, fps=self.fps, max_frames=self.max_frames,
-                             max_windows=self.max_windows)
+                             max_windows=self.max_windows, window_frames=self.window_frames)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Videos of any length: sampled frames cut into windows, each window its own 32 video tokens.
 
 Up to ``max_frames`` (32) sampled frames nothing changes: one window, the official prompt
-sentence, the same frames and tokens as :func:`~videollama.media.load_video`. Beyond that:
+sentence, the same frames and tokens as :func:`~videollama.media.load_video`. Beyond that (or beyond
+a shorter window length, ``VideoSampling.window_frames``; ``max_frames`` below stands for either):
 
 1. the sampled positions (:class:`~videollama.media.windows.VideoSampling`) are cut into balanced
    windows of at most ``max_frames`` frames (:func:`~videollama.media.windows.split_windows`);
@@ -28,7 +29,7 @@ positions (``Pipeline`` and the vLLM plugin both use it, so they cut a video the
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from .frame_merge import FrameMemory, MergedFrame
 from .media.audio_span import AudioSpanReader
 from .media.transforms import denormalize
 from .media.video import DEFAULT_IMAGE_SIZE, VideoClip, VideoReader
-from .media.windows import VideoSampling, WindowSpan, split_windows, time_label, window_spans
+from .media.windows import VideoSampling, WindowSpan, resolve_window_frames, split_windows, time_label, window_spans
 from .model import VideoLlama
 
 __all__ = ["MEDIA_CONTEXT_SHARE", "THUMBNAIL_SIZE", "Timeline", "VideoEncoding", "encode_video_file",
@@ -97,7 +98,7 @@ def encode_video_file(model: VideoLlama, path: str | os.PathLike[str], sampling:
     Raises:
         MediaError / NoVideoError: as :class:`~videollama.media.video.VideoReader`.
     """
-    window_frames = model.config.max_frames
+    window_frames = resolve_window_frames(sampling.window_frames, model.config.max_frames)
     with VideoReader(path, image_size=image_size, resize=resize, frame_lookup=frame_lookup, max_bytes=max_bytes,
                      max_duration=max_duration) as reader:
         positions = sampling.frame_positions(reader.num_frames, reader.fps)
@@ -110,7 +111,7 @@ def encode_video_file(model: VideoLlama, path: str | os.PathLike[str], sampling:
             return VideoEncoding(video, timeline, clip=clip)
         budget = None if sampling.max_windows is None else sampling.max_windows * window_frames
         if budget is not None and len(positions) > budget:
-            return _encode_merged(model, reader, chunks, budget, len(positions))
+            return _encode_merged(model, reader, chunks, budget, len(positions), window_frames)
         rows, first_times, times, thumbnails = [], [], [], []
         for chunk in chunks:
             clip = reader.read(chunk)
@@ -125,7 +126,7 @@ def encode_video_file(model: VideoLlama, path: str | os.PathLike[str], sampling:
 
 
 def _encode_merged(model: VideoLlama, reader: VideoReader, chunks: list[list[int]], budget: int,
-                   sampled: int) -> VideoEncoding:
+                   sampled: int, window_frames: int) -> VideoEncoding:
     """Windows through a :class:`FrameMemory` of ``budget`` frames, cut into windows at the end."""
     memory = FrameMemory(budget)
     frame_times: list[float] = []
@@ -136,7 +137,7 @@ def _encode_merged(model: VideoLlama, reader: VideoReader, chunks: list[list[int
             memory.add(MergedFrame(features[t].clone(), time, time, thumbnail=_thumbnail(clip.frames[t])))
         frame_times += clip.timestamps
         del clip, features
-    groups = split_windows(list(range(len(memory))), model.config.max_frames)
+    groups = split_windows(list(range(len(memory))), window_frames)
     rows, first_times, times, thumbnails = [], [], [], []
     for group in groups:
         slots = [memory.frames[i] for i in group]
@@ -193,7 +194,7 @@ def fit_windows(sampling: VideoSampling, context: int | None, per_window: int) -
     if sampling.max_windows is not None or context is None:
         return sampling
     fit = max(1, int(context * MEDIA_CONTEXT_SHARE) // per_window)
-    return VideoSampling(sampling.frames, sampling.fps, sampling.max_frames, max_windows=fit)
+    return replace(sampling, max_windows=fit)
 
 
 def _thumbnail(frame: torch.Tensor) -> np.ndarray:

@@ -15,6 +15,10 @@ Q-Formers on its own, with frame positions 0..k-1, and becomes its own 32 soft t
   into balanced windows (33 frames -> 17 + 16, never 32 + 1).
 * ``max_windows`` (optional) is a budget: past ``max_windows * window_frames`` sampled frames, the
   most similar adjacent frames are merged (:mod:`videollama.frame_merge`) until they fit.
+* ``window_frames`` (optional, default the model's ``max_frames``) is the window length: shorter
+  windows name times more finely (each window's time label covers fewer seconds) at the price of
+  more prompt tokens per minute of video. Video-LLaMA was trained on clips of 8 frames, so windows
+  of 8 also keep every frame position at one the model was trained on.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ __all__ = [
     "WindowSpan",
     "clock",
     "frames_at_rate",
+    "resolve_window_frames",
     "split_windows",
     "time_label",
     "window_spans",
@@ -49,13 +54,16 @@ class VideoSampling:
     """How many frames of a video are read: ``frames`` (a count) or ``fps`` (a rate), not both.
 
     ``max_frames`` caps a rate; ``max_windows`` (None: no budget) merges frames so that at most
-    that many windows reach the LLM. Invalid values raise ``ValueError`` naming the field.
+    that many windows reach the LLM; ``window_frames`` (None: the model's ``max_frames``) is the most
+    frames one window holds (:func:`resolve_window_frames`). Invalid values raise ``ValueError`` naming
+    the field.
     """
 
     frames: int | None = 8
     fps: float | None = None
     max_frames: int = DEFAULT_FPS_MAX_FRAMES
     max_windows: int | None = None
+    window_frames: int | None = None
 
     def __post_init__(self) -> None:
         if (self.frames is None) == (self.fps is None):
@@ -68,6 +76,8 @@ class VideoSampling:
             raise UsageError(f"max_frames must be between 1 and {MAX_SAMPLED_FRAMES:,}, got {self.max_frames}")
         if self.max_windows is not None and self.max_windows < 1:
             raise UsageError(f"max_windows must be >= 1, got {self.max_windows}")
+        if self.window_frames is not None and self.window_frames < 1:
+            raise UsageError(f"window_frames must be >= 1, got {self.window_frames}")
 
     def frame_positions(self, num_video_frames: int, video_fps: float) -> list[int]:
         """Positions (in presentation order) of the frames to read from a video of
@@ -80,6 +90,17 @@ class VideoSampling:
         if len(positions) > self.max_frames:
             return sample_indices(num_video_frames, self.max_frames)
         return positions
+
+
+def resolve_window_frames(window_frames: int | None, model_max_frames: int) -> int:
+    """Frames per window: ``window_frames`` (a request's), else the model's ``max_frames`` (its frame-position
+    table's rows, which no window may exceed)."""
+    if window_frames is None:
+        return model_max_frames
+    if not 1 <= window_frames <= model_max_frames:
+        raise UsageError(f"window_frames must be between 1 and the model's max_frames ({model_max_frames}), "
+                         f"got {window_frames}")
+    return window_frames
 
 
 def frames_at_rate(num_video_frames: int, video_fps: float, fps: float) -> list[int]:

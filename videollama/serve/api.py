@@ -199,10 +199,14 @@ class ChatService:
         if vs.max_frames is not None and vs.max_frames > s.max_sampled_frames:
             raise bad_request(f"video_sampling.max_frames must be at most {s.max_sampled_frames}, got {vs.max_frames}",
                               param="video_sampling.max_frames")
+        model_frames = self.pipeline.model.config.max_frames
+        if vs.window_frames is not None and vs.window_frames > model_frames:
+            raise bad_request(f"video_sampling.window_frames must be at most the model's max_frames ({model_frames}), "
+                              f"got {vs.window_frames}", param="video_sampling.window_frames")
         try:
             return MediaOptions(num_frames=vs.frames, fps=vs.fps, max_frames=vs.max_frames or s.max_sampled_frames,
-                                max_windows=vs.max_windows, use_audio=use_audio, max_bytes=s.max_media_bytes,
-                                max_duration=s.max_duration_s)
+                                max_windows=vs.max_windows, window_frames=vs.window_frames, use_audio=use_audio,
+                                max_bytes=s.max_media_bytes, max_duration=s.max_duration_s)
         except ValueError as err:
             raise bad_request(f"video_sampling: {err}", param="video_sampling") from None
 

@@ -101,12 +101,14 @@ class VideoSamplingField(_Strict):
     """Extension ``video_sampling``: how densely a video is read (long videos go in windows of 32 frames).
 
     ``frames`` (a count, up to the server's ``max_sampled_frames``) or ``fps`` (a rate, capped by
-    ``max_frames``), and ``max_windows`` (merge the most similar frames to fit that many windows)."""
+    ``max_frames``), ``max_windows`` (merge the most similar frames to fit that many windows) and
+    ``window_frames`` (frames per window, at most the model's 32: shorter windows, finer times)."""
 
     frames: int | None = Field(default=None, ge=1)
     fps: float | None = Field(default=None, gt=0)
     max_frames: int | None = Field(default=None, ge=1)
     max_windows: int | None = Field(default=None, ge=1)
+    window_frames: int | None = Field(default=None, ge=1)
 
 
 class ChatCompletionRequest(BaseModel):

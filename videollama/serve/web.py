@@ -89,23 +89,26 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
             raise gr.Error("One media item per conversation: clear the other uploads first.")
         return given[0] if given else (None, "")
 
-    def subject_of(video, image, audio, use_audio, frames, fps, max_windows) -> tuple:
+    def subject_of(video, image, audio, use_audio, frames, fps, max_windows, window_frames) -> tuple:
         """What a conversation is about: the media and how they are read. Another subject: a new conversation."""
-        return video, image, audio, bool(use_audio), int(frames), float(fps or 0), int(max_windows or 0)
+        return (video, image, audio, bool(use_audio), int(frames), float(fps or 0), int(max_windows or 0),
+                int(window_frames or 0))
 
-    def reading_options(use_audio, frames, fps, max_windows) -> MediaOptions:
-        """fps 0: the frame count; max windows 0: as many as fit the model's context."""
+    def reading_options(use_audio, frames, fps, max_windows, window_frames) -> MediaOptions:
+        """fps 0: the frame count; max windows 0: as many as fit the model's context; frames per window 0: the
+        model's max_frames."""
         return MediaOptions(num_frames=None if fps else int(frames), fps=float(fps) if fps else None,
-                            max_windows=int(max_windows) if max_windows else None, use_audio=bool(use_audio),
+                            max_windows=int(max_windows) if max_windows else None,
+                            window_frames=int(window_frames) if window_frames else None, use_audio=bool(use_audio),
                             max_duration=max_duration_s)
 
     def respond(question, history, turns, video, image, audio, use_audio, greedy, temperature, top_p, max_tokens,
-                frames, fps, max_windows, subject) -> Iterator[tuple[list, str, list, tuple, list]]:
+                frames, fps, max_windows, window_frames, subject) -> Iterator[tuple[list, str, list, tuple, list]]:
         question = (question or "").strip()
         if not question:
             raise gr.Error("Type a question first.")
         path, kind = pick_media(video, image, audio)
-        current = subject_of(video, image, audio, use_audio, frames, fps, max_windows)
+        current = subject_of(video, image, audio, use_audio, frames, fps, max_windows, window_frames)
         if current != subject:  # new media or options, and their change event has not reset the chat yet
             history, turns = [], []
         features = None
@@ -115,7 +118,8 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
                 check_media(media, ContentLimits(max_bytes=Path(path).stat().st_size, max_pixels=max_pixels,
                                                  max_duration_s=max_duration_s, use_audio=bool(use_audio),
                                                  model_has_audio=model_has_audio, model_has_vision=model_has_vision))
-                features = pipeline.encode_media(path, reading_options(use_audio, frames, fps, max_windows))
+                features = pipeline.encode_media(path, reading_options(use_audio, frames, fps, max_windows,
+                                                                       window_frames))
             except ServeError as err:
                 raise gr.Error(err.message) from None
             except ValueError as err:  # MediaError is a ValueError
@@ -145,10 +149,11 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
     def forget():
         return [], [], None
 
-    def new_conversation(video, image, audio, use_audio, frames, fps, max_windows, subject):
+    def new_conversation(video, image, audio, use_audio, frames, fps, max_windows, window_frames, subject):
         # The browser sends a new upload's change event a moment after the upload; when a question about exactly
         # these media was answered first, the conversation is already about them: keep it.
-        if subject is not None and subject == subject_of(video, image, audio, use_audio, frames, fps, max_windows):
+        if subject is not None and subject == subject_of(video, image, audio, use_audio, frames, fps, max_windows,
+                                                         window_frames):
             return gr.skip(), gr.skip(), gr.skip()
         return [], [], None
 
@@ -187,6 +192,10 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
                                     label="Or frames per second (0: use the frame count)")
                     max_windows = gr.Number(value=0, minimum=0, precision=0, elem_id="vl-max-windows",
                                             label="Most windows (0: as many as fit the model's context)")
+                    window_frames = gr.Number(value=0, minimum=0, maximum=pipeline.model.config.max_frames, precision=0,
+                                              elem_id="vl-window-frames",
+                                              label=f"Frames per window (0: the model's {pipeline.model.config.max_frames}; "
+                                                    "fewer: finer times, more tokens)")
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(label="Chat", height=460, latex_delimiters=[], feedback_options=None,
                                      elem_id="vl-chatbot", buttons=["copy", "copy_all"])  # no "share" (to HF)
@@ -208,7 +217,7 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
             gr.Examples(rows, inputs=[video, image, audio, question], label="Example clips")
 
         inputs = [question, chatbot, turns, video, image, audio, use_audio, greedy, temperature, top_p, max_tokens,
-                  frames, fps, max_windows, subject]
+                  frames, fps, max_windows, window_frames, subject]
         outputs = [chatbot, question, turns, subject, timeline]
         # Every event that reads or resets the conversation runs in one queue group, in the order it was sent:
         # Gradio picks among groups at random, so a reset sent before a question could otherwise run after its
@@ -218,8 +227,9 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
         question.submit(respond, inputs, outputs, api_name=False, **chat)
         reset.click(clear, None, [chatbot, turns, subject, question, video, image, audio, timeline], api_name=False, **chat)
         chatbot.clear(forget, None, [chatbot, turns, subject], api_name=False, **chat)  # trash icon: forget the turns
-        for component in (video, image, audio, use_audio, frames, fps, max_windows):  # new media or reading: new chat
-            component.change(new_conversation, [video, image, audio, use_audio, frames, fps, max_windows, subject],
+        reading = [use_audio, frames, fps, max_windows, window_frames]
+        for component in (video, image, audio, *reading):  # new media or reading: new chat
+            component.change(new_conversation, [video, image, audio, *reading, subject],
                              [chatbot, turns, subject], api_name=False, **chat)
     return demo
 

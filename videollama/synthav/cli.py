@@ -148,7 +148,8 @@ def cmd_evaluate_long(args) -> int:
     from .long_eval import evaluate_long, format_long_table
 
     settings = LongSettings(fps=args.fps, max_windows=args.max_windows)
-    results = evaluate_long(args.model, args.data, limit=args.limit, settings=settings)
+    results = evaluate_long(args.model, args.data, limit=args.limit, settings=settings,
+                            window_frames=args.window_frames)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "long_results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -246,6 +247,8 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.add_argument("--out", required=True, help="folder for long_results.json")
     p.add_argument("--limit", type=int, default=None, help="only the first N held-out questions")
     _add_long_reading(p)
+    p.add_argument("--window-frames", type=int, default=None,
+                   help="frames per window (default: the model's max_frames; the model's training run may say)")
     p.set_defaults(synthav_func=cmd_evaluate_long)
 
     commands["synthav"] = lambda args: args.synthav_func(args)

@@ -90,7 +90,7 @@ def reading(setting: str, settings: LongSettings):
 
     if setting == "windows":
         return MediaOptions(fps=settings.fps, max_frames=settings.max_windows * settings.window_frames,
-                            max_windows=settings.max_windows)
+                            max_windows=settings.max_windows, window_frames=settings.window_frames)
     if setting == "uniform8":
         return MediaOptions(num_frames=NUM_FRAMES)
     raise UsageError(f"unknown long-video setting {setting!r}; choose from {LONG_SETTINGS}")
@@ -126,15 +126,17 @@ def score_long(items: Sequence[LongTestItem], replies: Sequence[str]) -> dict[st
 
 def evaluate_long(model_dir: str | Path, data_dir: str | Path, *, limit: int | None = None,
                   settings: LongSettings = DEFAULT_LONG, which: Sequence[str] = LONG_SETTINGS,
-                  examples: int = 5) -> dict[str, Any]:
-    """Every held-out long question under each setting of ``which``; ``settings`` says how windows read
-    (its ``window_frames`` is replaced by the model's ``max_frames``)."""
+                  examples: int = 5, window_frames: int | None = None) -> dict[str, Any]:
+    """Every held-out long question under each setting of ``which``; ``settings`` says how windows read,
+    in windows of ``window_frames`` (None: the model's ``max_frames``; its ``window_frames`` is replaced).
+    The questions keep the tolerance they were written with (``first_time``), whatever the reading."""
     from dataclasses import replace
 
     from ..inference import Pipeline
+    from ..media.windows import resolve_window_frames
 
     pipe = Pipeline.from_pretrained(model_dir)
-    settings = replace(settings, window_frames=pipe.model.config.max_frames)
+    settings = replace(settings, window_frames=resolve_window_frames(window_frames, pipe.model.config.max_frames))
     items = load_long_items(data_dir, limit)
     results: dict[str, Any] = {}
     for setting in which:

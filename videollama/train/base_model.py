@@ -70,7 +70,23 @@ def build_model(section: ModelSection, *, with_audio_vision: bool, cache_dir: Pa
         attach_media_tokens(tokenizer, config)
         model = VideoLlama(config)
     attach_media_tokens(tokenizer, model.config)  # adds missing placeholders; checks the ids agree
+    if section.llm_context is not None:
+        _set_llm_context(model, section.llm_context)
     return model, tokenizer
+
+
+def _set_llm_context(model: VideoLlama, context: int) -> None:
+    """The LLM's ``max_position_embeddings`` (what the engine and the server refuse prompts beyond), in the live
+    config and in the one the export writes. Only for LLMs without a learned position table (RoPE: LLaMA and kin)."""
+    if context < 1:
+        raise ConfigError(f"model.llm_context must be >= 1, got {context}")
+    tables = [name for name, _ in model.language_model.named_modules()
+              if name.rsplit(".", 1)[-1] in ("embed_positions", "wpe", "position_embeddings")]
+    if tables:
+        raise ConfigError(f"model.llm_context: the LLM has a learned position table ({tables[0]}) of fixed size; "
+                          "only RoPE LLMs (LLaMA and kin) can take a longer context")
+    model.language_model.config.max_position_embeddings = context
+    model.config.llm["max_position_embeddings"] = context
 
 
 # Parts the frozen encoders are made of: the official files must supply them (no random fill).

@@ -89,6 +89,10 @@ class ModelSection:
     ckpt: str | None = None  # VL branch (official ``ckpt``): a VL .pth or a stage's export/ folder
     ckpt_2: str | None = None  # AL branch (official ``ckpt_2``, AL stage 2): an AL .pth or an export/ folder
     with_audio: bool = False  # build the audio branch (official ``equip_audio_branch``)
+    # The LLM's context (``max_position_embeddings``) for this run and its export; None: as loaded. RoPE LLMs
+    # compute positions on the fly, so a longer one is a number, but positions beyond those the LLM was
+    # trained on need prompts that long in the data (long videos in short windows, docs/long-video.md).
+    llm_context: int | None = None
 
 
 @dataclass
@@ -105,7 +109,8 @@ class DatasetSpec:
       videos folder (``media_root/{video}``). Long videos (ours, ``docs/long-video.md``): with
       ``window_fps`` a video sampled at that rate beyond the model's ``max_frames`` becomes several
       windows, as inference reads it (``max_windows`` caps the frames at ``max_windows x max_frames``,
-      spread uniformly); a video that fits one window is read exactly as without these keys. With
+      spread uniformly; ``window_frames`` shortens the windows, as inference's ``--window-frames``);
+      a video that fits one window is read exactly as without these keys. With
       ``with_audio`` (ours) each sample is audio-visual: the clip's (or each window's) sound too,
       with inference's audio+video prompt; its frames go through the vision branch and its sound
       through the audio branch on either branch's run.
@@ -145,6 +150,7 @@ class DatasetSpec:
     prompts: list[str] | None = None  # caption prompts of this dataset; None -> data.prompts
     window_fps: float | None = None  # videochat_instruct: long videos read in windows at this rate (None: off)
     max_windows: int | None = None  # with window_fps: at most this many windows (frames spread uniformly past it)
+    window_frames: int | None = None  # with window_fps: frames per window (None: the model's max_frames)
     with_audio: bool = False  # videochat_instruct: the clip's (each window's) sound too, audio-visual prompt
 
 
@@ -312,8 +318,9 @@ class TrainConfig:
             if not self.model.with_audio:
                 raise ConfigError(f"{where}.with_audio needs the audio branch: set model.with_audio: true")
         if spec.window_fps is None:
-            if spec.max_windows is not None:
-                raise ConfigError(f"{where}: max_windows needs window_fps (the rate windows are read at)")
+            for key in ("max_windows", "window_frames"):
+                if getattr(spec, key) is not None:
+                    raise ConfigError(f"{where}: {key} needs window_fps (the rate windows are read at)")
             return
         if spec.type != "videochat_instruct" or (self.run.branch != "vision" and not spec.with_audio):
             raise ConfigError(f"{where}.window_fps applies to videochat_instruct datasets of the vision branch, or of "
@@ -322,6 +329,8 @@ class TrainConfig:
             raise ConfigError(f"{where}.window_fps must be a positive number of frames per second, got {spec.window_fps}")
         if spec.max_windows is not None and spec.max_windows < 1:
             raise ConfigError(f"{where}.max_windows must be >= 1, got {spec.max_windows}")
+        if spec.window_frames is not None and spec.window_frames < 1:
+            raise ConfigError(f"{where}.window_frames must be >= 1, got {spec.window_frames}")
 
 
 def _named_prompts(prompts: list[str]) -> list[str]:

@@ -85,16 +85,17 @@ from torch.utils.data import Dataset
 
 from videollama.media.errors import MediaError
 
-from ..errors import VideoLlamaError
+from ..errors import UsageError, VideoLlamaError
 from ..media.windows import (
     DEFAULT_FPS_MAX_FRAMES,
     VideoSampling,
+    resolve_window_frames,
     split_windows,
     window_spans,
 )
 from ..templates import join_question, media_message, windowed_video_message
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
-from .config import AUDIO_DATASET_TYPES
+from .config import AUDIO_DATASET_TYPES, ConfigError
 from .text import (
     AV_AUDIO_KEY,
     EncodedText,
@@ -637,13 +638,22 @@ def text_options(cfg, tokenizer, dataset: str) -> TextOptions:
     )
 
 
+def _window_frames(name: str, spec, model_max_frames: int) -> int:
+    """A dataset's frames per window: its ``window_frames`` (at most the model's ``max_frames``), else the model's."""
+    try:
+        return resolve_window_frames(spec.window_frames, model_max_frames)
+    except UsageError as err:
+        raise ConfigError(f"data.datasets.{name}: {err}") from None
+
+
 def build_datasets(cfg, tokenizer, *, window_frames: int = DEFAULT_WINDOW_FRAMES, video_tokens: int = DEFAULT_VIDEO_TOKENS,
                    audio_tokens: int = DEFAULT_AUDIO_TOKENS) -> list[TrainDataset]:
     """One dataset per entry of ``cfg.data.datasets`` (in YAML order).
 
     ``window_frames`` / ``video_tokens`` / ``audio_tokens``: the model's ``max_frames``,
-    ``num_video_tokens`` and ``num_audio_tokens``, which size long videos' windows (``window_fps``) and
-    audio-visual samples (``with_audio``) as inference sizes them."""
+    ``num_video_tokens`` and ``num_audio_tokens``, which size long videos' windows (``window_fps``; a
+    dataset's own ``window_frames`` may shorten them) and audio-visual samples (``with_audio``) as
+    inference sizes them."""
     built: list[TrainDataset] = []
     for index, (name, spec) in enumerate(cfg.data.datasets.items()):
         common = dict(image_size=cfg.data.image_size, max_bad_fraction=spec.max_bad_fraction,
@@ -661,7 +671,8 @@ def build_datasets(cfg, tokenizer, *, window_frames: int = DEFAULT_WINDOW_FRAMES
                                           num_frames=spec.num_frames, sampling=spec.sampling,
                                           data_type=spec.data_type, window_fps=spec.window_fps,
                                           max_windows=spec.max_windows, with_audio=spec.with_audio,
-                                          window_frames=window_frames, video_tokens=video_tokens,
+                                          window_frames=_window_frames(name, spec, window_frames),
+                                          video_tokens=video_tokens,
                                           audio_tokens=audio_tokens,
                                           turns=spec.turns, **common)
         elif spec.type == "webdataset":

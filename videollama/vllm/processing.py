@@ -15,8 +15,9 @@ each item, while the item's tensors may be held by the engine only.
 
 How a video is sampled comes from ``mm_processor_kwargs``, with ``MediaOptions``' meaning and checks:
 ``num_frames`` (a count, default 8, up to 100,000) or ``fps`` (a rate) capped by ``max_frames``
-(default 10,800), and ``max_windows``. Up to the model's ``max_frames`` (32) sampled frames: one clip,
-the official prompt, as before. Beyond: windows of at most 32 frames, each its own 32 tokens after its
+(default 10,800), ``max_windows`` and ``window_frames``. Up to the model's ``max_frames`` (32) sampled frames
+(or ``window_frames``): one clip, the official prompt, as before. Beyond: windows of at most that many
+frames, each its own 32 tokens after its
 time label (``docs/long-video.md``), with the window budget ``Pipeline`` uses (``max_windows``, by
 default what fits half the LLM's context). Frames that would have to be *merged* to fit that budget are
 refused (400): merging decides the windows' labels from the encoders' features, and vLLM tokenizes the
@@ -55,7 +56,7 @@ from ..inference import MediaOptions
 from ..long_video import window_positions
 from ..media.audio import CLIP_SECONDS, NUM_CLIPS, NUM_MEL_BINS, SAMPLE_RATE, TARGET_FRAMES
 from ..media.video import timestamp_message
-from ..media.windows import VideoSampling, time_label
+from ..media.windows import VideoSampling, resolve_window_frames, time_label
 from ..model.hf_config import VideoLlamaHFConfig
 from ..processor import Processor
 from ..templates import AUDIO_SENTENCE, IMAGE_MESSAGE, VIDEO_MESSAGE
@@ -63,7 +64,7 @@ from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
 from .media import SincResampler, VideoReading, decode_audio, decode_image, decode_video
 from .prompt import VideoFacts, finish_prompt
 
-SAMPLING_KWARGS = ("num_frames", "fps", "max_frames", "max_windows")  # MediaOptions' names
+SAMPLING_KWARGS = ("num_frames", "fps", "max_frames", "max_windows", "window_frames")  # MediaOptions' names
 MAX_MEDIA_ITEMS = 1  # one video, image or audio clip per conversation, as our own server
 # Dummy inputs for vLLM's memory profiling: a video of max_frames frames, all sampled (one window: windows
 # are encoded one after another, so one window's activations are the encoders' peak), and an audio clip
@@ -153,7 +154,8 @@ class VideoLlamaProcessingInfo(BaseProcessingInfo):
 
     # ---------------------------------------------------------------- how a video is read
     def video_sampling(self, mm_kwargs: Mapping[str, object]) -> VideoSampling:
-        """``mm_processor_kwargs`` -> ``MediaOptions(num_frames=, fps=, max_frames=, max_windows=).sampling``;
+        """``mm_processor_kwargs`` -> ``MediaOptions(num_frames=, fps=, max_frames=, max_windows=, window_frames=)
+        .sampling``;
         a value of the wrong type or range is a ``ValueError`` naming its field (vLLM answers 400)."""
         given = {name: mm_kwargs[name] for name in SAMPLING_KWARGS if mm_kwargs.get(name) is not None}
         for name, value in given.items():
@@ -182,8 +184,12 @@ class VideoLlamaProcessingInfo(BaseProcessingInfo):
     def video_reading(self, mm_kwargs: Mapping[str, object]) -> VideoReading:
         config = self.model_config
         sampling = self.video_sampling(self.sampling_kwargs(mm_kwargs))
+        try:
+            window_frames = resolve_window_frames(sampling.window_frames, config.max_frames)
+        except ValueError as err:
+            raise ValueError(f"mm_processor_kwargs.window_frames: {err}") from None
         return VideoReading(sampling, image_size=config.vision.image_size,
-                            window_frames=config.max_frames, with_audio=config.with_audio,
+                            window_frames=window_frames, with_audio=config.with_audio,
                             context=getattr(self.get_hf_config().get_text_config(), "max_position_embeddings", None),
                             max_model_len=self.ctx.model_config.max_model_len, window_positions=self.window_positions)
 
