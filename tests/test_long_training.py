@@ -360,6 +360,30 @@ def test_long_generation_is_deterministic(long_data, tmp_path):
         generate_long(other, clips=1, seed=1, test_clips=0, settings=SETTINGS)
 
 
+def test_more_training_questions_without_rendering(long_data, tmp_path):
+    """--train-questions K: more time-located questions per training clip; --questions-only rewrites them from the
+    truth, exactly as a full generation with K writes them, and leaves the held-out questions alone."""
+    import shutil
+
+    from videollama.synthav.long import rewrite_training_questions
+
+    full = tmp_path / "full"
+    generate_long(full, clips=2, seed=0, test_clips=2, settings=SETTINGS, train_questions=3)
+    records = json.loads((full / "long/long_instruct.json").read_text())
+    one = json.loads((long_data / "long/long_instruct.json").read_text())
+    assert all(len(r["QA"]) > len(o["QA"]) for r, o in zip(records, one, strict=True))
+    assert all(len({qa["q"] for qa in r["QA"]}) == len(r["QA"]) for r in records)  # no question twice
+    assert (full / "qa/long_test.json").read_text() == (long_data / "qa/long_test.json").read_text()
+    copy = tmp_path / "copy"
+    shutil.copytree(long_data, copy)
+    assert rewrite_training_questions(copy, 3)["train_turns"] == sum(len(r["QA"]) for r in records)
+    assert (copy / "long/long_instruct.json").read_text() == (full / "long/long_instruct.json").read_text()
+    rewrite_training_questions(copy, 1)  # back to one per type: the original file
+    assert (copy / "long/long_instruct.json").read_text() == (long_data / "long/long_instruct.json").read_text()
+    with pytest.raises(UsageError, match="train_questions >= 1"):
+        rewrite_training_questions(copy, 0)
+
+
 def test_long_clip_lengths_and_decoded_media(long_data):
     from videollama.media.video import VideoReader
 

@@ -123,10 +123,15 @@ def _long_settings(args):
 
 
 def cmd_generate_long(args) -> int:
-    from .long import format_long_summary, generate_long
+    from .long import format_long_summary, generate_long, rewrite_training_questions
 
+    if args.questions_only:
+        counts = rewrite_training_questions(args.out, args.train_questions)
+        print(f"{args.out}/long/long_instruct.json: {counts['train_turns']} questions on {counts['clips']} training clips")
+        return 0
     summary = generate_long(args.out, args.clips, args.seed, test_clips=args.test_clips,
-                            settings=_long_settings(args), workers=args.workers, overwrite=args.overwrite)
+                            settings=_long_settings(args), workers=args.workers, overwrite=args.overwrite,
+                            train_questions=args.train_questions)
     print(format_long_summary(summary))
     return 0
 
@@ -227,6 +232,10 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.add_argument("--min-scene-seconds", type=int, default=4)
     p.add_argument("--max-scene-seconds", type=int, default=8)
     _add_long_reading(p)
+    p.add_argument("--train-questions", type=int, default=1,
+                   help="questions of each time-located type per training clip (held-out clips: one per type)")
+    p.add_argument("--questions-only", action="store_true",
+                   help="rewrite an existing folder's long/long_instruct.json with --train-questions, rendering nothing")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(synthav_func=cmd_generate_long)

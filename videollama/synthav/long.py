@@ -293,6 +293,28 @@ def long_questions(clip: LongClip, settings: LongSettings, rng: np.random.Genera
     return [item for item in items if item is not None]
 
 
+def training_questions(clip: LongClip, settings: LongSettings, rng: np.random.Generator,
+                       per_type: int = 1) -> list[LongItem]:
+    """A training clip's questions: :func:`long_questions`, then up to ``per_type - 1`` more of each time-located
+    type (other moments or objects; a question already asked is skipped). ``per_type`` 1 draws exactly as
+    :func:`long_questions`."""
+    items = long_questions(clip, settings, rng)
+    asked = {item.question for item in items}
+    for qtype in TIME_LOCATED:
+        for _ in range(per_type - 1):
+            item = BUILDERS[qtype](clip, settings, rng)
+            if item is not None and item.question not in asked:
+                asked.add(item.question)
+                items.append(item)
+    return items
+
+
+def _training_record(vid: int, items: list[LongItem], rng: np.random.Generator) -> dict[str, Any]:
+    """VideoChat shape, the questions in a random order (the answer types must not follow a fixed pattern)."""
+    order = rng.permutation(len(items))
+    return {"video": f"{vid}.mp4", "QA": [{"q": items[int(k)].question, "a": items[int(k)].answer} for k in order]}
+
+
 # ------------------------------------------------------------------------------------------------ writing
 def _rngs(seed: int, split: str, index: int) -> tuple[np.random.Generator, np.random.Generator]:
     base = [seed, STREAMS[split], index]
@@ -311,11 +333,16 @@ def _when_fields(item: LongItem) -> dict[str, float]:
 
 
 def generate_long(out_dir: str | Path, clips: int, seed: int = 0, *, test_clips: int = 50,
-                  settings: LongSettings = DEFAULT_LONG, workers: int = 1, overwrite: bool = False) -> dict[str, Any]:
+                  settings: LongSettings = DEFAULT_LONG, workers: int = 1, overwrite: bool = False,
+                  train_questions: int = 1) -> dict[str, Any]:
     """Render ``clips`` long training clips and ``test_clips`` held-out ones into ``out_dir`` (module docstring).
+    ``train_questions``: questions of each time-located type per training clip (:func:`training_questions`;
+    held-out clips always get one of each type).
 
     Returns a summary: counts, questions per type, mean chance per type, bytes, seconds (and per clip).
     """
+    if train_questions < 1:
+        raise UsageError(f"need train_questions >= 1, got {train_questions}")
     if clips < 0 or test_clips < 0 or clips + test_clips < 1:
         raise UsageError(f"need clips >= 0, test_clips >= 0 and at least one clip, got {clips} and {test_clips}")
     if seed < 0 or workers < 1:
@@ -336,13 +363,12 @@ def generate_long(out_dir: str | Path, clips: int, seed: int = 0, *, test_clips:
             scene_rng, text_rng = _rngs(seed, split, i)
             clip = sample_long_clip(scene_rng, settings)
             vid = ID_BASE[split] + i
-            items = long_questions(clip, settings, text_rng)
             if split == "long_instruct":
                 media = f"long/videos/{vid}.mp4"
-                order = text_rng.permutation(len(items))
-                train.append({"video": f"{vid}.mp4", "QA": [{"q": items[int(k)].question, "a": items[int(k)].answer}
-                                                            for k in order]})
+                train.append(_training_record(vid, training_questions(clip, settings, text_rng, train_questions),
+                                              text_rng))
             else:
+                items = long_questions(clip, settings, text_rng)
                 media = f"qa/long_videos/{vid}.mp4"
                 test += [{"id": f"{vid}-{item.qtype}", "video": f"long_videos/{vid}.mp4", "type": item.qtype,
                           "question": item.question, "answer": item.answer, "choices": list(item.choices),
@@ -367,6 +393,7 @@ def generate_long(out_dir: str | Path, clips: int, seed: int = 0, *, test_clips:
                      if any(r["type"] == qtype for r in test) else None} for qtype in LONG_TYPES}
     seconds = sum(clip.duration for clip, _ in jobs)
     summary = {"out_dir": str(out), "seed": seed, "clips": clips, "test_clips": test_clips,
+               "train_questions": train_questions,
                "test_questions": len(test), "train_turns": sum(len(r["QA"]) for r in train),
                "video_seconds": seconds, "types": types, "settings": asdict(settings), "bytes": int(sum(sizes)),
                "seconds": round(time.perf_counter() - started, 3),
@@ -374,6 +401,33 @@ def generate_long(out_dir: str | Path, clips: int, seed: int = 0, *, test_clips:
     _write_json(out / "long/meta.json", {"generator": "videollama.synthav.long", **summary,
                                          "answer_counts": dict(Counter(r["answer"] for r in test if r["choices"]))})
     return summary
+
+
+def rewrite_training_questions(out_dir: str | Path, train_questions: int) -> dict[str, Any]:
+    """Rewrite ``long/long_instruct.json`` of a generated folder with ``train_questions`` per time-located type,
+    from its ``long/truth.jsonl`` and ``long/meta.json`` (seed, settings), without rendering anything: the file
+    :func:`generate_long` would have written with that ``train_questions``. Returns {"clips", "train_turns"}."""
+    if train_questions < 1:
+        raise UsageError(f"need train_questions >= 1, got {train_questions}")
+    out = Path(out_dir)
+    meta_path, truth_path = out / "long/meta.json", out / "long/truth.jsonl"
+    if not (meta_path.is_file() and truth_path.is_file()):
+        raise UsageError(f"{out}: no long/meta.json and long/truth.jsonl (write them with generate-long)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    settings = LongSettings(**meta["settings"])
+    train = []
+    for line in truth_path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record["split"] != "long_instruct":
+            continue
+        vid = int(record["id"])
+        _, text_rng = _rngs(int(meta["seed"]), "long_instruct", vid - ID_BASE["long_instruct"])
+        clip = LongClip.from_dict(record["clip"])
+        train.append(_training_record(vid, training_questions(clip, settings, text_rng, train_questions), text_rng))
+    _write_json(out / "long/long_instruct.json", train)
+    meta["train_questions"], meta["train_turns"] = train_questions, sum(len(r["QA"]) for r in train)
+    _write_json(meta_path, meta)
+    return {"clips": len(train), "train_turns": meta["train_turns"]}
 
 
 def format_long_summary(summary: dict[str, Any]) -> str:
@@ -390,4 +444,5 @@ def format_long_summary(summary: dict[str, Any]) -> str:
 
 
 __all__ = ["LONG_TYPES", "TIME_LOCATED", "LongClip", "LongItem", "LongSettings", "format_long_summary", "generate_long",
-           "long_questions", "render_long_clip", "sample_long_clip", "when_chance", "when_tolerance"]
+           "long_questions", "render_long_clip", "rewrite_training_questions", "sample_long_clip", "training_questions",
+           "when_chance", "when_tolerance"]
