@@ -4,10 +4,10 @@ vLLM fetches ``video_url`` / ``image_url`` parts (data URLs, http(s), or ``file:
 ``--allowed-local-media-path``) and hands them on with their original bytes. A video is decoded from
 those bytes by our own code, both streams from the same file, as ``Pipeline`` reads it
 (:func:`videollama.long_video.encode_video_file`): the sampled positions (``VideoSampling``: a frame
-count or a rate), cut into windows of at most the model's ``max_frames`` frames, each window's frames
-read at its positions by one :class:`~videollama.media.VideoReader`, and the sound as the whole file's 8
-clips (one window) or each window's 8 clips (``window_audio_clips``). Frames, timestamps and fbank
-equal ``Pipeline``'s bit for bit (vLLM's own frame decoding is not used).
+count or a rate), cut into windows of at most ``window_frames`` (default the model's ``max_frames``)
+frames, each window's frames read at its positions by one :class:`~videollama.media.VideoReader`, and
+the sound as the whole file's 8 clips (one window) or each window's 8 clips (``window_audio_clips``).
+Frames, timestamps and fbank equal ``Pipeline``'s bit for bit (vLLM's own frame decoding is not used).
 
 vLLM builds the prompt before any encoder runs, so every window is decoded here, up front: the frames
 travel to the engine as uint8 (the reader's resized RGB, a quarter of the float pixels; the model
@@ -54,7 +54,7 @@ class VideoReading:
 
     sampling: VideoSampling  # from mm_processor_kwargs (MediaOptions' meaning)
     image_size: int
-    window_frames: int  # the model's max_frames: frames per window
+    window_frames: int  # frames per window: the request's window_frames, else the model's max_frames
     with_audio: bool  # the model has the audio branch
     context: int | None  # the LLM's positions: the default window budget, as Pipeline's
     max_model_len: int  # vLLM's: a video whose windows alone exceed it is refused before decoding
