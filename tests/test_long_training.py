@@ -474,9 +474,14 @@ def test_quick_long_variant_trains_and_evaluates(tiny_tokenizer, model, long_dat
     llm = [k for k in start if k.startswith("language_model.") and k.endswith(("q_proj.weight", "down_proj.weight"))]
     assert llm and all(not torch.equal(start[k], trained[k]) for k in llm)
     assert all(torch.equal(start[k], trained[k]) for k in start if k.startswith(("vision_model.", "image_qformer.", "audio_qformer.")))
+    # the YAML's model.llm_context reaches the exported LLM: the engine serving it takes prompts that long
+    assert json.loads((folder / "config.json").read_text())["videollama"]["llm"]["max_position_embeddings"] == 2048
     results = evaluate_long(folder, long_data, limit=3,
                             settings=LongSettings(fps=1.0, max_windows=MAX_WINDOWS))
     assert results["reading"]["window_frames"] == WINDOW and results["questions"] == 3
+    shorter = evaluate_long(folder, long_data, limit=3, which=("windows",), window_frames=4,
+                            settings=LongSettings(fps=1.0, max_windows=2 * MAX_WINDOWS))
+    assert shorter["reading"]["window_frames"] == 4 and list(shorter["settings"]) == ["windows"]
     for setting in ("windows", "uniform8"):
         row = results["settings"][setting]["types"]
         assert row["all"]["items"] == 3 and 0 <= row["all"]["accuracy"] <= 1
