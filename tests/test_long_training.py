@@ -159,6 +159,31 @@ def test_a_dataset_window_longer_than_the_models_is_a_config_error(tiny_tokenize
     assert build_datasets(cfg, tiny_tokenizer, window_frames=WINDOW)[0].window_frames == 4
 
 
+def test_the_export_records_the_window_length_it_was_trained_on():
+    from videollama.config import ModelConfigError, VideoLlamaConfig
+    from videollama.presets import tiny
+    from videollama.train.config import config_from_dict
+    from videollama.train.recipe import trained_window_frames
+
+    config = tiny(vocab_size=100)  # max_frames 32
+
+    def cfg(*windows):
+        datasets = {f"d{i}": {"type": "videochat_instruct", "window_fps": 1.0, **({"window_frames": w} if w else {})}
+                    for i, w in enumerate(windows)}
+        return config_from_dict({"model": {"preset": "tiny"}, "data": {"datasets": datasets or {"v": {"type": "webvid"}}}})
+
+    assert trained_window_frames(cfg(8), config) == 8
+    assert trained_window_frames(cfg(8, 8), config) == 8
+    assert trained_window_frames(cfg(8, 4), config) is None  # two lengths: the model's as it was
+    assert trained_window_frames(cfg(), config) is None  # no long videos
+    assert trained_window_frames(cfg(32), config) is None  # max_frames: the default, nothing to record
+    config.window_frames = 8
+    assert trained_window_frames(cfg(None), config) == 8  # a dataset without its own reads the model's
+    assert trained_window_frames(cfg(), config) == 8
+    with pytest.raises(ModelConfigError, match=r"window_frames must be between 1 and max_frames \(32\), got 33"):
+        VideoLlamaConfig.from_dict({**config.to_dict(), "window_frames": 33})
+
+
 def test_llm_context_raises_the_limit_the_engine_and_the_export_see(tiny_tokenizer, tmp_path):
     from videollama.train.base_model import build_model
     from videollama.train.config import ConfigError, ModelSection

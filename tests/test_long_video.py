@@ -168,7 +168,7 @@ def test_windows_hold_their_own_frames_tokens_and_labels(tiny_pipeline, clips):
     assert "The video lasts 10.0 seconds and is shown in 2 windows" in tiny_pipeline.prompt_text(silent, [(QUESTION, None)])
 
 
-def test_shorter_windows_hold_window_frames_each(tiny_pipeline, clips):
+def test_shorter_windows_hold_window_frames_each(tiny_pipeline, clips, monkeypatch):
     path = clips["numbered"]  # 80 frames; 20 sampled in windows of at most 8 -> 7 + 7 + 6
     model = tiny_pipeline.model
     features = tiny_pipeline.encode_media(path, MediaOptions(num_frames=20, window_frames=8, use_audio=False))
@@ -189,6 +189,12 @@ def test_shorter_windows_hold_window_frames_each(tiny_pipeline, clips):
     one = tiny_pipeline.encode_media(path, MediaOptions(num_frames=8, window_frames=8, use_audio=False))
     assert not one.windowed and torch.equal(one.video, tiny_pipeline.encode_media(
         path, MediaOptions(num_frames=8, use_audio=False)).video)
+    # a model trained on shorter windows (its config's window_frames) is read in them unless a request says otherwise
+    monkeypatch.setattr(model.config, "window_frames", 8)
+    monkeypatch.setattr(tiny_pipeline, "_cache", type(tiny_pipeline._cache)())
+    own = tiny_pipeline.encode_media(path, MediaOptions(num_frames=20, use_audio=False))
+    assert own.windows == 3 and torch.equal(own.video, features.video)
+    assert tiny_pipeline.encode_media(path, MediaOptions(num_frames=20, window_frames=32, use_audio=False)).windows == 1
     with pytest.raises(UsageError, match=rf"window_frames must be between 1 and the model's max_frames "
                                          rf"\({model.config.max_frames}\), got {model.config.max_frames + 1}"):
         tiny_pipeline.encode_media(path, MediaOptions(num_frames=40, window_frames=model.config.max_frames + 1))

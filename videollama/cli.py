@@ -70,8 +70,8 @@ def add_media_args(p: argparse.ArgumentParser) -> None:
                    help="at most this many windows of 32 frames: the most similar adjacent frames are merged "
                         "(default: as many as fit half the model's context)")
     p.add_argument("--window-frames", type=int, default=None,
-                   help="frames per window of a long video (default: the model's 32); shorter windows name times "
-                        "more finely and take more prompt tokens per minute")
+                   help="frames per window of a long video (default: the model's, 32 unless it was trained on "
+                        "shorter windows); shorter windows name times more finely and take more prompt tokens per minute")
     p.add_argument("--keep-aspect", action="store_true", help="letterbox frames instead of squashing to 224x224")
     p.add_argument("--frame-lookup", choices=["index", "time"], default="index",
                    help="which frame is frame i of a variable-frame-rate video: the i-th in presentation order "

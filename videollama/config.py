@@ -102,6 +102,9 @@ class VideoLlamaConfig:
         default_factory=lambda: QFormerConfig(num_layers=2, encoder_width=768, cross_attention_every=1, num_queries=32)
     )
     max_frames: int = 32  # rows of the frame-position embedding: the hard frame limit
+    # Frames per window of a long video read without a window length of its own (None: max_frames). A training
+    # run whose long videos were read in shorter windows records their length here, so inference reads the same way.
+    window_frames: int | None = None
     use_frame_position: bool = True  # False only for the ablation without temporal position
     imagebind: ImageBindConfig = field(default_factory=ImageBindConfig)
     audio_qformer: QFormerConfig = field(
@@ -152,6 +155,9 @@ class VideoLlamaConfig:
             raise ModelConfigError("video_qformer.encoder_width must equal image_qformer.hidden_size")
         if self.audio_qformer.encoder_width != self.imagebind.embed_dim:
             raise ModelConfigError("audio_qformer.encoder_width must equal imagebind.embed_dim")
+        if self.window_frames is not None and not 1 <= self.window_frames <= self.max_frames:
+            raise ModelConfigError(f"window_frames must be between 1 and max_frames ({self.max_frames}), "
+                                   f"got {self.window_frames}")
         if not self.with_vision and not self.with_audio:
             raise ModelConfigError("with_vision and with_audio are both False: a model needs at least one branch")
 

@@ -49,7 +49,8 @@ class MediaOptions:
     capped at ``max_frames``), not both. More than the model's 32 frames are read in windows
     (:mod:`videollama.long_video`); ``max_windows`` caps the windows by merging similar frames (None: as
     many windows as fit half the LLM's context); ``window_frames`` shortens the windows (None: the model's
-    ``max_frames``; finer time labels, more prompt tokens). Invalid values raise ``ValueError``.
+    own, its ``max_frames`` unless it was trained on shorter ones; finer time labels, more prompt tokens).
+    Invalid values raise ``ValueError``.
     """
 
     num_frames: int | None = None  # None: DEFAULT_NUM_FRAMES (8) unless fps is given

@@ -98,7 +98,7 @@ def encode_video_file(model: VideoLlama, path: str | os.PathLike[str], sampling:
     Raises:
         MediaError / NoVideoError: as :class:`~videollama.media.video.VideoReader`.
     """
-    window_frames = resolve_window_frames(sampling.window_frames, model.config.max_frames)
+    window_frames = resolve_window_frames(sampling.window_frames, model.config.max_frames, model.config.window_frames)
     with VideoReader(path, image_size=image_size, resize=resize, frame_lookup=frame_lookup, max_bytes=max_bytes,
                      max_duration=max_duration) as reader:
         positions = sampling.frame_positions(reader.num_frames, reader.fps)

@@ -15,10 +15,11 @@ Q-Formers on its own, with frame positions 0..k-1, and becomes its own 32 soft t
   into balanced windows (33 frames -> 17 + 16, never 32 + 1).
 * ``max_windows`` (optional) is a budget: past ``max_windows * window_frames`` sampled frames, the
   most similar adjacent frames are merged (:mod:`videollama.frame_merge`) until they fit.
-* ``window_frames`` (optional, default the model's ``max_frames``) is the window length: shorter
-  windows name times more finely (each window's time label covers fewer seconds) at the price of
-  more prompt tokens per minute of video. Video-LLaMA was trained on clips of 8 frames, so windows
-  of 8 also keep every frame position at one the model was trained on.
+* ``window_frames`` (optional, default the model's own: ``VideoLlamaConfig.window_frames``, else its
+  ``max_frames``) is the window length: shorter windows name times more finely (each window's time
+  label covers fewer seconds) at the price of more prompt tokens per minute of video. Video-LLaMA was
+  trained on clips of 8 frames, so windows of 8 also keep every frame position at one the model was
+  trained on.
 """
 
 from __future__ import annotations
@@ -92,11 +93,12 @@ class VideoSampling:
         return positions
 
 
-def resolve_window_frames(window_frames: int | None, model_max_frames: int) -> int:
-    """Frames per window: ``window_frames`` (a request's), else the model's ``max_frames`` (its frame-position
-    table's rows, which no window may exceed)."""
+def resolve_window_frames(window_frames: int | None, model_max_frames: int, model_default: int | None = None) -> int:
+    """Frames per window: ``window_frames`` (a request's), else the model's own default (``VideoLlamaConfig.
+    window_frames``, the windows it was trained on), else its ``max_frames`` (its frame-position table's rows,
+    which no window may exceed)."""
     if window_frames is None:
-        return model_max_frames
+        return model_default or model_max_frames
     if not 1 <= window_frames <= model_max_frames:
         raise UsageError(f"window_frames must be between 1 and the model's max_frames ({model_max_frames}), "
                          f"got {window_frames}")

@@ -102,7 +102,8 @@ class VideoSamplingField(_Strict):
 
     ``frames`` (a count, up to the server's ``max_sampled_frames``) or ``fps`` (a rate, capped by
     ``max_frames``), ``max_windows`` (merge the most similar frames to fit that many windows) and
-    ``window_frames`` (frames per window, at most the model's 32: shorter windows, finer times)."""
+    ``window_frames`` (frames per window, at most the model's 32: shorter windows, finer times; default the
+    model's own)."""
 
     frames: int | None = Field(default=None, ge=1)
     fps: float | None = Field(default=None, gt=0)

@@ -192,9 +192,10 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
                                     label="Or frames per second (0: use the frame count)")
                     max_windows = gr.Number(value=0, minimum=0, precision=0, elem_id="vl-max-windows",
                                             label="Most windows (0: as many as fit the model's context)")
+                    own_window = pipeline.model.config.window_frames or pipeline.model.config.max_frames
                     window_frames = gr.Number(value=0, minimum=0, maximum=pipeline.model.config.max_frames, precision=0,
                                               elem_id="vl-window-frames",
-                                              label=f"Frames per window (0: the model's {pipeline.model.config.max_frames}; "
+                                              label=f"Frames per window (0: the model's {own_window}; "
                                                     "fewer: finer times, more tokens)")
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(label="Chat", height=460, latex_delimiters=[], feedback_options=None,

@@ -128,7 +128,7 @@ def evaluate_long(model_dir: str | Path, data_dir: str | Path, *, limit: int | N
                   settings: LongSettings = DEFAULT_LONG, which: Sequence[str] = LONG_SETTINGS,
                   examples: int = 5, window_frames: int | None = None) -> dict[str, Any]:
     """Every held-out long question under each setting of ``which``; ``settings`` says how windows read,
-    in windows of ``window_frames`` (None: the model's ``max_frames``; its ``window_frames`` is replaced).
+    in windows of ``window_frames`` (None: the model's own, as inference reads it; its ``window_frames`` is replaced).
     The questions keep the tolerance they were written with (``first_time``), whatever the reading."""
     from dataclasses import replace
 
@@ -136,7 +136,8 @@ def evaluate_long(model_dir: str | Path, data_dir: str | Path, *, limit: int | N
     from ..media.windows import resolve_window_frames
 
     pipe = Pipeline.from_pretrained(model_dir)
-    settings = replace(settings, window_frames=resolve_window_frames(window_frames, pipe.model.config.max_frames))
+    config = pipe.model.config
+    settings = replace(settings, window_frames=resolve_window_frames(window_frames, config.max_frames, config.window_frames))
     items = load_long_items(data_dir, limit)
     results: dict[str, Any] = {}
     for setting in which:

@@ -638,22 +638,23 @@ def text_options(cfg, tokenizer, dataset: str) -> TextOptions:
     )
 
 
-def _window_frames(name: str, spec, model_max_frames: int) -> int:
-    """A dataset's frames per window: its ``window_frames`` (at most the model's ``max_frames``), else the model's."""
+def _window_frames(name: str, spec, model_max_frames: int, model_default: int | None) -> int:
+    """A dataset's frames per window: its ``window_frames`` (at most the model's ``max_frames``), else the model's
+    (its ``window_frames``, else ``max_frames``: as inference reads the model)."""
     try:
-        return resolve_window_frames(spec.window_frames, model_max_frames)
+        return resolve_window_frames(spec.window_frames, model_max_frames, model_default)
     except UsageError as err:
         raise ConfigError(f"data.datasets.{name}: {err}") from None
 
 
 def build_datasets(cfg, tokenizer, *, window_frames: int = DEFAULT_WINDOW_FRAMES, video_tokens: int = DEFAULT_VIDEO_TOKENS,
-                   audio_tokens: int = DEFAULT_AUDIO_TOKENS) -> list[TrainDataset]:
+                   audio_tokens: int = DEFAULT_AUDIO_TOKENS, default_window_frames: int | None = None) -> list[TrainDataset]:
     """One dataset per entry of ``cfg.data.datasets`` (in YAML order).
 
     ``window_frames`` / ``video_tokens`` / ``audio_tokens``: the model's ``max_frames``,
     ``num_video_tokens`` and ``num_audio_tokens``, which size long videos' windows (``window_fps``; a
-    dataset's own ``window_frames`` may shorten them) and audio-visual samples (``with_audio``) as
-    inference sizes them."""
+    dataset's own ``window_frames``, else the model's ``default_window_frames``, may shorten them) and
+    audio-visual samples (``with_audio``) as inference sizes them."""
     built: list[TrainDataset] = []
     for index, (name, spec) in enumerate(cfg.data.datasets.items()):
         common = dict(image_size=cfg.data.image_size, max_bad_fraction=spec.max_bad_fraction,
@@ -671,7 +672,8 @@ def build_datasets(cfg, tokenizer, *, window_frames: int = DEFAULT_WINDOW_FRAMES
                                           num_frames=spec.num_frames, sampling=spec.sampling,
                                           data_type=spec.data_type, window_fps=spec.window_fps,
                                           max_windows=spec.max_windows, with_audio=spec.with_audio,
-                                          window_frames=_window_frames(name, spec, window_frames),
+                                          window_frames=_window_frames(name, spec, window_frames,
+                                                                       default_window_frames),
                                           video_tokens=video_tokens,
                                           audio_tokens=audio_tokens,
                                           turns=spec.turns, **common)

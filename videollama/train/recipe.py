@@ -35,6 +35,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from ..media.windows import resolve_window_frames
 from ..model import VideoLlama
 from .base_model import apply_lora, build_model, merge_lora_state
 from .checkpoint import (
@@ -147,8 +148,8 @@ def supervised_tokens(labels: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- data
 def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed(), *, window_frames: int = DEFAULT_WINDOW_FRAMES,
-                 video_tokens: int = DEFAULT_VIDEO_TOKENS,
-                 audio_tokens: int = DEFAULT_AUDIO_TOKENS) -> tuple[DataLoader, AccumulationSampler]:
+                 video_tokens: int = DEFAULT_VIDEO_TOKENS, audio_tokens: int = DEFAULT_AUDIO_TOKENS,
+                 default_window_frames: int | None = None) -> tuple[DataLoader, AccumulationSampler]:
     """The run's micro-batches: the configured datasets mixed one dataset per step, this rank's part of
     each step's global batch in ``optim.accum_grad_iters`` micro-batches (:class:`AccumulationSampler`).
 
@@ -156,11 +157,12 @@ def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed(), *,
     from the audio-text datasets, ``audio_values`` (real audio for ImageBind's audio encoder); the vision
     branch's carry ``pixel_values``; audio-visual samples (``with_audio``) carry ``pixel_values`` and
     ``audio_values`` on either branch. The sampler is returned too: it holds the data position that
-    checkpoints save and resuming restores. ``window_frames`` / ``video_tokens`` / ``audio_tokens``:
-    the model's ``max_frames``, ``num_video_tokens`` and ``num_audio_tokens``.
+    checkpoints save and resuming restores. ``window_frames`` / ``video_tokens`` / ``audio_tokens`` /
+    ``default_window_frames``: the model's ``max_frames``, ``num_video_tokens``, ``num_audio_tokens`` and
+    ``window_frames``.
     """
     datasets = build_datasets(cfg, tokenizer, window_frames=window_frames, video_tokens=video_tokens,
-                              audio_tokens=audio_tokens)
+                              audio_tokens=audio_tokens, default_window_frames=default_window_frames)
     ratios = [spec.sample_ratio for spec in cfg.data.datasets.values()]
     sampler = AccumulationSampler([len(ds) for ds in datasets], ratios, cfg.optim.batch_size, seed=cfg.run.seed,
                                   rank=d.rank, world_size=d.world_size, accum=cfg.optim.accum_grad_iters,
@@ -177,6 +179,18 @@ def build_loader(cfg: TrainConfig, tokenizer, d: Distributed = Distributed(), *,
         persistent_workers=False, generator=torch.Generator().manual_seed(cfg.run.seed),
     )
     return loader, sampler
+
+
+def trained_window_frames(cfg: TrainConfig, config) -> int | None:
+    """The window length the exported model reads long videos in by default (``VideoLlamaConfig.window_frames``):
+    that of the run's long-video datasets (``window_fps``) when they share one, else the model's as it was
+    (None: its ``max_frames``)."""
+    lengths = {resolve_window_frames(spec.window_frames, config.max_frames, config.window_frames)
+               for spec in cfg.data.datasets.values() if spec.window_fps is not None}
+    if len(lengths) != 1:
+        return config.window_frames
+    length = lengths.pop()
+    return None if length == config.max_frames else length
 
 
 def build_batches(cfg: TrainConfig, tokenizer, steps: int, **media):
@@ -221,7 +235,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     total_steps = cfg.optim.total_steps
     loader, sampler = build_loader(cfg, tokenizer, d, window_frames=model.config.max_frames,
                                    video_tokens=model.config.num_video_tokens,
-                                   audio_tokens=model.config.num_audio_tokens)
+                                   audio_tokens=model.config.num_audio_tokens,
+                                   default_window_frames=model.config.window_frames)
+    model.config.window_frames = trained_window_frames(cfg, model.config)  # inference reads as this run trains
     wrapped = _wrap(model, cfg, d)
     # After _wrap: FSDP2 replaced the parameters by sharded ones, which are what the optimizer must step.
     optimizer = build_optimizer(model.named_parameters(), lr=cfg.optim.init_lr, weight_decay=cfg.optim.weight_decay,

@@ -185,7 +185,7 @@ class VideoLlamaProcessingInfo(BaseProcessingInfo):
         config = self.model_config
         sampling = self.video_sampling(self.sampling_kwargs(mm_kwargs))
         try:
-            window_frames = resolve_window_frames(sampling.window_frames, config.max_frames)
+            window_frames = resolve_window_frames(sampling.window_frames, config.max_frames, config.window_frames)
         except ValueError as err:
             raise ValueError(f"mm_processor_kwargs.window_frames: {err}") from None
         return VideoReading(sampling, image_size=config.vision.image_size,
@@ -223,7 +223,8 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
         """vLLM's dummy prompt and items, the video read as one window of ``max_frames`` frames (the encoders'
         peak: windows are encoded one after another) whatever the server's default kwargs say."""
         inputs = super().get_dummy_inputs(seq_len, mm_counts, mm_options)
-        one_window = {"num_frames": self.info.model_config.max_frames, "fps": None}
+        max_frames = self.info.model_config.max_frames
+        one_window = {"num_frames": max_frames, "fps": None, "window_frames": max_frames}
         return replace(inputs, hf_processor_mm_kwargs=one_window)
 
     def _apply_hf_processor_main(self, mm_items: MultiModalDataItems,
