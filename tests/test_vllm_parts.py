@@ -160,7 +160,7 @@ class _FrameRecorder:
     """Stands in for ``VideoLlama`` in ``encode_video_file``: records each window's frames as encoded."""
 
     def __init__(self, window_frames: int) -> None:
-        self.config = SimpleNamespace(max_frames=window_frames)
+        self.config = SimpleNamespace(max_frames=window_frames, window_frames=None)
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.windows: list[torch.Tensor] = []
 
