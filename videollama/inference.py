@@ -62,7 +62,7 @@ class MediaOptions:
     fps: float | None = None
     max_frames: int = DEFAULT_FPS_MAX_FRAMES  # cap of fps sampling
     max_windows: int | None = None
-    window_frames: int | None = None  # frames per window (None: the model's max_frames)
+    window_frames: int | None = None  # frames per window (None: the model's own, resolve_window_frames)
 
     def __post_init__(self) -> None:
         if self.num_frames is not None and self.fps is not None:

@@ -55,7 +55,7 @@ class VideoSampling:
     """How many frames of a video are read: ``frames`` (a count) or ``fps`` (a rate), not both.
 
     ``max_frames`` caps a rate; ``max_windows`` (None: no budget) merges frames so that at most
-    that many windows reach the LLM; ``window_frames`` (None: the model's ``max_frames``) is the most
+    that many windows reach the LLM; ``window_frames`` (None: the model's own) is the most
     frames one window holds (:func:`resolve_window_frames`). Invalid values raise ``ValueError`` naming
     the field.
     """

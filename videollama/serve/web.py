@@ -96,7 +96,7 @@ def build_demo(pipeline: Pipeline, *, examples: Sequence[tuple[str | Path, str]]
 
     def reading_options(use_audio, frames, fps, max_windows, window_frames) -> MediaOptions:
         """fps 0: the frame count; max windows 0: as many as fit the model's context; frames per window 0: the
-        model's max_frames."""
+        model's own."""
         return MediaOptions(num_frames=None if fps else int(frames), fps=float(fps) if fps else None,
                             max_windows=int(max_windows) if max_windows else None,
                             window_frames=int(window_frames) if window_frames else None, use_audio=bool(use_audio),

@@ -257,7 +257,7 @@ def register(subparsers, commands: dict[str, Callable]) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N held-out questions")
     _add_long_reading(p)
     p.add_argument("--window-frames", type=int, default=None,
-                   help="frames per window (default: the model's max_frames; the model's training run may say)")
+                   help="frames per window (default: the model's own: its config's window_frames, else max_frames)")
     p.set_defaults(synthav_func=cmd_evaluate_long)
 
     commands["synthav"] = lambda args: args.synthav_func(args)

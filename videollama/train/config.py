@@ -150,7 +150,7 @@ class DatasetSpec:
     prompts: list[str] | None = None  # caption prompts of this dataset; None -> data.prompts
     window_fps: float | None = None  # videochat_instruct: long videos read in windows at this rate (None: off)
     max_windows: int | None = None  # with window_fps: at most this many windows (frames spread uniformly past it)
-    window_frames: int | None = None  # with window_fps: frames per window (None: the model's max_frames)
+    window_frames: int | None = None  # with window_fps: frames per window (None: the model's own, as inference)
     with_audio: bool = False  # videochat_instruct: the clip's (each window's) sound too, audio-visual prompt
 
 
