@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import socket
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -25,6 +27,7 @@ from PIL import Image
 from serve_helpers import running_server, wait_until
 from videollama import engine as engine_module
 from videollama.serve.api import create_app
+from videollama.serve.connections import LINGER_S
 from videollama.serve.settings import ServeSettings
 
 WAIT_S = 30.0
@@ -33,8 +36,11 @@ POISON_SEED = 4242  # the row whose sampling is made to fail (greedy rows ignore
 HEADER_TIMEOUT_S = 0.5
 BODY_TIMEOUT_S = 1.0
 PER_CLIENT = 3
-SLOW_SEND_S = 0.2  # pause between the bytes a slow client sends
-MAX_SLOW_BYTES = 150  # bound on a slow sender's loop: 30 s at SLOW_SEND_S, far past both timeouts
+# Pause between the bytes a slow client sends. Not a divisor of either timeout, so the server's answer falls
+# inside a pause, not next to a send (a byte sent after the server closed draws a reset, and some network
+# stacks then drop the answer already received).
+SLOW_SEND_S = 0.3
+MAX_SLOW_BYTES = 100  # bound on a slow sender's loop: 30 s at SLOW_SEND_S, far past both timeouts
 
 
 @pytest.fixture(scope="module")
@@ -244,16 +250,17 @@ def _post_head(length: int) -> bytes:
 
 
 def _send_slowly(sock: socket.socket, data: bytes) -> bytes:
-    """Send one byte per SLOW_SEND_S until the server answers (its reply) or the data runs out (b"")."""
-    sock.settimeout(SLOW_SEND_S)
+    """Send one byte per SLOW_SEND_S until the server answers or closes, then read to the end (its reply).
+
+    Each byte goes only after a pause in which the server sent nothing, so the client stops sending as soon
+    as the answer is there (as a careful client would) instead of writing into a closed connection.
+    """
     for byte in data[:MAX_SLOW_BYTES]:
+        answered, _, _ = select.select([sock], [], [], SLOW_SEND_S)
+        if answered:
+            break
         try:
             sock.sendall(bytes([byte]))
-            reply = sock.recv(65536)
-            sock.settimeout(WAIT_S)
-            return reply + _read_until_closed(sock)
-        except TimeoutError:
-            continue
         except (BrokenPipeError, ConnectionResetError):
             break
     sock.settimeout(WAIT_S)
@@ -279,6 +286,20 @@ def test_a_body_sent_a_byte_at_a_time_is_cut_off(guarded):
     assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head.lower()
     assert json.loads(payload)["error"]["code"] == "body_timeout"
     assert _health(guarded)["connections"]["body_timeouts"] >= 1
+
+
+def test_a_client_still_sending_after_the_408_reads_it_not_a_reset(guarded):
+    """The server lingers after a 408: the client's later bytes are taken in, not answered with a reset."""
+    with _connect(guarded) as sock:
+        sock.sendall(_post_head(10**6))
+        deadline = time.monotonic() + BODY_TIMEOUT_S + LINGER_S / 2  # well past the 408, inside the linger
+        while time.monotonic() < deadline:  # a client that writes its whole body before reading anything
+            sock.sendall(b"x")  # raises BrokenPipeError / ConnectionResetError if the server reset
+            time.sleep(0.05)
+        sock.shutdown(socket.SHUT_WR)
+        reply = _read_until_closed(sock)
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and json.loads(payload)["error"]["code"] == "body_timeout"
 
 
 def test_a_client_hanging_up_mid_body_is_not_an_error(guarded, caplog):

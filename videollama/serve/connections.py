@@ -10,6 +10,12 @@ its connection forever), no body read timeout and no per-client cap. They are ad
   headers must be complete within ``header_timeout_s`` of the connection opening or the previous
   response ending: else 408, closed) and the per-client cap (a client address holding
   ``max_connections_per_client`` open connections gets 429 on the next one, closed).
+* Lingering close (:class:`_LingeringTransport`): when the server ends a connection whose client is
+  still sending its request (a 408 for slow headers or body), it sends its answer and a FIN, then reads
+  and drops what the client still sends for up to ``LINGER_S`` before closing. Closing at once would
+  answer the client's next bytes with a reset, and a client's network stack may then drop the answer it
+  had already received: the client would see "connection reset" instead of the 408 (nginx's
+  ``lingering_close`` is the same idea).
 * :class:`BodyTimeoutMiddleware` (ASGI): the whole body must arrive within ``body_timeout_s`` of the
   headers (a 1-byte-per-second body is cut off: 408, closed); a client hanging up mid-body is counted,
   not logged as an error.
@@ -24,6 +30,7 @@ import asyncio
 import functools
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import h11
@@ -34,6 +41,7 @@ from .schemas import ServeError
 from .settings import ServeSettings
 
 KB = 1024
+LINGER_S = 2.0  # how long a closed-on connection still takes in (and drops) what its client sends
 
 
 @dataclass
@@ -71,6 +79,48 @@ def _raw_error(status: int, reason: str, error: ServeError) -> bytes:
     return head.encode() + body
 
 
+class _LingeringTransport:
+    """A connection's transport whose ``close()`` lingers while the client is still sending its request.
+
+    Everything else is the asyncio transport's own. Lingering: the answer already written goes out with
+    a FIN (``write_eof``), reading goes on (the protocol drops what arrives), and the socket closes when
+    the client closes its side or after ``LINGER_S``.
+    """
+
+    def __init__(self, transport, client_sending: Callable[[], bool], loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._client_sending = client_sending
+        self._loop = loop
+        self.lingering = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.is_closing():
+            return
+        if not (self._client_sending() and self._transport.can_write_eof()):
+            self._transport.close()
+            return
+        self.lingering = True
+        self._transport.write_eof()
+        self._transport.resume_reading()
+        self._timer = self._loop.call_later(LINGER_S, self._transport.close)
+
+    def abort(self) -> None:
+        self.cancel_linger()
+        self._transport.abort()
+
+    def cancel_linger(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a header read timeout and a per-client connection cap."""
 
@@ -81,6 +131,7 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
+        transport = _LingeringTransport(transport, self._client_sending, self.loop)
         super().connection_made(transport)
         host = self.client[0] if self.client else ""
         if self.guard.open_per_client[host] >= self.guard.max_connections_per_client:
@@ -97,6 +148,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        self.transport.cancel_linger()
         if self._counted_host is not None:
             self.guard.open_per_client[self._counted_host] -= 1
             if self.guard.open_per_client[self._counted_host] <= 0:
@@ -105,6 +157,8 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.lingering:  # answered and closing: the rest of the request is dropped
+            return
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # the request line and headers are complete
             self._cancel_header_timer()
@@ -113,6 +167,11 @@ class GuardedH11Protocol(H11Protocol):
         super().on_response_complete()
         if not self.transport.is_closing():
             self._arm_header_timer()  # the next request's headers get the same time (idle time: keep-alive)
+
+    def _client_sending(self) -> bool:
+        """Whether the client is part-way through sending a request (its head or its body)."""
+        state = self.conn.their_state
+        return state is h11.SEND_BODY or (state is h11.IDLE and bool(self.conn.trailing_data[0]))
 
     def _arm_header_timer(self) -> None:
         self._cancel_header_timer()
