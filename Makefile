@@ -40,8 +40,10 @@ system-deps:
 	  else echo "warning: missing system packages:$$missing (tests that need them will fail)"; fi; \
 	fi
 
-# The vLLM plugin tests (tests/test_vllm_plugin.py) build .venv-vllm themselves (`make vllm`) when it is missing.
+# The vLLM plugin tests (tests/test_vllm_plugin.py) run in .venv-vllm, built here first (set-up, not test time).
+# If it cannot be built, the tests try once more themselves and then skip, naming the reason.
 test: $(STAMP) system-deps
+	-$(MAKE) --no-print-directory vllm
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
