@@ -87,10 +87,9 @@ class _LingeringTransport:
     the client closes its side or after ``LINGER_S``.
     """
 
-    def __init__(self, transport, client_sending: Callable[[], bool], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport, client_sending: Callable[[], bool]) -> None:
         self._transport = transport
         self._client_sending = client_sending
-        self._loop = loop
         self.lingering = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -109,11 +108,7 @@ class _LingeringTransport:
         self.lingering = True
         self._transport.write_eof()
         self._transport.resume_reading()
-        self._timer = self._loop.call_later(LINGER_S, self._transport.close)
-
-    def abort(self) -> None:
-        self.cancel_linger()
-        self._transport.abort()
+        self._timer = asyncio.get_running_loop().call_later(LINGER_S, self._transport.close)
 
     def cancel_linger(self) -> None:
         if self._timer is not None:
@@ -131,7 +126,7 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
-        transport = _LingeringTransport(transport, self._client_sending, self.loop)
+        transport = _LingeringTransport(transport, self._client_sending)
         super().connection_made(transport)
         host = self.client[0] if self.client else ""
         if self.guard.open_per_client[host] >= self.guard.max_connections_per_client:
