@@ -19,7 +19,6 @@ import dataclasses
 import pytest
 
 from videollama.inference import MediaFeatures, Pipeline
-from videollama.templates import get_template
 
 VISUAL = ("You are able to understand the visual content that the user provides. "
           "Follow the instructions carefully and explain your answers in detail.")

@@ -5,7 +5,8 @@ adds what only the decoded file can tell (``videollama/vllm/prompt.py``). Togeth
 the prompt ``Pipeline`` builds for every media kind, template, branch set and conversation shape.
 Media (``videollama/vllm/media.py``): a video from vLLM's bytes and an audio part from vLLM's samples
 must give our loaders' tensors bit for bit; a video read in windows must give the windows, frames and
-sound clips ``long_video.encode_video_file`` reads.
+sound clips ``long_video.encode_video_file`` reads. A video whose frames merge travels as its file, with zero
+time labels in the prompt whose digits the engine fills in: the checks on the tokenizer that this needs.
 """
 
 from __future__ import annotations
@@ -215,11 +216,35 @@ def test_shorter_windows_from_vllms_bytes_equal_encode_video_files(long_clip):
         assert torch.equal(normalize(sent), encoded)
 
 
+def test_frames_that_merge_travel_as_the_file_after_every_sampled_frame_decoded_once(long_clip, monkeypatch):
+    from videollama.media import VideoReader
+    from videollama.media.windows import VideoSampling
+    from videollama.vllm.media import decode_video, merge_from_row, merge_row
+
+    read = []
+    real_read = VideoReader.read
+    monkeypatch.setattr(VideoReader, "read", lambda self, positions: read.append(list(positions)) or
+                        real_read(self, positions))
+    sampling = VideoSampling(frames=None, fps=1.0, max_windows=2)  # 80 frames into 64: they merge
+    data = long_clip.read_bytes()
+    decoded = decode_video(SimpleNamespace(original_bytes=data), _reading(sampling))
+    assert sum(map(len, read)) == 80  # every sampled frame decoded here, so the engine cannot fail on one
+    assert decoded.frames.shape[0] == 0 and decoded.audio is None and decoded.duration == pytest.approx(80.0, abs=0.2)
+    assert decoded.merged.data == data and decoded.merged.heard
+    assert len(decoded.windows) == 2  # the budget: the labels are known only after merging
+    expected = VideoSampling(frames=None, fps=1.0, max_windows=2, window_frames=32)
+    assert decoded.merged.sampling == expected
+    assert merge_from_row(merge_row(decoded.merged)) == (expected, True)
+    assert merge_from_row(merge_row(None)) is None
+
+
 @pytest.mark.parametrize("limits, fragment", [
-    ({"sampling": {"max_windows": 2}}, "do not fit 2 windows of 32 frames (max_windows)"),
-    ({"context": 256}, "do not fit 2 windows of 32 frames (max_windows, by default"),  # 128 // 60 = 2 windows
+    ({"sampling": {"max_windows": 2}, "can_merge": False}, "do not fit 2 windows of 32 frames (max_windows)"),
+    ({"context": 256, "can_merge": False}, "do not fit 2 windows of 32 frames (max_windows, by default"),  # 128 // 60
     ({"max_model_len": 150}, "3 windows of video take 180 prompt positions, over max_model_len (150)"),
-], ids=["max_windows", "default budget", "max_model_len"])
+    ({"sampling": {"max_windows": 3, "window_frames": 8}, "max_model_len": 150},
+     "3 windows of video take 180 prompt positions"),  # merged: the budget's windows count
+], ids=["max_windows", "default budget", "max_model_len", "merged over max_model_len"])
 def test_a_long_video_the_plugin_cannot_serve_as_pipeline_is_refused_before_decoding(long_clip, monkeypatch,
                                                                                       limits, fragment):
     from videollama.media import VideoReader
@@ -227,7 +252,79 @@ def test_a_long_video_the_plugin_cannot_serve_as_pipeline_is_refused_before_deco
     from videollama.vllm.media import decode_video
 
     monkeypatch.setattr(VideoReader, "read", lambda *_: pytest.fail("decoded frames before refusing"))
-    sampling = VideoSampling(frames=None, fps=1.0, **limits.pop("sampling", {}))
+    given = limits.pop("sampling", {})
+    sampling = VideoSampling(frames=None, fps=1.0, **given)
+    reading = _reading(sampling, **limits, **({"window_frames": given["window_frames"]} if "window_frames" in given else {}))
     with pytest.raises(ValueError) as caught:
-        decode_video(SimpleNamespace(original_bytes=long_clip.read_bytes()), _reading(sampling, **limits))
+        decode_video(SimpleNamespace(original_bytes=long_clip.read_bytes()), reading)
     assert str(caught.value).startswith("mm_processor_kwargs: ") and fragment in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------- merged labels
+class _DigitPairs:
+    """A tokenizer that spells "00" as one token (as BPE vocabularies do), around the shipped one."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.pair = tokenizer, len(tokenizer)
+        self.zero = tokenizer.convert_tokens_to_ids("0")
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, text, **kwargs):
+        ids, out = self.tokenizer(text, **kwargs)["input_ids"], []
+        for token in ids:
+            if token == self.zero and out and out[-1] == self.zero:
+                out[-1] = self.pair
+            else:
+                out.append(token)
+        return {"input_ids": out}
+
+
+def _processor(tokenizer):
+    from videollama.processor import Processor
+
+    return Processor(tokenizer, VideoLlamaConfig.load(SHIPPED_MODEL / "config.json"))
+
+
+def test_the_shipped_tokenizer_spells_every_label_digit_as_one_token(tokenizer):
+    from videollama.vllm.prompt import label_digit_ids
+
+    ids = label_digit_ids(_processor(tokenizer))
+    assert ids is not None and len(set(ids)) == 10
+    assert [tokenizer.decode([token]) for token in ids] == list("0123456789")
+
+
+@pytest.mark.parametrize("heard", [False, True], ids=["silent", "with sound"])
+def test_a_merged_preamble_with_the_real_digits_at_its_embedded_places_is_the_pipelines(tokenizer, heard):
+    from videollama.vllm.prompt import ZERO_LABEL, label_digit_ids, merged_video_span
+
+    processor = _processor(tokenizer)
+    digit_ids = label_digit_ids(processor)
+    merged = VideoFacts("", heard, windows=(ZERO_LABEL,) * 3, duration=DURATION, merged=True)
+    full, is_embed = merged_video_span(processor, merged, digit_ids)
+    media = {processor.image_token_id, processor.audio_token_id}
+    assert int(is_embed.sum()) == sum(t in media for t in full) + (2 if heard else 1) * 3 * 12
+    # what the engine does: the real labels' digits, in prompt order, at the embedded places that are not media
+    digits = [int(c) for label in LABELS for c in label if c.isdigit()] * (2 if heard else 1)
+    filled, it = list(full), iter(digits)
+    for i, embedded in enumerate(is_embed.tolist()):
+        if embedded and full[i] not in media:
+            filled[i] = digit_ids[next(it)]
+    assert next(it, None) is None
+    zeros = processor.tokenize(merged.preamble, add_bos=False)
+    start = next(i for i in range(len(zeros)) if zeros[i:i + len(full)] == full)
+    real = processor.tokenize(VideoFacts("", heard, windows=LABELS, duration=DURATION).preamble, add_bos=False)
+    assert len(real) == len(zeros) and real[start:start + len(full)] == filled
+    assert real[:start] == zeros[:start] and real[start + len(full):] == zeros[start + len(full):]
+    assert tokenizer.decode(real[:start]).rstrip().endswith(("that:", "<Video>"))  # the span starts at a label digit
+
+
+def test_a_tokenizer_that_joins_digits_cannot_have_labels_filled_in(tokenizer):
+    from videollama.vllm.prompt import ZERO_LABEL, label_digit_ids, merged_video_span
+
+    processor = _processor(_DigitPairs(tokenizer))
+    assert label_digit_ids(processor) is None
+    with pytest.raises(ValueError, match="cannot merge"):
+        merged_video_span(processor, VideoFacts("", False, windows=(ZERO_LABEL,) * 2, duration=DURATION, merged=True),
+                          None)

@@ -4,7 +4,8 @@ One ``vllm serve`` of the shipped SynthAV model (fp32, CPU) answers every test h
 client. Greedy answers must equal ``Pipeline``'s token for token, with the same prompt ids and the same
 first-token logits (to 1e-4; the server returns raw logits for the whole vocabulary), for a video, a
 video with sound (both branches), an image, an audio clip, and an 80 s video read at one frame per second
-in three time-labelled windows (``mm_processor_kwargs`` ``fps`` / ``max_windows``), silent and with sound.
+in three time-labelled windows (``mm_processor_kwargs`` ``fps`` / ``max_windows``), silent and with sound,
+and the same video merged into two windows (read by the engine; only the prompt's label digits differ).
 vLLM runs from its own venv (``make vllm``); these tests are skipped, with the reason, only when that venv
 cannot be built.
 """
@@ -43,6 +44,8 @@ SHORT_CASES = [case for case in CASES if not case.startswith("long")]
 HEARD = ("video_audio", "audio", "audio_44k", "long_video_audio")
 # 80 frames in 3 windows (27 + 27 + 26): the default budget with sound on this 512-position model, given here
 LONG_KWARGS = {"fps": 1, "max_windows": 3}
+MERGED_KWARGS = {"fps": 1, "max_windows": 2}  # 80 frames merged into 2 windows of 32
+ZERO_LABEL = "00:00:00-00:00:00"  # a merged video's labels in vLLM's prompt (the engine embeds the real digits)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +108,22 @@ def _reference(pipeline, path, options: MediaOptions = MediaOptions(num_frames=N
     return media, ids, logits.numpy(), pipeline.engine.generate_all([request])[0]
 
 
+def _assert_same_prompt(served: list[int], ids: list[int], media, tokenizer) -> None:
+    """vLLM's prompt ids are Pipeline's; for merged frames, but with zeros for the windows' label digits."""
+    if not media.timeline or not media.timeline.merged_frames:
+        assert served == ids
+        return
+    zero = tokenizer.convert_tokens_to_ids("0")
+    differ = [i for i, (a, b) in enumerate(zip(served, ids, strict=True)) if a != b]
+    assert differ and all(served[i] == zero for i in differ)
+    labels = [w.label for w in media.timeline.windows]
+    copies = 2 if media.audio is not None else 1
+    assert len(differ) == copies * sum(c not in "0:-" for label in labels for c in label)
+    served_text, text = tokenizer.decode(served), tokenizer.decode(ids)
+    assert served_text.count(ZERO_LABEL) == copies * len(labels)
+    assert all(text.count(label) == copies for label in labels)
+
+
 def _ask_and_compare(client, pipeline, media_dir, case: str, mm_kwargs: dict):
     """The served greedy answer, prompt ids and first-token logits equal Pipeline's with the same options."""
     media, ids, logits, generated = _reference(pipeline, media_dir / CASES[case][0], MediaOptions(**mm_kwargs))
@@ -114,7 +133,7 @@ def _ask_and_compare(client, pipeline, media_dir, case: str, mm_kwargs: dict):
         logprobs=True, top_logprobs=-1,
         extra_body={"return_token_ids": True, "return_tokens_as_token_ids": True, "mm_processor_kwargs": mm_kwargs})
     choice = response.choices[0]
-    assert response.model_extra["prompt_token_ids"] == ids
+    _assert_same_prompt(response.model_extra["prompt_token_ids"], ids, media, pipeline.tokenizer)
     assert choice.model_extra["token_ids"] == generated
     first = {int(entry.token.removeprefix("token_id:")): entry.logprob for entry in choice.logprobs.content[0].top_logprobs}
     assert sorted(first) == list(range(len(logits)))  # the whole vocabulary came back
@@ -135,6 +154,14 @@ def test_a_long_video_in_time_labelled_windows_equals_pipeline(case, client, pip
     assert [w.label for w in media.timeline.windows] == ["00:00:00-00:00:27", "00:00:27-00:00:54", "00:00:54-00:01:20"]
 
 
+@pytest.mark.parametrize("case", ["long_video", "long_video_audio"])
+def test_frames_merged_to_fit_the_budget_are_read_by_the_engine_as_pipeline_reads_them(case, client, pipeline,
+                                                                                      media_dir):
+    media = _ask_and_compare(client, pipeline, media_dir, case, MERGED_KWARGS)
+    assert media.windows == 2 and media.timeline.merged_frames == 80 - 64
+    assert [w.label for w in media.timeline.windows] != [ZERO_LABEL] * 2  # the real labels, which the engine embeds
+
+
 def test_shorter_windows_equal_pipeline(client, pipeline, media_dir):
     media = _ask_and_compare(client, pipeline, media_dir, "long_video_audio", {"fps": 0.25, "window_frames": 8})
     assert media.windows == 3 and [len(w.frame_times) for w in media.timeline.windows] == [7, 7, 6]
@@ -142,16 +169,17 @@ def test_shorter_windows_equal_pipeline(client, pipeline, media_dir):
 
 @pytest.mark.parametrize("case, mm_kwargs", [("video", {"num_frames": NUM_FRAMES}),
                                              ("video_audio", {"num_frames": NUM_FRAMES}),
-                                             ("long_video_audio", {"fps": 1})],  # default budget: 3 windows
-                         ids=["video", "video_audio", "long_video_audio"])
+                                             ("long_video_audio", {"fps": 1}),  # default budget: 3 windows
+                                             ("long_video_audio", MERGED_KWARGS)],
+                         ids=["video", "video_audio", "long_video_audio", "merged"])
 def test_a_repeated_video_is_served_from_vllms_processor_cache_with_the_same_prompt(case, mm_kwargs, client, pipeline,
                                                                                     media_dir):
-    _, ids, _, generated = _reference(pipeline, media_dir / CASES[case][0], MediaOptions(**mm_kwargs))
+    media, ids, _, generated = _reference(pipeline, media_dir / CASES[case][0], MediaOptions(**mm_kwargs))
     for _ in range(2):  # the first call may already hit the cache; the second does (the labels come from it)
         response = client.chat.completions.create(
             model=SERVED_NAME, messages=_message(media_dir, case), temperature=0.0, max_tokens=MAX_NEW_TOKENS,
             extra_body={"return_token_ids": True, "mm_processor_kwargs": mm_kwargs})
-        assert response.model_extra["prompt_token_ids"] == ids
+        _assert_same_prompt(response.model_extra["prompt_token_ids"], ids, media, pipeline.tokenizer)
         assert response.choices[0].model_extra["token_ids"] == generated
 
 
@@ -213,11 +241,11 @@ def test_bad_requests_get_a_4xx(problem, client, media_dir):
     ("video", {"fps": 1, "max_frames": 0}, "mm_processor_kwargs.max_frames"),
     ("video", {"fps": 1, "max_windows": 0}, "mm_processor_kwargs.max_windows"),
     ("video", {"num_frames": 8, "fps": 1}, "not both"),
-    ("long_video", {"fps": 1, "max_windows": 2}, "cannot merge"),  # 80 frames would have to merge into 64
+    ("long_video", {"fps": 1, "window_frames": 4, "max_windows": 20}, "over max_model_len"),  # 20 windows of 51
     ("video", {"num_frames": 40, "window_frames": 0}, "mm_processor_kwargs.window_frames"),
     ("video", {"num_frames": 40, "window_frames": 33}, "mm_processor_kwargs.window_frames"),
 ], ids=["fps 0", "fps negative", "fps text", "num_frames 0", "num_frames over 100,000", "max_frames 0",
-        "max_windows 0", "num_frames and fps", "frames to merge", "window_frames 0", "window_frames over max_frames"])
+        "max_windows 0", "num_frames and fps", "windows over max_model_len", "window_frames 0", "window_frames over max_frames"])
 def test_bad_sampling_is_refused_with_a_400_naming_it(case, mm_kwargs, named, client, media_dir):
     import openai
 

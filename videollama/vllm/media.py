@@ -12,8 +12,13 @@ Frames, timestamps and fbank equal ``Pipeline``'s bit for bit (vLLM's own frame 
 vLLM builds the prompt before any encoder runs, so every window is decoded here, up front: the frames
 travel to the engine as uint8 (the reader's resized RGB, a quarter of the float pixels; the model
 CLIP-normalises each window as the reader would). Memory is therefore every sampled frame at once, where
-``Pipeline`` holds one window: it is bounded by the window budget (a video whose frames would need
-merging into ``max_windows`` windows is refused, see :func:`decode_video`) and by ``max_model_len``.
+``Pipeline`` holds one window: it is bounded by the window budget and by ``max_model_len``.
+
+A video whose sampled frames exceed the budget (``max_windows`` windows) has its frames *merged*, and which
+frames merge depends on the encoders' features, which only the engine has. Such a video travels as its file
+(:class:`MergedVideo`): the engine reads it with ``Pipeline``'s own code, window by window, and fills in the
+windows' time labels the prompt could not know (``model.py``). Here every sampled frame is decoded once and
+dropped first, so that a file the engine would fail on is refused here (a 400) instead of stopping the engine.
 
 An image is decoded by Pillow from its bytes, as ``load_image`` does. An audio part arrives as vLLM's
 decoded waveform, mixed to mono, and is resampled to 16 kHz by our sinc resampler (torchaudio's, as
@@ -26,9 +31,10 @@ by our transforms and sampled by count only (one window); their timestamps come 
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 
@@ -42,7 +48,7 @@ from ..media import MediaError, NoAudioError, VideoReader, audio_to_clips, load_
 from ..media.audio import SAMPLE_RATE
 from ..media.audio_span import whole_file_audio
 from ..media.resample import resample
-from ..media.windows import VideoSampling, WindowSpan, split_windows, window_spans
+from ..media.windows import VideoSampling, WindowSpan, split_windows, time_label, window_spans
 
 UINT8_MAX = 255.0
 VIDEO_ITEM = "video_url"  # how an error names the video (vLLM keeps no file name)
@@ -59,16 +65,51 @@ class VideoReading:
     context: int | None  # the LLM's positions: the default window budget, as Pipeline's
     max_model_len: int  # vLLM's: a video whose windows alone exceed it is refused before decoding
     window_positions: Callable[[bool], int]  # prompt positions of one window, without / with sound
+    can_merge: bool = True  # the tokenizer spells a time label's digits one token each (the engine fills them in)
+
+
+@dataclass(frozen=True)
+class MergedVideo:
+    """A video read by the engine (its frames merge to fit ``sampling.max_windows`` windows)."""
+
+    data: bytes  # the file
+    sampling: VideoSampling  # as Pipeline reads it: the window budget set, so the number of windows is known
+    heard: bool  # the prompt gives every window its sound
 
 
 @dataclass(frozen=True)
 class DecodedVideo:
-    frames: torch.Tensor  # (F, 3, S, S) uint8 RGB: every window's sampled frames, in time order
+    frames: torch.Tensor  # (F, 3, S, S) uint8 RGB: every window's sampled frames, in time order; F = 0 when merged
     window_frames: list[int]  # frames per window (one window up to max_frames sampled frames)
     audio: torch.Tensor | None  # (W, 8, 1, 128, 204) log-mel clips per window, or None without a sound track
     message_seconds: list[float]  # one window: the times the prompt states (``VideoClip.message_seconds``)
-    windows: list[WindowSpan]  # each window's time range (its label in the prompt)
+    windows: list[WindowSpan]  # each window's time range (its label in the prompt); unknown (0-0) when merged
     duration: float  # seconds, stated by the preamble of a silent windowed video
+    merged: MergedVideo | None = None  # the engine reads the file and merges its frames
+
+
+# A merged video's reading, as mm kwargs travel (one float64 row): frames, fps (NaN when not given),
+# max_frames, max_windows, window_frames, heard. NaN everywhere: the video's frames came decoded.
+MERGE_FIELDS = 6
+
+
+def merge_row(merged: MergedVideo | None) -> torch.Tensor:
+    """``MergedVideo`` (less its bytes) -> (MERGE_FIELDS,) float64, read back by :func:`merge_from_row`."""
+    if merged is None:
+        return torch.full((MERGE_FIELDS,), float("nan"), dtype=torch.float64)
+    s = merged.sampling
+    return torch.tensor([math.nan if s.frames is None else s.frames, math.nan if s.fps is None else s.fps,
+                         s.max_frames, s.max_windows, s.window_frames, float(merged.heard)], dtype=torch.float64)
+
+
+def merge_from_row(row: torch.Tensor) -> tuple[VideoSampling, bool] | None:
+    """(MERGE_FIELDS,) -> the engine's reading (sampling, heard), or None for a video sent as frames."""
+    frames, fps, max_frames, max_windows, window_frames, heard = row.tolist()
+    if math.isnan(max_windows):
+        return None
+    sampling = VideoSampling(frames=None if math.isnan(frames) else int(frames), fps=None if math.isnan(fps) else fps,
+                             max_frames=int(max_frames), max_windows=int(max_windows), window_frames=int(window_frames))
+    return sampling, bool(heard)
 
 
 def _original_bytes(item) -> bytes | None:
@@ -80,8 +121,8 @@ def decode_video(item, reading: VideoReading) -> DecodedVideo:
 
     Raises:
         MediaError: the bytes are no readable video (named ``video_url``, never the temporary file).
-        UsageError: the sampled frames would need merging to fit the window budget, or their windows alone
-            exceed ``max_model_len`` (both before any frame is decoded).
+        UsageError: the sampled frames would need merging and the tokenizer cannot have the labels filled in,
+            or their windows alone exceed ``max_model_len`` (both before any frame is decoded).
     """
     data = _original_bytes(item)
     if data is None:
@@ -91,20 +132,29 @@ def decode_video(item, reading: VideoReading) -> DecodedVideo:
         path = Path(workdir) / "video"
         path.write_bytes(data)
         try:
-            return _read_file(path, reading)
+            return _read_file(path, reading, data)
         except MediaError as err:  # name the request's item, never the server's temporary file
             raise MediaError(VIDEO_ITEM, err.problem) from None
 
 
-def _read_file(path: Path, reading: VideoReading) -> DecodedVideo:
-    """``encode_video_file``'s reading, every window kept (the encoders run later, in the engine)."""
+def _read_file(path: Path, reading: VideoReading, data: bytes) -> DecodedVideo:
+    """``encode_video_file``'s reading, every window kept (the encoders run later, in the engine), or, when the
+    frames must merge, the file for the engine to read."""
     with VideoReader(path, image_size=reading.image_size, normalize=False) as reader:
         heard = reading.with_audio and reader.info.has_audio  # Pipeline's budget: audio tokens when a track exists
         sampling = fit_windows(reading.sampling, reading.context, reading.window_positions(heard))
         positions = sampling.frame_positions(reader.num_frames, reader.fps)
         chunks = split_windows(positions, reading.window_frames)
-        if len(chunks) > 1:
-            _check_windows(len(positions), len(chunks), sampling, reading, heard)
+        if len(chunks) > 1 and _check_windows(len(positions), len(chunks), sampling, reading, heard):
+            if len(time_label(0, reader.duration)) != len(time_label(0, 0)):
+                raise UsageError("mm_processor_kwargs: the vLLM plugin merges the frames of videos up to 99 hours "
+                                 "long (a longer one's time labels grow a digit); ask for fewer frames")
+            for chunk in chunks:  # every sampled frame decodes here, so the engine reads them without failing
+                reader.read(chunk)  # and is dropped at once
+            windows = [WindowSpan(0.0, 0.0, ())] * sampling.max_windows  # labels: known after merging, in the engine
+            merged = MergedVideo(data, replace(sampling, window_frames=reading.window_frames), heard)
+            return DecodedVideo(torch.empty(0, 3, reading.image_size, reading.image_size, dtype=torch.uint8), [],
+                                None, [], windows, reader.duration, merged)
         size = reading.image_size
         frames = torch.empty(len(positions), 3, size, size, dtype=torch.uint8)  # filled window by window
         first_times, times, message_seconds, start = [], [], [], 0
@@ -129,22 +179,28 @@ def _read_file(path: Path, reading: VideoReading) -> DecodedVideo:
                         message_seconds if len(chunks) == 1 else [], windows, duration)
 
 
-def _check_windows(sampled: int, windows: int, sampling: VideoSampling, reading: VideoReading, heard: bool) -> None:
-    """Refuse what the plugin cannot serve as ``Pipeline`` would, before decoding: frames that need merging
-    (the merged windows' time labels depend on the encoders' features, and vLLM tokenizes the prompt before
-    any encoder runs) and windows that alone overflow ``max_model_len``."""
+def _check_windows(sampled: int, windows: int, sampling: VideoSampling, reading: VideoReading, heard: bool) -> bool:
+    """Whether the frames merge into ``sampling.max_windows`` windows; refuses, before decoding, what the plugin
+    cannot serve as ``Pipeline`` would: merging with a tokenizer that does not spell a time label's digits one
+    token each (the engine fills them in after merging), a label past 99 hours (it grows a digit), and
+    windows that alone overflow ``max_model_len``."""
     budget = None if sampling.max_windows is None else sampling.max_windows * reading.window_frames
-    if budget is not None and sampled > budget:
+    merge = budget is not None and sampled > budget
+    if merge and not reading.can_merge:
         given = "" if reading.sampling.max_windows is not None else ", by default what fits half the model's context"
         raise UsageError(f"mm_processor_kwargs: {sampled} sampled frames do not fit {sampling.max_windows} windows "
-                         f"of {reading.window_frames} frames (max_windows{given}), and the vLLM plugin cannot merge "
-                         f"frames (vLLM builds the prompt before the encoders run): ask for at most {budget} frames "
-                         "(num_frames, or max_frames with fps) or raise max_windows")
+                         f"of {reading.window_frames} frames (max_windows{given}), and this model's tokenizer does "
+                         "not spell each digit of a time label as one token, which the vLLM plugin needs to merge "
+                         f"frames: ask for at most {budget} frames (num_frames, or max_frames with fps) or raise "
+                         "max_windows")
+    if merge:
+        windows = sampling.max_windows
     need = windows * reading.window_positions(heard)
     if need > reading.max_model_len:
         raise UsageError(f"mm_processor_kwargs: {windows} windows of video take {need} prompt positions, over "
                          f"max_model_len ({reading.max_model_len}); ask for fewer frames (num_frames, or fps and "
                          "max_frames)")
+    return merge
 
 
 def _decoded_frames(frames: np.ndarray, metadata: dict | None, reading: VideoReading) -> DecodedVideo:

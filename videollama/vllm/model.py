@@ -11,12 +11,23 @@ a video with sound. A video read in windows (``processing.py``) is encoded windo
 ``long_video.encode_video_file`` does (each window's frames through the ViT and both Q-Formers with frame
 positions 0..k-1, its 8 clips through the audio branch): every window's 8 audio tokens, then every
 window's 32 video tokens, the order its placeholders take in the prompt.
+
+A video whose frames merge to fit its window budget arrives as its file (``media.MergedVideo``) and is read
+here by ``Pipeline``'s own code (``long_video.encode_video_file``: window by window, the image-Q-Former
+features through the merging memory, then the video Q-Former; each window's sound by its span). Its prompt
+holds zero time labels, because the labels depend on what merged: :meth:`_read_merged` returns the token
+embeddings of the real labels' digits at their places. The processor decoded every sampled frame first, so
+the reading cannot fail here; a window whose span holds no sound (a track shorter than the video) hears
+silence, where ``Pipeline`` would drop the sound and change the prompt, which the engine cannot.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -26,12 +37,21 @@ from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_p
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
+from ..long_video import encode_video_file
+from ..media import MediaError, NoAudioError, audio_to_clips
+from ..media.audio import CLIP_SECONDS, SAMPLE_RATE
+from ..media.audio_span import AudioSpanReader
 from ..media.transforms import normalize
+from ..media.windows import VideoSampling, WindowSpan
 from ..model.checkpoint import ModelFolderError
 from ..model.hf_config import VideoLlamaHFConfig
 from ..model.videollama import VideoLlama
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
+from .media import merge_from_row
+from .prompt import LABEL_DIGITS
 from .processing import VideoLlamaDummyInputsBuilder, VideoLlamaMultiModalProcessor, VideoLlamaProcessingInfo
+
+logger = logging.getLogger(__name__)
 
 LANGUAGE_MODEL_PREFIX = "language_model."
 INFERENCE_ONLY_PARTS = ("imagebind_vision",)  # trains the audio branch; never used to answer
@@ -78,7 +98,12 @@ class VideoLlamaForConditionalGeneration(nn.Module, SupportsMultiModal, Supports
         if (images := kwargs.get("image_pixel_values")) is not None:
             out += [self.encoders.encode_video(self._cast(pixels)[None])[0] for pixels in images]
         if (videos := kwargs.get("video_pixel_values")) is not None:
-            for frames, sizes, audio in zip(videos, kwargs["video_window_frames"], kwargs["video_audio_values"]):
+            for frames, sizes, audio, file, merge, digit_ids in zip(
+                    videos, kwargs["video_window_frames"], kwargs["video_audio_values"], kwargs["video_file"],
+                    kwargs["video_merge"], kwargs["video_label_digit_ids"]):
+                if (reading := merge_from_row(merge)) is not None:  # its frames merge: read the file here
+                    out.append(self._read_merged_safely(file, *reading, digit_ids))
+                    continue
                 # frames (F, 3, S, S) uint8 -> windows of (k, 3, S, S), CLIP-normalised as the reader does
                 seen = [self.encoders.encode_video(self._cast(normalize(window))[None])[0]  # (32, D) each
                         for window in frames.split(sizes.tolist())]
@@ -90,6 +115,58 @@ class VideoLlamaForConditionalGeneration(nn.Module, SupportsMultiModal, Supports
 
     def _cast(self, values: torch.Tensor) -> torch.Tensor:
         return values.to(self.encoders.device, self.encoders.dtype)
+
+    def _read_merged_safely(self, file: torch.Tensor, sampling: VideoSampling, heard: bool,
+                            digit_ids: torch.Tensor) -> torch.Tensor:
+        """:meth:`_read_merged`, or zero embeddings (logged as an error) if it fails: an exception here would stop
+        the engine and every request in it. The processor decoded every frame first, so this is for bugs."""
+        try:
+            return self._read_merged(file, sampling, heard, digit_ids)
+        except Exception:  # noqa: BLE001
+            logger.exception("a merged video could not be read in the engine: its request is answered from zero "
+                             "embeddings in place of the video")
+            windows = sampling.max_windows
+            count = windows * (LABEL_DIGITS + self.config.num_video_tokens)
+            count += windows * (LABEL_DIGITS + self.config.num_audio_tokens) if heard else 0
+            return torch.zeros(count, self.config.llm_hidden_size, device=self.encoders.device,
+                               dtype=self.encoders.dtype)
+
+    def _read_merged(self, file: torch.Tensor, sampling: VideoSampling, heard: bool,
+                     digit_ids: torch.Tensor) -> torch.Tensor:
+        """A video whose frames merge, from its file's bytes (uint8) as ``Pipeline`` reads it -> the embeddings of
+        its item: with sound, each window's label digits (12) and 8 audio tokens, for every window; then each
+        window's label digits and 32 video tokens."""
+        with tempfile.TemporaryDirectory(prefix="videollama-vllm-") as workdir:
+            path = Path(workdir) / "video"
+            path.write_bytes(file.numpy().tobytes())
+            encoded = encode_video_file(self.encoders, path, sampling, image_size=self.config.vision.image_size)
+            windows = encoded.timeline.windows
+            heard_rows = self._hear_windows(path, windows) if heard else []
+        digits = torch.tensor([[int(c) for c in w.label if c.isdigit()] for w in windows])  # (W, 12)
+        token_ids = digit_ids.to(self.encoders.device)[digits.to(self.encoders.device)]  # (W, 12)
+        labels = self.language_model.embed_input_ids(token_ids.flatten()).view(*token_ids.shape, -1)  # (W, 12, D)
+        labels = labels.to(encoded.video.dtype)
+        parts = [part for label, row in zip(labels, heard_rows) for part in (label, row)]
+        parts += [part for label, row in zip(labels, encoded.video) for part in (label, row)]
+        return torch.cat(parts)
+
+    def _hear_windows(self, path: Path, windows: list[WindowSpan]) -> list[torch.Tensor]:
+        """Each window's 8 audio tokens from the sound of its span (``long_video.encode_window_audio``), silence
+        for a span past the end of the track."""
+        rows = []
+        try:
+            with AudioSpanReader(path) as audio:
+                for window in windows:
+                    try:
+                        clips = audio.clips(window.start, window.end)  # (8, 1, 128, 204)
+                    except NoAudioError:
+                        logger.warning("no sound at %s in a merged video: that window hears silence", window.label)
+                        clips = _silence()
+                    rows.append(self.encoders.encode_audio(self._cast(clips)[None])[0])  # (8, D)
+        except MediaError as err:  # the processor saw a sound track that does not decode: every window silent
+            logger.warning("a merged video's sound does not decode (%s): its windows hear silence", err)
+            rows = [self.encoders.encode_audio(self._cast(_silence())[None])[0]] * len(windows)
+        return rows
 
     # ---------------------------------------------------------------- the language model
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
@@ -136,3 +213,8 @@ class VideoLlamaForConditionalGeneration(nn.Module, SupportsMultiModal, Supports
 
     def get_language_model(self) -> nn.Module:
         return self.language_model
+
+
+def _silence() -> torch.Tensor:
+    """The 8 clips of a silent 2-s track (what the official loader gives for silence) -> (8, 1, 128, 204)."""
+    return audio_to_clips(torch.zeros(1, int(CLIP_SECONDS * SAMPLE_RATE)))

@@ -19,9 +19,14 @@ How a video is sampled comes from ``mm_processor_kwargs``, with ``MediaOptions``
 (or ``window_frames``): one clip, the official prompt, as before. Beyond: windows of at most that many
 frames, each its own 32 tokens after its
 time label (``docs/long-video.md``), with the window budget ``Pipeline`` uses (``max_windows``, by
-default what fits half the LLM's context). Frames that would have to be *merged* to fit that budget are
-refused (400): merging decides the windows' labels from the encoders' features, and vLLM tokenizes the
-prompt before any encoder runs. A bad value is a 400 naming its field; ``null`` counts as not given.
+default what fits half the LLM's context). Frames that must be *merged* to fit that budget are merged in the
+engine, which reads the file itself (``media.MergedVideo``): merging decides the windows' time labels from the
+encoders' features, and vLLM tokenizes the prompt before any encoder runs. So the prompt holds zero labels
+(``00:00:00-00:00:00``) and every digit of them is an embedded position too: the engine returns the token
+embeddings of the real labels' digits there (``prompt.merged_video_span``). That needs a tokenizer that
+spells each digit of a label as one token whatever its neighbours (LLaMA's does; checked by
+``prompt.label_digit_ids``), else merging is refused (400). A bad value is a 400 naming
+its field; ``null`` counts as not given.
 Server-wide defaults (``--mm-processor-kwargs '{"num_frames": 16}'``) apply under the request's values; a
 request that gives a count or a rate replaces the server's default of either.
 
@@ -61,8 +66,8 @@ from ..model.hf_config import VideoLlamaHFConfig
 from ..processor import Processor
 from ..templates import AUDIO_SENTENCE, IMAGE_MESSAGE, VIDEO_MESSAGE
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
-from .media import SincResampler, VideoReading, decode_audio, decode_image, decode_video
-from .prompt import VideoFacts, finish_prompt
+from .media import SincResampler, VideoReading, decode_audio, decode_image, decode_video, merge_from_row, merge_row
+from .prompt import VideoFacts, finish_prompt, label_digit_ids, media_bounds, merged_video_span
 
 SAMPLING_KWARGS = ("num_frames", "fps", "max_frames", "max_windows", "window_frames")  # MediaOptions' names
 MAX_MEDIA_ITEMS = 1  # one video, image or audio clip per conversation, as our own server
@@ -147,10 +152,14 @@ class VideoLlamaProcessingInfo(BaseProcessingInfo):
         token of its preamble (tokenized as ``Processor`` does): 32 video tokens for a silent clip; with
         sound, or in windows, the text between (sentences, time labels) too."""
         ids = self.processor.tokenize(facts.preamble, add_bos=False)
-        media = {self.processor.audio_token_id, self.processor.image_token_id}
-        first = next(i for i, token in enumerate(ids) if token in media)
-        last = len(ids) - 1 - ids[::-1].index(self.processor.image_token_id)
+        first, last = media_bounds(self.processor, ids)
         return ids[first:last + 1]
+
+    @cached_property
+    def label_digit_ids(self) -> list[int] | None:
+        """The token ids of the digits 0-9 in a time label, or None: the plugin cannot merge frames
+        (:func:`~videollama.vllm.prompt.label_digit_ids`)."""
+        return label_digit_ids(self.processor)
 
     # ---------------------------------------------------------------- how a video is read
     def video_sampling(self, mm_kwargs: Mapping[str, object]) -> VideoSampling:
@@ -191,7 +200,8 @@ class VideoLlamaProcessingInfo(BaseProcessingInfo):
         return VideoReading(sampling, image_size=config.vision.image_size,
                             window_frames=window_frames, with_audio=config.with_audio,
                             context=getattr(self.get_hf_config().get_text_config(), "max_position_embeddings", None),
-                            max_model_len=self.ctx.model_config.max_model_len, window_positions=self.window_positions)
+                            max_model_len=self.ctx.model_config.max_model_len, window_positions=self.window_positions,
+                            can_merge=self.label_digit_ids is not None)
 
     def window_positions(self, with_audio: bool) -> int:
         """Prompt positions of one window (``Pipeline.window_tokens``)."""
@@ -249,6 +259,12 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
             silent = torch.zeros(0, NUM_CLIPS, 1, NUM_MEL_BINS, TARGET_FRAMES)  # no sound track: no windows of clips
             out["video_audio_values"] = torch.stack([silent if v.audio is None else v.audio
                                                      for v in videos])  # (N, W or 0, 8, 1, 128, 204)
+            # frames that merge: the file's bytes and how to read it, for the engine; (N, 0) and NaN otherwise
+            out["video_file"] = torch.stack([torch.frombuffer(bytearray(v.merged.data), dtype=torch.uint8)
+                                             if v.merged else torch.empty(0, dtype=torch.uint8) for v in videos])
+            out["video_merge"] = torch.stack([merge_row(v.merged) for v in videos])  # (N, MERGE_FIELDS)
+            digit_ids = self.info.label_digit_ids if any(v.merged for v in videos) else None
+            out["video_label_digit_ids"] = torch.tensor([digit_ids or [-1] * 10] * len(videos))  # (N, 10 digits)
         if "audio" in mm_items:
             out["audio_values"] = torch.stack([decode_audio(item) for item in mm_items["audio"].data])
         return BatchFeature(out)
@@ -263,6 +279,9 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
             video_message_seconds=MultiModalFieldConfig.batched("video"),
             video_duration=MultiModalFieldConfig.batched("video"),
             video_audio_values=MultiModalFieldConfig.batched("video"),
+            video_file=MultiModalFieldConfig.batched("video"),
+            video_merge=MultiModalFieldConfig.batched("video"),
+            video_label_digit_ids=MultiModalFieldConfig.batched("video"),
             audio_values=MultiModalFieldConfig.batched("audio"),
         )
 
@@ -273,6 +292,9 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
 
         def video(item_idx: int) -> VideoPlaceholders:
             facts = video_facts(out_mm_kwargs["video"][item_idx])
+            if facts.merged:
+                full, mask = merged_video_span(info.processor, facts, info.label_digit_ids)
+                return VideoPlaceholders(full=full, is_embed=lambda _: mask, facts=facts)
             span = PromptUpdateDetails.select_token_ids(info.video_span(facts), ids)
             return VideoPlaceholders(full=span.full, is_embed=span.is_embed, facts=facts)
 
@@ -336,9 +358,10 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
 def video_facts(item) -> VideoFacts:
     """What a processed video item adds to the prompt: its sampling sentence (one window) or its windows'
     time labels and duration, and whether it is heard."""
-    times = item["video_window_times"].data.tolist()  # [[start, end], ...]
-    heard = item["video_audio_values"].data.shape[0] > 0
-    if len(times) > 1:
+    times = item["video_window_times"].data.tolist()  # [[start, end], ...]; merged: zeros, filled in the engine
+    merged = merge_from_row(item["video_merge"].data)
+    heard = item["video_audio_values"].data.shape[0] > 0 or (merged is not None and merged[1])
+    if len(times) > 1 or merged is not None:
         return VideoFacts("", heard, windows=tuple(time_label(start, end) for start, end in times),
-                          duration=float(item["video_duration"].data))
+                          duration=float(item["video_duration"].data), merged=merged is not None)
     return VideoFacts(timestamp_message(item["video_message_seconds"].data.tolist()), heard)
