@@ -200,6 +200,37 @@ def test_llm_context_raises_the_limit_the_engine_and_the_export_see(tiny_tokeniz
                     with_audio_vision=False, cache_dir=tmp_path)
 
 
+def test_llm_rope_factor_interpolates_positions_in_the_live_llm_and_the_export(tiny_tokenizer, tmp_path):
+    from videollama.model import VideoLlama
+    from videollama.train.base_model import build_model
+    from videollama.train.config import ConfigError, ModelSection
+
+    tok_dir = tmp_path / "tok"
+    tiny_tokenizer.save_pretrained(tok_dir)
+    torch.manual_seed(0)
+    plain, _ = build_model(ModelSection(preset="tiny", tokenizer_path=str(tok_dir)), with_audio_vision=False,
+                           cache_dir=tmp_path)
+    scaled, _ = build_model(ModelSection(preset="tiny", tokenizer_path=str(tok_dir), llm_context=2048,
+                                         llm_rope_factor=4), with_audio_vision=False, cache_dir=tmp_path)
+    scaled.load_state_dict(plain.state_dict())
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        # position p under factor 4 is position p / 4 unscaled: the same logits as the plain LLM at positions p / 4
+        quarter = plain.language_model(input_ids=ids, position_ids=torch.arange(ids.shape[1])[None] / 4).logits
+        at_scaled = scaled.language_model(input_ids=ids).logits
+        at_plain = plain.language_model(input_ids=ids).logits
+    off_quarter, off_plain = (at_scaled - quarter).abs().max(), (at_scaled - at_plain).abs().max()
+    assert off_quarter < 1e-5 and off_plain > 100 * off_quarter
+    scaled.save_pretrained(tmp_path / "out")
+    reloaded = VideoLlama.from_pretrained(tmp_path / "out")
+    assert reloaded.config.llm["rope_parameters"]["factor"] == 4.0
+    with torch.no_grad():
+        assert torch.allclose(reloaded.language_model(input_ids=ids).logits, at_scaled, atol=1e-5)
+    with pytest.raises(ConfigError, match="llm_rope_factor must be >= 1"):
+        build_model(ModelSection(preset="tiny", tokenizer_path=str(tok_dir), llm_rope_factor=0.5),
+                    with_audio_vision=False, cache_dir=tmp_path)
+
+
 def test_short_video_sample_is_unchanged(tiny_tokenizer, short_clips):
     """A video that fits one window at the rate gives exactly today's sample."""
     today = dataset(tiny_tokenizer, short_clips / "records.json", short_clips)

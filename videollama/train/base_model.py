@@ -72,7 +72,25 @@ def build_model(section: ModelSection, *, with_audio_vision: bool, cache_dir: Pa
     attach_media_tokens(tokenizer, model.config)  # adds missing placeholders; checks the ids agree
     if section.llm_context is not None:
         _set_llm_context(model, section.llm_context)
+    if section.llm_rope_factor is not None:
+        _set_rope_factor(model, section.llm_rope_factor)
     return model, tokenizer
+
+
+def _set_rope_factor(model: VideoLlama, factor: float) -> None:
+    """Linear RoPE scaling of ``factor`` in the LLM's live config, its rotary embedding and the exported config."""
+    if not factor >= 1:
+        raise ConfigError(f"model.llm_rope_factor must be >= 1, got {factor}")
+    llm = model.language_model
+    rotary = getattr(getattr(llm, "model", None), "rotary_emb", None)
+    if rotary is None:
+        raise ConfigError("model.llm_rope_factor: the LLM has no rotary embedding (model.rotary_emb); only RoPE LLMs "
+                          "(LLaMA and kin) can be scaled")
+    theta = (getattr(llm.config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    rope = {"rope_type": "linear", "factor": float(factor), "rope_theta": theta}
+    llm.config.rope_parameters = dict(rope)
+    llm.model.rotary_emb = type(rotary)(config=llm.config).to(rotary.inv_freq.device)
+    model.config.llm["rope_parameters"] = dict(rope)
 
 
 def _set_llm_context(model: VideoLlama, context: int) -> None:

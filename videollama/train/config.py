@@ -93,6 +93,10 @@ class ModelSection:
     # compute positions on the fly, so a longer one is a number, but positions beyond those the LLM was
     # trained on need prompts that long in the data (long videos in short windows, docs/long-video.md).
     llm_context: int | None = None
+    # Linear RoPE position interpolation (Chen et al. 2023): positions are divided by this factor, so a context
+    # this many times longer reuses the positions the LLM was trained on instead of extrapolating past them
+    # (e.g. 4 with llm_context 2048 for a 512-position LLM). Written into the export's LLM config. None: as loaded.
+    llm_rope_factor: float | None = None
 
 
 @dataclass
