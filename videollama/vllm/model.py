@@ -138,7 +138,7 @@ class VideoLlamaForConditionalGeneration(nn.Module, SupportsMultiModal, Supports
         window's label digits and 32 video tokens."""
         with tempfile.TemporaryDirectory(prefix="videollama-vllm-") as workdir:
             path = Path(workdir) / "video"
-            path.write_bytes(file.numpy().tobytes())
+            path.write_bytes(file.cpu().numpy().tobytes())
             encoded = encode_video_file(self.encoders, path, sampling, image_size=self.config.vision.image_size)
             windows = encoded.timeline.windows
             heard_rows = self._hear_windows(path, windows) if heard else []

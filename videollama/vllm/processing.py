@@ -279,9 +279,10 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
             video_message_seconds=MultiModalFieldConfig.batched("video"),
             video_duration=MultiModalFieldConfig.batched("video"),
             video_audio_values=MultiModalFieldConfig.batched("video"),
-            video_file=MultiModalFieldConfig.batched("video"),
-            video_merge=MultiModalFieldConfig.batched("video"),
-            video_label_digit_ids=MultiModalFieldConfig.batched("video"),
+            # read on the CPU by the engine (a file's bytes need not visit the GPU)
+            video_file=MultiModalFieldConfig.batched("video", keep_on_cpu=True),
+            video_merge=MultiModalFieldConfig.batched("video", keep_on_cpu=True),
+            video_label_digit_ids=MultiModalFieldConfig.batched("video", keep_on_cpu=True),
             audio_values=MultiModalFieldConfig.batched("audio"),
         )
 
