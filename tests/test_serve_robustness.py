@@ -302,6 +302,18 @@ def test_a_client_still_sending_after_the_408_reads_it_not_a_reset(guarded):
     assert head.startswith(b"HTTP/1.1 408 ") and json.loads(payload)["error"]["code"] == "body_timeout"
 
 
+def test_a_body_declared_too_large_is_refused_and_the_connection_closed_before_the_upload(guarded):
+    """413 from the Content-Length alone, with Connection: close: the server does not take in the rest of the
+    upload (without it, uvicorn reads and drops the whole body to keep the connection), and the answer arrives
+    before the server's FIN."""
+    with _connect(guarded) as sock:
+        sock.sendall(_post_head(ServeSettings().max_body_bytes + 1) + b'{"messages": [')
+        reply = _read_until_closed(sock)
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head.lower()
+    assert json.loads(payload)["error"]["code"] == "request_too_large"
+
+
 def test_a_client_hanging_up_mid_body_is_not_an_error(guarded, caplog):
     before = _health(guarded)["connections"]["client_aborts"]
     with caplog.at_level(logging.WARNING):

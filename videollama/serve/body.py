@@ -2,7 +2,8 @@
 
 * :func:`check_content_type`: only ``application/json`` (charset utf-8 if one is named) is parsed; a
   ``text/plain`` or form body gets **415**, it is never guessed to be JSON.
-* :func:`read_body` (on the event loop: it only gathers bytes): the size cap (**413**); a client that
+* :func:`read_body` (on the event loop: it only gathers bytes): the size cap (**413**, then the connection
+  closes, so the rest of an upload too large is not read); a client that
   hangs up mid-body ends the request as **499** ``client_closed`` without an error log.
 * :func:`decode_json` (CPU work: run it on a worker thread): invalid JSON, ``NaN``/``Infinity``, a
   body nested too deeply for the parser (``RecursionError``) and a lone UTF-16 surrogate in any
@@ -93,5 +94,7 @@ def _lone_surrogate(payload: Any) -> str | None:
 
 
 def body_too_large(limit: int) -> ServeError:
+    """413, and the connection closes after it: the rest of the upload is not taken in (the lingering close in
+    ``connections.py`` still lets a client that keeps sending read the answer)."""
     return ServeError(413, f"the request body is larger than {limit / 2**20:.1f} MB (media are limited by "
-                      "--max-media-mb)", code="request_too_large")
+                      "--max-media-mb)", code="request_too_large", headers={"Connection": "close"})

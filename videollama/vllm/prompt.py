@@ -8,6 +8,12 @@ the audio-visual preamble (``templates.AV_MESSAGE``) replaces the video one, and
 ``templates.system_for`` gives a video with sound another default system prompt than a silent one,
 that one replaces it. A system prompt the request gave is kept. In windows, the preamble is
 ``templates.windowed_video_message``: each window's ``<ImageHere>`` (and ``<AudioHere>``) after its label.
+
+A video whose frames merge in the engine has labels nobody knows yet: its prompt holds ``ZERO_LABEL`` for each,
+and :func:`merged_video_span` marks every digit of them as an embedded position, which the engine fills with
+the token embeddings of the real labels' digits. That is the prompt ``Pipeline`` tokenizes exactly when the
+tokenizer spells each digit of a label as one token whatever its neighbours, which :func:`label_digit_ids`
+checks.
 """
 
 from __future__ import annotations
