@@ -67,7 +67,7 @@ from ..processor import Processor
 from ..templates import AUDIO_SENTENCE, IMAGE_MESSAGE, VIDEO_MESSAGE
 from ..tokenizer import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER
 from .media import SincResampler, VideoReading, decode_audio, decode_image, decode_video, merge_from_row, merge_row
-from .prompt import VideoFacts, finish_prompt, label_digit_ids, media_bounds, merged_video_span
+from .prompt import NUM_DIGITS, VideoFacts, finish_prompt, label_digit_ids, media_bounds, merged_video_span
 
 SAMPLING_KWARGS = ("num_frames", "fps", "max_frames", "max_windows", "window_frames")  # MediaOptions' names
 MAX_MEDIA_ITEMS = 1  # one video, image or audio clip per conversation, as our own server
@@ -264,7 +264,7 @@ class VideoLlamaMultiModalProcessor(BaseMultiModalProcessor[VideoLlamaProcessing
                                              if v.merged else torch.empty(0, dtype=torch.uint8) for v in videos])
             out["video_merge"] = torch.stack([merge_row(v.merged) for v in videos])  # (N, MERGE_FIELDS)
             digit_ids = self.info.label_digit_ids if any(v.merged for v in videos) else None
-            out["video_label_digit_ids"] = torch.tensor([digit_ids or [-1] * 10] * len(videos))  # (N, 10 digits)
+            out["video_label_digit_ids"] = torch.tensor([digit_ids or [-1] * NUM_DIGITS] * len(videos))  # (N, 10)
         if "audio" in mm_items:
             out["audio_values"] = torch.stack([decode_audio(item) for item in mm_items["audio"].data])
         return BatchFeature(out)
