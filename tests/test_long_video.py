@@ -419,3 +419,24 @@ def test_a_video_without_duration_is_sampled_from_its_packet_scan(tmp_path):
     raw = _remux(source, tmp_path / "raw.h264", format="h264")  # cannot be rewound: refused in one line
     with pytest.raises(MediaError, match="cannot be rewound after its packet scan .* remux it into a file"):
         VideoReader(raw)
+
+
+def test_window_audio_past_the_end_of_the_track_raises_or_hears_the_given_clips(tmp_path):
+    from types import SimpleNamespace
+
+    from media_fixtures import make_video_segment
+
+    from videollama.long_video import encode_window_audio, window_audio_clips
+    from videollama.media import NoAudioError
+    from videollama.media.windows import WindowSpan
+
+    clip = make_video_segment(tmp_path / "ten.mp4", 10, fps=5)
+    model = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32,
+                            encode_audio=lambda clips: clips.flatten(2).mean(-1, keepdim=True))  # (1, 8, 1)
+    inside, past = WindowSpan(0.0, 8.0, ()), WindowSpan(20.0, 28.0, ())
+    with pytest.raises(NoAudioError):
+        encode_window_audio(model, clip, [inside, past])
+    missing = torch.full((8, 1, 128, 204), 3.0)
+    rows = encode_window_audio(model, clip, [inside, past], missing=missing)  # (2, 8, 1)
+    assert torch.equal(rows[0], model.encode_audio(window_audio_clips(clip, [inside]))[0])
+    assert torch.equal(rows[1], torch.full((8, 1), 3.0))

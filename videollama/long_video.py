@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from .frame_merge import FrameMemory, MergedFrame
 from .media.audio_span import AudioSpanReader
+from .media.errors import NoAudioError
 from .media.transforms import denormalize
 from .media.video import DEFAULT_IMAGE_SIZE, VideoClip, VideoReader
 from .media.windows import VideoSampling, WindowSpan, resolve_window_frames, split_windows, time_label, window_spans
@@ -154,16 +155,22 @@ def _encode_merged(model: VideoLlama, reader: VideoReader, chunks: list[list[int
 
 @torch.inference_mode()
 def encode_window_audio(model: VideoLlama, path: str | os.PathLike[str], windows: list[WindowSpan], *,
-                        max_bytes: int | None = None) -> torch.Tensor:
-    """8 tokens per window from the audio of its span -> (W, num_audio_tokens, D).
+                        max_bytes: int | None = None, missing: torch.Tensor | None = None) -> torch.Tensor:
+    """8 tokens per window from the audio of its span -> (W, num_audio_tokens, D). ``missing``: the clips
+    (8, 1, 128, 204) a window whose span holds no audio hears instead (None: that raises).
 
     Raises:
-        NoAudioError: no audio stream, or a window's span holds no audio.
+        NoAudioError: no audio stream, or (``missing`` None) a window's span holds no audio.
     """
     rows = []
     with AudioSpanReader(path, max_bytes=max_bytes) as audio:
         for window in windows:
-            clips = audio.clips(window.start, window.end)  # (8, 1, 128, 204)
+            try:
+                clips = audio.clips(window.start, window.end)  # (8, 1, 128, 204)
+            except NoAudioError:
+                if missing is None:
+                    raise
+                clips = missing
             rows.append(model.encode_audio(clips[None].to(model.device, model.dtype)))
     return torch.cat(rows)
 

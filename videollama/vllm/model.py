@@ -18,7 +18,8 @@ features through the merging memory, then the video Q-Former; each window's soun
 holds zero time labels, because the labels depend on what merged: :meth:`_read_merged` returns the token
 embeddings of the real labels' digits at their places. The processor decoded every sampled frame first, so
 the reading cannot fail here; a window whose span holds no sound (a track shorter than the video) hears
-silence, where ``Pipeline`` would drop the sound and change the prompt, which the engine cannot.
+silence (``encode_window_audio(missing=...)``), where ``Pipeline`` would drop the sound and change the prompt,
+which the engine cannot.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_p
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
-from ..long_video import encode_video_file
-from ..media import MediaError, NoAudioError, audio_to_clips
+from ..long_video import encode_video_file, encode_window_audio
+from ..media import MediaError, audio_to_clips
 from ..media.audio import CLIP_SECONDS, SAMPLE_RATE
-from ..media.audio_span import AudioSpanReader
 from ..media.transforms import normalize
 from ..media.windows import VideoSampling, WindowSpan
 from ..model.checkpoint import ModelFolderError
@@ -141,7 +141,7 @@ class VideoLlamaForConditionalGeneration(nn.Module, SupportsMultiModal, Supports
             path.write_bytes(file.cpu().numpy().tobytes())
             encoded = encode_video_file(self.encoders, path, sampling, image_size=self.config.vision.image_size)
             windows = encoded.timeline.windows
-            heard_rows = self._hear_windows(path, windows) if heard else []
+            heard_rows = self._hear_windows(path, windows) if heard else []  # (W, 8, D)
         digits = torch.tensor([[int(c) for c in w.label if c.isdigit()] for w in windows])  # (W, 12)
         token_ids = digit_ids.to(self.encoders.device)[digits.to(self.encoders.device)]  # (W, 12)
         labels = self.language_model.embed_input_ids(token_ids.flatten()).view(*token_ids.shape, -1)  # (W, 12, D)
@@ -150,23 +150,15 @@ class VideoLlamaForConditionalGeneration(nn.Module, SupportsMultiModal, Supports
         parts += [part for label, row in zip(labels, encoded.video) for part in (label, row)]
         return torch.cat(parts)
 
-    def _hear_windows(self, path: Path, windows: list[WindowSpan]) -> list[torch.Tensor]:
-        """Each window's 8 audio tokens from the sound of its span (``long_video.encode_window_audio``), silence
-        for a span past the end of the track."""
-        rows = []
+    def _hear_windows(self, path: Path, windows: list[WindowSpan]) -> torch.Tensor:
+        """Each window's 8 audio tokens from the sound of its span (``Pipeline``'s ``encode_window_audio``) ->
+        (W, 8, D); silence for a span past the end of the track, or for every window if the track will not
+        decode after all."""
         try:
-            with AudioSpanReader(path) as audio:
-                for window in windows:
-                    try:
-                        clips = audio.clips(window.start, window.end)  # (8, 1, 128, 204)
-                    except NoAudioError:
-                        logger.warning("no sound at %s in a merged video: that window hears silence", window.label)
-                        clips = _silence()
-                    rows.append(self.encoders.encode_audio(self._cast(clips)[None])[0])  # (8, D)
-        except MediaError as err:  # the processor saw a sound track that does not decode: every window silent
+            return encode_window_audio(self.encoders, path, windows, missing=_silence())
+        except MediaError as err:  # NoAudioError included: the processor saw a sound track
             logger.warning("a merged video's sound does not decode (%s): its windows hear silence", err)
-            rows = [self.encoders.encode_audio(self._cast(_silence())[None])[0]] * len(windows)
-        return rows
+            return self.encoders.encode_audio(self._cast(_silence())[None]).expand(len(windows), -1, -1)
 
     # ---------------------------------------------------------------- the language model
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
